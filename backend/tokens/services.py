@@ -1,0 +1,61 @@
+"""Issuing, checking and revoking API tokens."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from datetime import timedelta
+
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import AbstractBaseUser
+from django.db.models import Q
+from django.utils import timezone
+
+from backend.tokens.models import ApiToken
+
+
+def _token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def token_create(*, user: AbstractBaseUser, expires_in_days: float | None = None) -> str:
+    """Issue a new token for `user` and return it; this is the only time it is seen in clear."""
+    token = secrets.token_urlsafe(32)
+    expires_at = timezone.now() + timedelta(days=expires_in_days) if expires_in_days else None
+    ApiToken.objects.create(user=user, token_hash=_token_hash(token), prefix=token[:8], expires_at=expires_at)
+    return token
+
+
+def token_user(*, token: str) -> AbstractBaseUser | None:
+    """The active user a token belongs to, or None if it is unknown, expired or revoked."""
+    if not token or len(token) > 256:
+        return None
+    found = (
+        ApiToken.objects.select_related("user")
+        .filter(token_hash=_token_hash(token), revoked_at__isnull=True)
+        .filter(Q(expires_at__isnull=True) | Q(expires_at__gt=timezone.now()))
+        .first()
+    )
+    if found is None or not found.user.is_active:
+        return None
+    return found.user
+
+
+def token_revoke(*, token: str) -> int:
+    """Revoke one token; returns how many were revoked (0 or 1)."""
+    return ApiToken.objects.filter(token_hash=_token_hash(token), revoked_at__isnull=True).update(
+        revoked_at=timezone.now()
+    )
+
+
+def token_revoke_for_user(*, username: str) -> int:
+    """Revoke every live token of a user; returns how many."""
+    return ApiToken.objects.filter(user__username=username, revoked_at__isnull=True).update(revoked_at=timezone.now())
+
+
+def user_get_or_create(*, username: str, create: bool) -> AbstractBaseUser | None:
+    user_model = get_user_model()
+    user = user_model.objects.filter(username=username).first()
+    if user is None and create:
+        user = user_model.objects.create_user(username=username)
+    return user

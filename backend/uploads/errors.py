@@ -1,0 +1,39 @@
+"""Domain errors of the upload service. Each carries the contract's error code (CONTRACT section 4)."""
+
+from __future__ import annotations
+
+
+class UploadError(Exception):
+    code = "INTERNAL_SERVER_ERROR"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class NotFound(UploadError):
+    code = "NOT_FOUND"
+
+
+class BadUserInput(UploadError):
+    code = "BAD_USER_INPUT"
+
+
+class ChecksumMismatch(UploadError):
+    code = "CHECKSUM_MISMATCH"
+
+
+class UnsupportedMediaType(UploadError):
+    code = "UNSUPPORTED_MEDIA_TYPE"
+
+
+class TooManyActiveUploads(UploadError):
+    code = "TOO_MANY_ACTIVE_UPLOADS"
+
+
+class InvalidState(UploadError):
+    code = "INVALID_STATE"
+
+
+class Unauthenticated(UploadError):
+    code = "UNAUTHENTICATED"

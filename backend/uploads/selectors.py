@@ -1,0 +1,94 @@
+"""Reads: what a caller may see of uploads."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+
+from django.conf import settings
+from django.contrib.auth.models import AbstractBaseUser
+from django.db.models import Q
+
+from backend.uploads.errors import BadUserInput, NotFound
+from backend.uploads.models import FileUpload, UploadStatus
+from backend.uploads.storage import Presigner, get_storage
+
+MAX_PAGE = 100
+
+
+def upload_id_parse(raw: str) -> uuid.UUID:
+    """A client-supplied id as a UUID; BAD_USER_INPUT when it is not one."""
+    try:
+        return uuid.UUID(str(raw))
+    except ValueError as exc:
+        raise BadUserInput(f"{raw!r} is not an upload id") from exc
+
+
+def upload_get_for_user(*, user: AbstractBaseUser, upload_id: uuid.UUID) -> FileUpload:
+    """The caller's upload; NOT_FOUND when it is missing or someone else's (never saying which)."""
+    upload = FileUpload.objects.filter(id=upload_id, owner_id=user.pk).first()
+    if upload is None:
+        raise NotFound("no such upload")
+    return upload
+
+
+@dataclass(frozen=True)
+class UploadPage:
+    uploads: list[FileUpload]
+    cursors: list[str]
+    has_next_page: bool
+    total_count: int
+
+
+def _cursor_encode(upload: FileUpload) -> str:
+    raw = f"{upload.created_at.isoformat()}|{upload.id}".encode()
+    return base64.urlsafe_b64encode(raw).decode()
+
+
+def _cursor_decode(cursor: str) -> tuple[datetime, uuid.UUID]:
+    try:
+        created, _, upload_id = base64.urlsafe_b64decode(cursor.encode()).decode().partition("|")
+        return datetime.fromisoformat(created), uuid.UUID(upload_id)
+    except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
+        raise BadUserInput("after is not a cursor this API gave out") from exc
+
+
+def upload_list_for_user(
+    *, user: AbstractBaseUser, first: int = 20, after: str | None = None, status: str | None = None
+) -> UploadPage:
+    """The caller's uploads, newest first, `first` at a time after the cursor `after`."""
+    if first < 0 or first > MAX_PAGE:
+        raise BadUserInput(f"first must be between 0 and {MAX_PAGE}")
+    rows = FileUpload.objects.filter(owner_id=user.pk)
+    if status is not None:
+        rows = rows.filter(status=status)
+    total = rows.count()
+    if after:
+        created, upload_id = _cursor_decode(after)
+        rows = rows.filter(Q(created_at__lt=created) | Q(created_at=created, id__lt=upload_id))
+    page = list(rows.order_by("-created_at", "-id")[: first + 1])
+    uploads = page[:first]
+    return UploadPage(
+        uploads=uploads,
+        cursors=[_cursor_encode(u) for u in uploads],
+        has_next_page=len(page) > first,
+        total_count=total,
+    )
+
+
+def upload_download_url(*, upload: FileUpload, base_url: str | None) -> str | None:
+    """An absolute, expiring URL serving the object, once the upload is COMPLETED."""
+    if upload.status != UploadStatus.COMPLETED:
+        return None
+    storage = get_storage()
+    if not isinstance(storage, Presigner):
+        return None
+    return storage.download_url(
+        key=upload.storage_key,
+        filename=upload.filename,
+        ttl=settings.DOWNLOAD_URL_TTL,
+        base_url=settings.PUBLIC_BASE_URL or base_url,
+    )

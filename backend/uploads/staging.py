@@ -1,0 +1,124 @@
+"""Staging: received bytes wait here (a directory web and workers share) for the transfer job.
+
+The upload handler writes each file part of a multipart request straight into
+`<UPLOAD_STAGING_DIR>/incoming/` while hashing it, so the bytes are read once. A service that
+accepts the upload renames the file to `<UPLOAD_STAGING_DIR>/<upload id>`; whatever is still in
+`incoming/` when the request ends was refused and is deleted (`staging_discard_incoming`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.core.files.uploadedfile import UploadedFile
+from django.core.files.uploadhandler import FileUploadHandler
+from django.http import HttpRequest
+
+from backend.uploads.sniffing import SNIFF_BYTES
+
+INCOMING = "incoming"
+
+
+class FileTooLarge(Exception):
+    """The file part grew past UPLOAD_MAX_BYTES."""
+
+
+def staging_dir() -> Path:
+    return Path(settings.UPLOAD_STAGING_DIR)
+
+
+def staging_path(upload_id: uuid.UUID) -> Path:
+    return staging_dir() / str(upload_id)
+
+
+def staging_free_bytes() -> int:
+    directory = staging_dir()
+    directory.mkdir(parents=True, exist_ok=True)
+    return shutil.disk_usage(directory).free
+
+
+class StagedFile(UploadedFile):
+    """A file part already on disk in staging, with the digest of its bytes and its first bytes."""
+
+    def __init__(self, *, path: Path, name: str, size: int, sha256: str, head: bytes, content_type: str) -> None:
+        super().__init__(file=None, name=name, content_type=content_type, size=size)
+        self.path = path
+        self.sha256 = sha256
+        self.head = head
+
+    def open(self, mode: str | None = None, *args: Any, **kwargs: Any) -> StagedFile:
+        self.file = open(self.path, mode or "rb")  # noqa: SIM115 - closed by UploadedFile.close
+        return self
+
+
+class StagingUploadHandler(FileUploadHandler):
+    """Writes every file part into staging as it arrives, hashing and counting on the way."""
+
+    chunk_size = 1024 * 1024
+
+    def __init__(self, request: HttpRequest | None = None) -> None:
+        super().__init__(request)
+        self._fd: int | None = None
+        self._path: Path | None = None
+        self._hash = hashlib.sha256()
+        self._size = 0
+        self._head = b""
+
+    def new_file(self, *args: Any, **kwargs: Any) -> None:
+        super().new_file(*args, **kwargs)
+        incoming = staging_dir() / INCOMING
+        incoming.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(dir=incoming, suffix=".part")
+        self._fd, self._path = fd, Path(name)
+        self._hash, self._size, self._head = hashlib.sha256(), 0, b""
+        if self.request is not None:
+            staged: list[Path] = getattr(self.request, "staged_paths", [])
+            staged.append(self._path)
+            self.request.staged_paths = staged  # type: ignore[attr-defined]
+
+    def receive_data_chunk(self, raw_data: bytes, start: int) -> None:
+        assert self._fd is not None
+        self._size += len(raw_data)
+        if self._size > settings.UPLOAD_MAX_BYTES:
+            raise FileTooLarge(f"the file is over {settings.UPLOAD_MAX_BYTES} bytes")
+        if len(self._head) < SNIFF_BYTES:
+            self._head += raw_data[: SNIFF_BYTES - len(self._head)]
+        self._hash.update(raw_data)
+        view = memoryview(raw_data)
+        while view:
+            view = view[os.write(self._fd, view) :]
+
+    def file_complete(self, file_size: int) -> StagedFile:
+        assert self._fd is not None and self._path is not None
+        os.close(self._fd)
+        self._fd = None
+        return StagedFile(
+            path=self._path,
+            name=self.file_name or "",
+            size=self._size,
+            sha256=self._hash.hexdigest(),
+            head=self._head,
+            content_type=self.content_type or "",
+        )
+
+    def upload_interrupted(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def staging_discard_incoming(paths: list[Path]) -> None:
+    """Delete incoming files a request left behind: the upload they carried was refused."""
+    for path in paths:
+        path.unlink(missing_ok=True)
+
+
+def staging_delete(upload_id: uuid.UUID) -> None:
+    staging_path(upload_id).unlink(missing_ok=True)

@@ -1,0 +1,87 @@
+"""The bucket, behind a small Protocol.
+
+The core is what a resumable multipart transfer needs: open an object, put part N, list the
+parts the store confirmed, complete, abort. A plain put covers the empty file. Download URLs are
+a separate capability (`Presigner`). Each backend lives in its own module; `get_storage()`
+picks one from settings.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cache
+from typing import Protocol, runtime_checkable
+
+from django.conf import settings
+
+
+@dataclass(frozen=True)
+class PartReceipt:
+    """What the store said about one part it accepted."""
+
+    part_number: int
+    size: int
+    etag: str
+    checksum: str = ""
+
+
+class StorageError(Exception):
+    """A store operation failed. `retryable` says whether trying the same call again may help."""
+
+    def __init__(self, message: str, *, retryable: bool) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+
+
+class Storage(Protocol):
+    name: str
+    min_part_size: int
+
+    def start(self, *, key: str, content_type: str, metadata: dict[str, str]) -> str:
+        """Open a multipart object at `key` and return its handle (the store's upload id)."""
+
+    def put_part(self, *, key: str, handle: str, part_number: int, offset: int, data: bytes) -> PartReceipt:
+        """Store part `part_number` (1-based) whose bytes start at `offset` in the object.
+
+        Must be idempotent for the same part number: putting it again replaces it. Returns only
+        once the store has confirmed the bytes; raises StorageError otherwise.
+        """
+
+    def list_parts(self, *, key: str, handle: str) -> list[PartReceipt]:
+        """The parts the store holds for this open object, in part order (every page)."""
+
+    def complete(self, *, key: str, handle: str, parts: list[PartReceipt], size: int) -> None:
+        """Assemble `parts` into the object at `key`; it appears whole or not at all.
+
+        Checks that the assembled object is `size` bytes long.
+        """
+
+    def abort(self, *, key: str, handle: str) -> None:
+        """Discard an open object and every part of it. Idempotent: an unknown handle is fine."""
+
+    def put_object(self, *, key: str, data: bytes, content_type: str, metadata: dict[str, str]) -> None:
+        """Store a small object with one plain put (the empty file)."""
+
+    def delete_object(self, *, key: str) -> None:
+        """Remove a completed object. Idempotent."""
+
+    def check(self) -> None:
+        """Raise StorageError if the store cannot be reached or written (readiness)."""
+
+
+@runtime_checkable
+class Presigner(Protocol):
+    def download_url(self, *, key: str, filename: str, ttl: int, base_url: str | None) -> str:
+        """An absolute URL that serves the object's bytes for `ttl` seconds without other credentials."""
+
+
+@cache
+def get_storage() -> Storage:
+    """The storage backend settings name, one per process."""
+    if settings.STORAGE_BACKEND == "s3":
+        from backend.uploads.storage.s3 import s3_storage_from_settings
+
+        return s3_storage_from_settings()
+    from backend.uploads.storage.local import LocalStorage
+
+    return LocalStorage(root=settings.LOCAL_STORAGE_ROOT)

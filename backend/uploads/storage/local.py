@@ -1,0 +1,146 @@
+"""The local-disk bucket.
+
+An open object is a hidden temporary file under `<root>/.incomplete/` into which each part is
+written at its offset, plus one receipt file per confirmed part. `complete` renames the file
+into place, so an object appears atomically and is never seen half-written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+import uuid
+import zlib
+from pathlib import Path
+
+from django.core import signing
+
+from backend.uploads.storage import PartReceipt, StorageError
+
+INCOMPLETE_DIR = ".incomplete"
+_DOWNLOAD_SALT = "backend.uploads.download"
+
+
+class LocalStorage:
+    name = "local"
+    min_part_size = 1
+
+    def __init__(self, *, root: Path) -> None:
+        self.root = Path(root)
+
+    # -- paths -------------------------------------------------------------------------------
+
+    def object_path(self, key: str) -> Path:
+        path = (self.root / key).resolve()
+        if self.root.resolve() not in path.parents:
+            raise StorageError(f"key {key!r} escapes the bucket", retryable=False)
+        return path
+
+    def _data_path(self, handle: str) -> Path:
+        return self.root / INCOMPLETE_DIR / f"{handle}.data"
+
+    def _parts_dir(self, handle: str) -> Path:
+        return self.root / INCOMPLETE_DIR / f"{handle}.parts"
+
+    def _check_handle(self, handle: str) -> None:
+        try:
+            uuid.UUID(handle)
+        except ValueError as exc:
+            raise StorageError(f"bad handle {handle!r}", retryable=False) from exc
+        if not self._parts_dir(handle).is_dir():
+            raise StorageError(f"no open object {handle}", retryable=False)
+
+    # -- core ---------------------------------------------------------------------------------
+
+    def start(self, *, key: str, content_type: str, metadata: dict[str, str]) -> str:
+        self.object_path(key)
+        handle = uuid.uuid4().hex
+        self._parts_dir(handle).mkdir(parents=True)
+        self._data_path(handle).touch()
+        return handle
+
+    def put_part(self, *, key: str, handle: str, part_number: int, offset: int, data: bytes) -> PartReceipt:
+        self._check_handle(handle)
+        try:
+            fd = os.open(self._data_path(handle), os.O_WRONLY)
+            try:
+                view = memoryview(data)
+                written = 0
+                while written < len(view):
+                    written += os.pwrite(fd, view[written:], offset + written)
+                os.fdatasync(fd)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            raise StorageError(f"writing part {part_number}: {exc.strerror}", retryable=True) from exc
+        crc = f"{zlib.crc32(data):08x}"
+        receipt = PartReceipt(part_number=part_number, size=len(data), etag=crc, checksum=f"crc32:{crc}")
+        receipt_path = self._parts_dir(handle) / f"{part_number}.json"
+        tmp = receipt_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(receipt.__dict__))
+        os.replace(tmp, receipt_path)
+        return receipt
+
+    def list_parts(self, *, key: str, handle: str) -> list[PartReceipt]:
+        parts_dir = self._parts_dir(handle)
+        if not parts_dir.is_dir():
+            return []
+        receipts = [PartReceipt(**json.loads(p.read_text())) for p in parts_dir.glob("*.json")]
+        return sorted(receipts, key=lambda r: r.part_number)
+
+    def complete(self, *, key: str, handle: str, parts: list[PartReceipt], size: int) -> None:
+        self._check_handle(handle)
+        data_path = self._data_path(handle)
+        stored = {r.part_number: r for r in self.list_parts(key=key, handle=handle)}
+        for part in parts:
+            if stored.get(part.part_number) != part:
+                raise StorageError(f"part {part.part_number} is not the one the store holds", retryable=False)
+        if sum(p.size for p in parts) != size or data_path.stat().st_size != size:
+            raise StorageError(f"assembled object is {data_path.stat().st_size} bytes, expected {size}", retryable=False)
+        target = self.object_path(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(data_path, target)
+        shutil.rmtree(self._parts_dir(handle), ignore_errors=True)
+
+    def abort(self, *, key: str, handle: str) -> None:
+        self._data_path(handle).unlink(missing_ok=True)
+        shutil.rmtree(self._parts_dir(handle), ignore_errors=True)
+
+    def put_object(self, *, key: str, data: bytes, content_type: str, metadata: dict[str, str]) -> None:
+        target = self.object_path(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.root / INCOMPLETE_DIR / f"{uuid.uuid4().hex}.put"
+        tmp.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_bytes(data)
+        os.replace(tmp, target)
+
+    def delete_object(self, *, key: str) -> None:
+        self.object_path(key).unlink(missing_ok=True)
+
+    def check(self) -> None:
+        probe = self.root / INCOMPLETE_DIR / f"ready-{uuid.uuid4().hex}"
+        try:
+            probe.parent.mkdir(parents=True, exist_ok=True)
+            probe.write_bytes(b"ok")
+            probe.unlink()
+        except OSError as exc:
+            raise StorageError(f"local bucket not writable: {exc.strerror}", retryable=True) from exc
+
+    # -- presigned downloads ------------------------------------------------------------------
+
+    def download_url(self, *, key: str, filename: str, ttl: int, base_url: str | None) -> str:
+        token = signing.dumps({"k": key, "n": filename, "e": int(time.time()) + ttl}, salt=_DOWNLOAD_SALT)
+        return f"{base_url or ''}/files/{token}"
+
+    def resolve_download(self, token: str) -> tuple[Path, str] | None:
+        """The object path and filename a download token names, or None if it is bad or expired."""
+        try:
+            payload = signing.loads(token, salt=_DOWNLOAD_SALT)
+        except signing.BadSignature:
+            return None
+        if payload.get("e", 0) < time.time():
+            return None
+        path = self.object_path(payload["k"])
+        return (path, payload["n"]) if path.is_file() else None

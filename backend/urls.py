@@ -1,0 +1,30 @@
+from __future__ import annotations
+
+from django.conf import settings
+from django.contrib import admin
+from django.urls import include, path, re_path
+from django.views.decorators.csrf import csrf_exempt
+
+from backend import health
+from backend.uploads.views import download
+from schema import schema
+from schema.views import UploadGraphQLView
+
+# The GraphQL view runs Django's CSRF check itself, for session requests only (CONTRACT section 5).
+graphql_view = csrf_exempt(
+    UploadGraphQLView.as_view(
+        schema=schema,
+        graphql_ide="graphiql" if settings.GRAPHIQL else None,
+        multipart_uploads_enabled=True,
+    )
+)
+
+urlpatterns = [
+    re_path(r"^graphql/?$", graphql_view),
+    path("files/<str:token>", download),
+    path("healthz", health.healthz),
+    path("readyz", health.readyz),
+    path("accounts/", include("django.contrib.auth.urls")),
+    path("admin/rq/", include("django_rq.urls")),
+    path("admin/", admin.site.urls),
+]

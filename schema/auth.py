@@ -1,0 +1,15 @@
+"""Who the caller is, for resolvers: one check every protected field uses."""
+
+from __future__ import annotations
+
+from django.contrib.auth.models import AbstractBaseUser
+
+from backend.uploads.errors import Unauthenticated
+from schema.context import Info
+
+
+def require_user(info: Info) -> AbstractBaseUser:
+    user = info.context.user
+    if user is None or not user.is_authenticated:
+        raise Unauthenticated("authentication required: send Authorization: Bearer <token>")
+    return user

@@ -1,0 +1,41 @@
+from __future__ import annotations
+
+import strawberry
+from asgiref.sync import sync_to_async
+from strawberry.file_uploads import Upload
+
+from backend.uploads.errors import BadUserInput
+from backend.uploads.selectors import upload_id_parse
+from backend.uploads.services import upload_cancel, upload_create, upload_delete, upload_retry
+from backend.uploads.staging import StagedFile
+from schema.auth import require_user
+from schema.context import Info
+from schema.types import FileUploadType
+
+
+@strawberry.type
+class Mutation:
+    @strawberry.mutation
+    async def upload_file(self, info: Info, file: Upload, sha256: str | None = None) -> FileUploadType:
+        user = require_user(info)
+        if not isinstance(file, StagedFile):
+            raise BadUserInput("file must be a file part of a multipart request")
+        upload = await sync_to_async(upload_create)(user=user, file=file, sha256=sha256)
+        return FileUploadType.from_model(upload, base_url=info.context.base_url)
+
+    @strawberry.mutation
+    async def cancel_upload(self, info: Info, id: strawberry.ID) -> FileUploadType:
+        user = require_user(info)
+        upload = await sync_to_async(upload_cancel)(user=user, upload_id=upload_id_parse(id))
+        return FileUploadType.from_model(upload, base_url=info.context.base_url)
+
+    @strawberry.mutation
+    async def retry_upload(self, info: Info, id: strawberry.ID) -> FileUploadType:
+        user = require_user(info)
+        upload = await sync_to_async(upload_retry)(user=user, upload_id=upload_id_parse(id))
+        return FileUploadType.from_model(upload, base_url=info.context.base_url)
+
+    @strawberry.mutation
+    async def delete_upload(self, info: Info, id: strawberry.ID) -> bool:
+        user = require_user(info)
+        return await sync_to_async(upload_delete)(user=user, upload_id=upload_id_parse(id))

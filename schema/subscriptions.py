@@ -1,0 +1,23 @@
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator
+
+import strawberry
+from asgiref.sync import sync_to_async
+from django.conf import settings
+
+from backend.uploads.progress import progress_stream
+from backend.uploads.selectors import upload_get_for_user, upload_id_parse
+from schema.auth import require_user
+from schema.context import Info
+from schema.types import UploadProgress
+
+
+@strawberry.type
+class Subscription:
+    @strawberry.subscription
+    async def upload_progress(self, info: Info, id: strawberry.ID) -> AsyncGenerator[UploadProgress, None]:
+        user = require_user(info)
+        upload = await sync_to_async(upload_get_for_user)(user=user, upload_id=upload_id_parse(id))
+        async for event in progress_stream(upload_id=upload.id, resync_seconds=settings.PROGRESS_RESYNC_SECONDS):
+            yield UploadProgress.from_event(event)

@@ -1,0 +1,140 @@
+"""The HTTP side of /graphql: authentication, CSRF for sessions, multipart parsing off the loop."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from asgiref.sync import sync_to_async
+from cross_web import HTTPException
+from django.conf import settings
+from django.core.exceptions import RequestDataTooBig, TooManyFilesSent
+from django.http import HttpRequest, HttpResponse
+from django.http.multipartparser import MultiPartParserError
+from django.http.response import HttpResponseBase
+from django.middleware.csrf import CsrfViewMiddleware
+from strawberry.django.views import AsyncGraphQLView
+
+from backend.http_errors import error_response
+from backend.tokens.services import token_user
+from backend.uploads.staging import FileTooLarge, staging_discard_incoming
+from schema.context import Context
+
+
+class InvalidToken(Exception):
+    pass
+
+
+class UploadGraphQLView(AsyncGraphQLView[Context, None]):
+    """strawberry's async Django view, with the request handling the contract asks for."""
+
+    async def dispatch(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
+        try:
+            return await self._dispatch(request)
+        except HTTPException as exc:
+            return error_response(exc.status_code, "BAD_REQUEST", exc.reason)
+        finally:
+            staging_discard_incoming(getattr(request, "staged_paths", []))
+
+    async def _dispatch(self, request: HttpRequest) -> HttpResponseBase:
+        try:
+            user, by_session = await _authenticate(request)
+        except InvalidToken:
+            return error_response(401, "UNAUTHENTICATED", "the bearer token is invalid, expired or revoked")
+        request.api_user = user  # type: ignore[attr-defined]
+        if request.method == "POST":
+            if by_session and not request.headers.get("X-CSRFToken"):
+                return error_response(403, "FORBIDDEN", "a session request must carry X-CSRFToken")
+            try:
+                refused = await sync_to_async(_read_body, thread_sensitive=False)(request, by_session)
+            except FileTooLarge as exc:
+                return error_response(413, "FILE_TOO_LARGE", str(exc))
+            except (MultiPartParserError, TooManyFilesSent, RequestDataTooBig, UnicodeDecodeError) as exc:
+                return error_response(400, "BAD_REQUEST", f"malformed multipart request: {exc}")
+            if refused is not None:
+                return refused
+        return await self.run(request=request)
+
+    async def get_context(self, request: HttpRequest, response: HttpResponse) -> Context:  # type: ignore[override]
+        return Context(
+            request=request,
+            response=response,
+            user=getattr(request, "api_user", None),
+            base_url=settings.PUBLIC_BASE_URL or request.build_absolute_uri("/").rstrip("/"),
+        )
+
+    async def parse_multipart(self, request: Any) -> dict[str, Any]:
+        form_data = await request.get_form_data()
+        operations = self.parse_json(form_data.form.get("operations", ""))
+        files_map = self.parse_json(form_data.form.get("map", "{}"))
+        return _replace_file_placeholders(operations, files_map, form_data.files)
+
+
+async def _authenticate(request: HttpRequest) -> tuple[Any, bool]:
+    """(user or None, whether the user came from the session cookie). A bearer token decides."""
+    header = request.headers.get("Authorization", "")
+    if header:
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise InvalidToken
+        user = await sync_to_async(token_user)(token=token.strip())
+        if user is None:
+            raise InvalidToken
+        return user, False
+    user = await request.auser()
+    if user.is_authenticated:
+        return user, True
+    return None, False
+
+
+def _read_body(request: HttpRequest, by_session: bool) -> HttpResponseBase | None:
+    """Run in a worker thread: the CSRF check for sessions, then multipart parsing into staging."""
+    if by_session:
+        refused = CsrfViewMiddleware(lambda r: HttpResponse()).process_view(request, None, (), {})  # type: ignore[arg-type]
+        if refused is not None:
+            return error_response(403, "FORBIDDEN", "CSRF check failed")
+    if request.content_type == "multipart/form-data":
+        request.POST  # noqa: B018 - parses the body; files land in staging through the upload handler
+    return None
+
+
+def _replace_file_placeholders(operations: Any, files_map: Any, files: Mapping[str, Any]) -> Any:
+    """Put each file where the multipart `map` says, refusing anything the spec does not allow."""
+    if not isinstance(operations, (dict, list)):
+        raise HTTPException(400, "operations must be a JSON object or array")
+    if not isinstance(files_map, dict):
+        raise HTTPException(400, "map must be a JSON object")
+    for field_name, paths in files_map.items():
+        if field_name not in files:
+            raise HTTPException(400, f"map names file {field_name!r}, which the request does not carry")
+        if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
+            raise HTTPException(400, f"map entry {field_name!r} must be a list of paths")
+        for path in paths:
+            _place(operations, path, files[field_name])
+    unmapped = set(files) - set(files_map)
+    if unmapped:
+        raise HTTPException(400, f"file part(s) {sorted(unmapped)} are not in the map")
+    return operations
+
+
+def _place(operations: Any, path: str, value: Any) -> None:
+    keys = path.split(".")
+    target = operations
+    try:
+        for key in keys[:-1]:
+            target = target[int(key)] if isinstance(target, list) else target[key]
+        last = keys[-1]
+        if isinstance(target, list):
+            if target[int(last)] is not None:
+                raise HTTPException(400, f"map path {path!r} must point at a null placeholder")
+            target[int(last)] = value
+        elif isinstance(target, dict):
+            if last not in target or target[last] is not None:
+                raise HTTPException(400, f"map path {path!r} must point at a null placeholder")
+            target[last] = value
+        else:
+            raise HTTPException(400, f"map path {path!r} does not lead into the operations")
+    except (KeyError, IndexError, ValueError, TypeError) as exc:
+        raise HTTPException(400, f"map path {path!r} does not exist in the operations") from exc
+
+
