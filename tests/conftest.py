@@ -1,0 +1,179 @@
+"""Test session set-up: a private Redis and SQLite database, and factories for real processes.
+
+Everything the suite needs is started here, on free ports under a temporary directory; nothing
+running on the machine is used.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from backend.stack import redis_embedded_start
+
+_SESSION: dict[str, Any] = {}
+_REDIS_DBS = iter(range(1, 64))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if "DJANGO_SETTINGS_MODULE" in _SESSION:
+        return
+    root = Path(tempfile.mkdtemp(prefix="upload-tests-"))
+    redis_process, redis_url = redis_embedded_start(root / "redis")
+    base = redis_url.rsplit("/", 1)[0]
+    os.environ.update(
+        {
+            "DJANGO_SETTINGS_MODULE": "backend.settings",
+            "REDIS_URL": f"{base}/0",
+            "DATABASE_URL": f"sqlite:///{root / 'db.sqlite3'}",
+            "UPLOAD_STAGING_DIR": str(root / "staging"),
+            "LOCAL_STORAGE_ROOT": str(root / "bucket"),
+            "UPLOAD_STAGING_MIN_FREE_BYTES": "0",
+            "UPLOAD_PART_SIZE": str(1024 * 1024),
+            "UPLOAD_HEARTBEAT_SECONDS": "1",
+            "PROGRESS_RESYNC_SECONDS": "2",
+            "UPLOAD_MAX_ACTIVE_PER_USER": "100",
+            "DEBUG": "true",
+            "LOG_LEVEL": "WARNING",
+        }
+    )
+    _SESSION.update(root=root, redis=redis_process, redis_base=base, DJANGO_SETTINGS_MODULE=True)
+    import django
+
+    django.setup()
+    from django.core.management import call_command
+
+    call_command("migrate", "--noinput", verbosity=0)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    redis_process = _SESSION.get("redis")
+    if redis_process is not None:
+        redis_process.terminate()
+        redis_process.wait(10)
+    root = _SESSION.get("root")
+    if root is not None:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def session_root() -> Path:
+    return Path(_SESSION["root"])
+
+
+# --- users ------------------------------------------------------------------------------------
+
+
+@dataclass
+class ApiUser:
+    username: str
+    token: str
+    user: Any
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+
+@pytest.fixture
+def make_user() -> Callable[[], ApiUser]:
+    from backend.tokens.services import token_create, user_get_or_create
+
+    def make(username: str | None = None) -> ApiUser:
+        name = username or f"user-{uuid.uuid4().hex[:10]}"
+        user = user_get_or_create(username=name, create=True)
+        return ApiUser(username=name, token=token_create(user=user), user=user)
+
+    return make
+
+
+@pytest.fixture
+def api_user(make_user: Callable[[], ApiUser]) -> ApiUser:
+    return make_user()
+
+
+# --- real processes ---------------------------------------------------------------------------
+
+
+@dataclass
+class Stack:
+    """A server and workers sharing one Redis database (its queue) with nobody else."""
+
+    env: dict[str, str]
+    root: Path
+    server: Any = None
+    workers: list[Any] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    @property
+    def ws_url(self) -> str:
+        return self.server.ws_url
+
+    def add_worker(self, faults: dict[str, Any] | None = None, env: dict[str, str] | None = None) -> Any:
+        from tests.support.processes import Worker
+
+        index = len(self.workers)
+        worker = Worker(env={**self.env, **(env or {})}, log=self.root / f"worker-{index}.log", faults=faults).start()
+        self.workers.append(worker)
+        return worker
+
+    def stop(self) -> None:
+        for worker in self.workers:
+            worker.stop()
+        if self.server is not None:
+            self.server.stop()
+
+
+def _new_stack(
+    session_root: Path, *, env: dict[str, str] | None, workers: int, faults: dict[str, Any] | None, server: str
+) -> Stack:
+    from tests.support.processes import Server
+
+    db = next(_REDIS_DBS)
+    root = session_root / f"stack-{db}"
+    root.mkdir()
+    stack_env = {**os.environ, "REDIS_URL": f"{_SESSION['redis_base']}/{db}", **(env or {})}
+    stack = Stack(env=stack_env, root=root)
+    stack.server = Server(env=stack_env, log=root / "server.log", server=server).start()
+    for _ in range(workers):
+        stack.add_worker(faults=faults)
+    return stack
+
+
+@pytest.fixture(scope="session")
+def stack(session_root: Path) -> Iterator[Stack]:
+    """The shared default stack: one server, two workers, default settings."""
+    shared = _new_stack(session_root, env=None, workers=2, faults=None, server="uvicorn")
+    yield shared
+    shared.stop()
+
+
+@pytest.fixture
+def make_stack(session_root: Path) -> Iterator[Callable[..., Stack]]:
+    """A private stack with its own settings, workers and storage faults; stopped after the test."""
+    made: list[Stack] = []
+
+    def make(
+        env: dict[str, str] | None = None,
+        workers: int = 1,
+        faults: dict[str, Any] | None = None,
+        server: str = "uvicorn",
+    ) -> Stack:
+        new = _new_stack(session_root, env=env, workers=workers, faults=faults, server=server)
+        made.append(new)
+        return new
+
+    yield make
+    for each in made:
+        each.stop()

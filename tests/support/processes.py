@@ -1,0 +1,118 @@
+"""Real processes for integration tests: the ASGI server, RQ workers, and waiting on conditions."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+
+from backend.stack import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+T = TypeVar("T")
+
+
+def wait_until(predicate: Callable[[], T], *, timeout: float = 30.0, interval: float = 0.05, what: str = "") -> T:
+    """Poll `predicate` until it returns something truthy; fail the test after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
+        time.sleep(interval)
+
+
+def _spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    out = log.open("ab")
+    return subprocess.Popen(args, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+@dataclass
+class Server:
+    """uvicorn serving backend.asgi on a free TCP port."""
+
+    env: dict[str, str]
+    log: Path
+    server: str = "uvicorn"
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/graphql"
+
+    def start(self) -> Server:
+        if self.server == "daphne":
+            args = [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port), "backend.asgi:application"]
+        else:
+            args = [sys.executable, "-m", "uvicorn", "backend.asgi:application", "--host", "127.0.0.1",
+                    "--port", str(self.port), "--lifespan", "off", "--log-level", "warning"]
+        self.process = _spawn(args, self.env, self.log)
+        wait_until(self._healthy, timeout=30, what=f"server on {self.url} (log {self.log})")
+        return self
+
+    def _healthy(self) -> bool:
+        assert self.process is not None
+        if self.process.poll() is not None:
+            raise AssertionError(f"server exited with {self.process.returncode}; see {self.log}")
+        try:
+            return httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def stop(self) -> None:
+        _stop(self.process)
+
+
+@dataclass
+class Worker:
+    """One real RQ worker process (forking a work horse per job), optionally with storage faults."""
+
+    env: dict[str, str]
+    log: Path
+    faults: dict[str, Any] | None = None
+    process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Worker:
+        env = dict(self.env)
+        if self.faults:
+            env["TEST_STORAGE_FAULTS"] = json.dumps(self.faults)
+        self.process = _spawn([sys.executable, "-m", "tests.support.worker"], env, self.log)
+        return self
+
+    def kill(self) -> None:
+        """SIGKILL the worker and its work horse."""
+        if self.process and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(10)
+
+    def stop(self) -> None:
+        _stop(self.process)
+
+
+def _stop(process: subprocess.Popen[bytes] | None) -> None:
+    if process is None or process.poll() is not None:
+        return
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(10)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(10)
+    except ProcessLookupError:
+        pass
