@@ -114,7 +114,7 @@ def main() -> None:
         workers = os.environ.get("WORKERS", "2")
         manager = Manager()
         manager.add_process("web", " ".join(server_command(os.environ.get("SERVER", "uvicorn"))), cwd=str(BASE_DIR))
-        manager.add_process("worker", f"{python} manage.py rqworker-pool default --num-workers {workers}", cwd=str(BASE_DIR))
+        manager.add_process("worker", f"{python} manage.py rqworker-pool default --num-workers {workers} --worker-class backend.uploads.worker.UploadWorker", cwd=str(BASE_DIR))
         manager.add_process("cron", f"{python} manage.py rqcron backend.uploads.cron", cwd=str(BASE_DIR))
         print(
             f"\n  GraphiQL:  http://{HOST}:{PORT}/graphql\n"

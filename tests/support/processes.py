@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
+import psutil
 
 from backend.stack import free_port
 
@@ -96,9 +98,13 @@ class Worker:
         return self
 
     def kill(self) -> None:
-        """SIGKILL the worker and its work horse."""
+        """SIGKILL the worker and its work horse (which RQ puts in a session of its own)."""
         if self.process and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGKILL)
+            victims = [psutil.Process(self.process.pid), *psutil.Process(self.process.pid).children(recursive=True)]
+            for victim in victims:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    victim.kill()
+            psutil.wait_procs(victims, timeout=10)
             self.process.wait(10)
 
     def stop(self) -> None:

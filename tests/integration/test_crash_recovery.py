@@ -1,0 +1,115 @@
+"""Crash recovery with real processes: SIGTERM, SIGKILL, duplicate delivery."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import sys
+from collections import Counter
+from pathlib import Path
+
+import httpx
+import redis
+from rq import Queue
+
+from backend.uploads.models import FileUpload, UploadStatus
+from tests.support.client import data_of, upload_file
+from tests.support.processes import _spawn, _stop, wait_until
+
+MIB = 1024 * 1024
+
+
+def _row(upload_id: str) -> FileUpload:
+    return FileUpload.objects.get(id=upload_id)
+
+
+def _parts_sent(log: Path) -> Counter[int]:
+    if not log.exists():
+        return Counter()
+    return Counter(json.loads(line)["part"] for line in log.read_text().splitlines())
+
+
+def _assert_stored(upload_id: str, content: bytes) -> None:
+    row = _row(upload_id)
+    assert row.status == UploadStatus.COMPLETED, (row.status, row.error)
+    stored = (Path(os.environ["LOCAL_STORAGE_ROOT"]) / row.storage_key).read_bytes()
+    assert hashlib.sha256(stored).digest() == hashlib.sha256(content).digest()
+
+
+def test_sigterm_stops_between_parts_and_the_upload_resumes(make_stack, api_user, tmp_path) -> None:
+    log = tmp_path / "parts.jsonl"
+    stack = make_stack(env={"UPLOAD_PART_DELAY_MS": "150", "UPLOAD_PART_CONCURRENCY": "2", "TEST_STORAGE_LOG": str(log)})
+    content = os.urandom(24 * MIB)
+    upload_id = data_of(upload_file(stack.url, content, headers=api_user.headers))["uploadFile"]["id"]
+    wait_until(lambda: _row(upload_id).parts_uploaded >= 3, timeout=30, what="three confirmed parts")
+
+    worker = stack.workers[0]
+    os.kill(worker.process.pid, signal.SIGTERM)
+    worker.process.wait(30)
+    row = _row(upload_id)
+    assert row.status == UploadStatus.QUEUED, "a stopping worker gives the transfer back"
+    assert 3 <= row.parts_uploaded < row.parts_total
+    assert row.parts.count() == row.parts_uploaded
+    confirmed_before = row.parts_uploaded
+
+    stack.add_worker()
+    wait_until(lambda: _row(upload_id).status == UploadStatus.COMPLETED, timeout=60, what="the resumed transfer")
+    _assert_stored(upload_id, content)
+    sent = _parts_sent(log)
+    assert set(sent) == set(range(1, 25))
+    assert all(count == 1 for count in sent.values()), f"parts sent twice: {sent}"
+    assert _row(upload_id).attempts == 2
+    assert confirmed_before <= _row(upload_id).parts_uploaded
+
+
+def test_sigkilled_worker_is_reaped_and_resumed_by_the_cron(make_stack, api_user, tmp_path) -> None:
+    log = tmp_path / "parts.jsonl"
+    env = {
+        "UPLOAD_PART_DELAY_MS": "100",
+        "UPLOAD_PART_CONCURRENCY": "1",
+        "UPLOAD_STALE_AFTER_SECONDS": "3",
+        "TEST_STORAGE_LOG": str(log),
+    }
+    stack = make_stack(env=env)
+    cron = _spawn([sys.executable, "manage.py", "rqcron", "backend.uploads.cron"], stack.env, stack.root / "cron.log")
+    try:
+        content = os.urandom(12 * MIB)
+        upload_id = data_of(upload_file(stack.url, content, headers=api_user.headers))["uploadFile"]["id"]
+        wait_until(lambda: _row(upload_id).parts_uploaded >= 2, timeout=30, what="two confirmed parts")
+        stack.workers[0].kill()
+        confirmed = _row(upload_id).parts_uploaded
+        stack.add_worker()
+        wait_until(lambda: _row(upload_id).status == UploadStatus.COMPLETED, timeout=90, what="reaped and resumed")
+        _assert_stored(upload_id, content)
+        sent = _parts_sent(log)
+        assert all(sent[n] == 1 for n in range(1, confirmed + 1)), f"confirmed parts sent again: {sent}"
+        assert _row(upload_id).attempts == 2
+    finally:
+        _stop(cron)
+
+
+def test_a_job_delivered_twice_transfers_once(make_stack, api_user, tmp_path) -> None:
+    log = tmp_path / "parts.jsonl"
+    stack = make_stack(env={"UPLOAD_PART_DELAY_MS": "50", "TEST_STORAGE_LOG": str(log)}, workers=2)
+    content = os.urandom(8 * MIB)
+    upload_id = data_of(upload_file(stack.url, content, headers=api_user.headers))["uploadFile"]["id"]
+    queue = Queue("default", connection=redis.Redis.from_url(stack.env["REDIS_URL"]))
+    queue.enqueue("backend.uploads.jobs.upload_transfer", upload_id)
+    wait_until(lambda: _row(upload_id).status == UploadStatus.COMPLETED, timeout=60, what="completion")
+    wait_until(lambda: queue.count == 0 and len(queue.started_job_registry) == 0, timeout=30, what="queue drained")
+    _assert_stored(upload_id, content)
+    sent = _parts_sent(log)
+    assert sent == Counter({n: 1 for n in range(1, 9)}), sent
+    assert _row(upload_id).attempts == 1
+
+
+def test_readyz_reports_redis_down(make_stack) -> None:
+    stack = make_stack(env={"REDIS_URL": "redis://127.0.0.1:1/0"}, workers=0)
+    response = httpx.get(f"{stack.url}/readyz", timeout=10)
+    assert response.status_code == 503
+    body = response.json()
+    assert body["redis"] != "ok" and body["database"] == "ok"
+
+
