@@ -1,5 +1,6 @@
 # The two commands a newcomer needs: `make run` and `make test`. Both create .venv on first use.
-PYTHON ?= $(shell command -v python3.12 || command -v python3.11 || command -v python3)
+# The first of python3.12, python3.11, python3 that actually runs and is 3.11+ (pyenv shims may not).
+PYTHON ?= $(shell for p in python3.12 python3.11 python3; do $$p -c 'import sys; assert sys.version_info >= (3, 11)' >/dev/null 2>&1 && command -v $$p && break; done)
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
