@@ -21,7 +21,7 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "backend.settings")
 django.setup()
 
 import django_rq  # noqa: E402
-from rq import Worker  # noqa: E402
+from backend.uploads.worker import UploadWorker  # noqa: E402
 
 from backend.uploads import jobs, services  # noqa: E402
 from backend.uploads import storage as storage_module  # noqa: E402
@@ -70,7 +70,7 @@ def main() -> None:
         faulty = FaultyStorage(storage_module.get_storage(), plan, log_path)
         for module in (storage_module, jobs, services):
             module.get_storage = lambda: faulty  # type: ignore[attr-defined]
-    worker = Worker([django_rq.get_queue("default")], connection=django_rq.get_connection("default"))
+    worker = UploadWorker([django_rq.get_queue("default")], connection=django_rq.get_connection("default"))
     worker.work(with_scheduler=False)
 
 
