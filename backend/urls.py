@@ -6,6 +6,7 @@ from django.urls import include, path, re_path
 from django.views.decorators.csrf import csrf_exempt
 
 from backend import health
+from backend.metrics_view import metrics
 from backend.uploads.views import download
 from schema import schema
 from schema.views import UploadGraphQLView
@@ -24,6 +25,7 @@ urlpatterns = [
     path("files/<str:token>", download),
     path("healthz", health.healthz),
     path("readyz", health.readyz),
+    path("metrics", metrics),
     path("accounts/", include("django.contrib.auth.urls")),
     path("admin/rq/", include("django_rq.urls")),
     path("admin/", admin.site.urls),

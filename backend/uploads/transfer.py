@@ -22,6 +22,7 @@ from typing import TypeVar
 from django.conf import settings
 
 from backend.uploads import services
+from backend.uploads.metrics import metrics_count
 from backend.uploads.models import FileUpload, UploadPart, UploadStatus
 from backend.uploads.parts import backoff_delay, part_range
 from backend.uploads.staging import staging_path
@@ -62,7 +63,12 @@ def transfer_upload(*, upload: FileUpload, claim: uuid.UUID, storage: Storage) -
         handle = _call_store(
             lambda: storage.start(key=upload.storage_key, content_type=upload.content_type, metadata=metadata)
         )
-        services.upload_set_storage_handle(upload_id=upload.id, claim=claim, handle=handle)
+        try:
+            services.upload_set_storage_handle(upload_id=upload.id, claim=claim, handle=handle)
+        except services.ClaimLost:
+            # Cancelled or deleted meanwhile: no row will ever name this object, so abort it now.
+            storage.abort(key=upload.storage_key, handle=handle)
+            raise
 
     confirmed = _reconcile(upload=upload, claim=claim, storage=storage, handle=handle)
     pending = deque(n for n in range(1, upload.parts_total + 1) if n not in confirmed)
@@ -155,14 +161,20 @@ def _send_part(*, upload: FileUpload, storage: Storage, handle: str, fd: int, nu
         data = os.pread(fd, length, offset)
         if len(data) != length:
             raise TransferFailed(f"staged file is shorter than part {number} needs")
+        metrics_count("part_attempts")
         try:
-            return storage.put_part(key=upload.storage_key, handle=handle, part_number=number, offset=offset, data=data)
+            receipt = storage.put_part(key=upload.storage_key, handle=handle, part_number=number, offset=offset, data=data)
         except StorageError as exc:
+            metrics_count("part_failures")
             if not exc.retryable:
                 raise TransferFailed(f"part {number}: {exc}") from exc
             if attempt == attempts:
                 raise TransferFailed(f"part {number} failed {attempts} times; last error: {exc}") from exc
             logger.info("upload %s part %d attempt %d failed: %s", upload.id, number, attempt, exc)
+        else:
+            metrics_count("parts_confirmed")
+            metrics_count("bytes_transferred", receipt.size)
+            return receipt
         del data
         time.sleep(backoff_delay(attempt=attempt))
     raise AssertionError("unreachable")
