@@ -32,7 +32,9 @@ class UploadGraphQLView(AsyncGraphQLView[Context, None]):
         try:
             return await self._dispatch(request)
         except HTTPException as exc:
-            return error_response(exc.status_code, "BAD_REQUEST", exc.reason)
+            # strawberry answers 404 for a browser GET while GraphiQL is off.
+            code = "NOT_FOUND" if exc.status_code == 404 else "BAD_REQUEST"
+            return error_response(exc.status_code, code, exc.reason)
         finally:
             staging_discard_incoming(getattr(request, "staged_paths", []))
 
