@@ -37,6 +37,8 @@ class UploadGraphQLWSConsumer(GraphQLWSConsumer):
     def is_websocket_origin_allowed(self, request: Any, origin: str) -> bool:
         """A browser's Origin must name a host of ALLOWED_HOSTS (no Origin: a non-browser client)."""
         hostname = urlsplit(origin).hostname
+        if hostname and ":" in hostname:
+            hostname = f"[{hostname}]"  # ALLOWED_HOSTS spells IPv6 hosts with brackets
         return bool(hostname) and validate_host(hostname, settings.ALLOWED_HOSTS)
 
 
