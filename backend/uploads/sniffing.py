@@ -7,6 +7,7 @@ import fnmatch
 import puremagic
 
 OCTET_STREAM = "application/octet-stream"
+ZIP = "application/zip"
 SNIFF_BYTES = 8192
 
 
@@ -18,9 +19,15 @@ def content_type_sniff(head: bytes) -> str:
         matches = puremagic.magic_string(head)
     except (puremagic.PureError, ValueError):
         matches = []
-    for match in matches:
-        if match.mime_type:
-            return str(match.mime_type)
+    named = [m for m in matches if m.mime_type]
+    if named:
+        top = max(m.confidence for m in named)
+        best = [m for m in named if m.confidence == top]
+        # Every zip-based format (docx, jar, odt, ...) shares the zip signature, so a tie that
+        # includes zip says only "a zip"; naming the first tied format would be a guess.
+        if any(m.mime_type == ZIP for m in best):
+            return ZIP
+        return str(best[0].mime_type)
     if b"\x00" not in head:
         try:
             head.decode("utf-8")

@@ -87,6 +87,9 @@ class StagingUploadHandler(FileUploadHandler):
         assert self._fd is not None
         self._size += len(raw_data)
         if self._size > settings.UPLOAD_MAX_BYTES:
+            # Django's parser calls no handler hook on this error: an fd left open here would keep
+            # the refused bytes on disk after the view unlinks the file.
+            self.upload_interrupted()
             raise FileTooLarge(f"the file is over {settings.UPLOAD_MAX_BYTES} bytes")
         if len(self._head) < SNIFF_BYTES:
             self._head += raw_data[: SNIFF_BYTES - len(self._head)]
