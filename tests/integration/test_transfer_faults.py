@@ -1,0 +1,127 @@
+"""The transfer under storage faults: retries per part, permanent and fatal failures, a crashed worker.
+
+Workers here wrap the storage backend with tests/support/worker.py's fault plan and log every
+put_part call, so a test can count which parts were sent and how often.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import httpx
+import redis
+from django.test import override_settings
+from django.utils import timezone
+from rq.job import Job, JobStatus
+
+from backend.uploads.models import FileUpload, UploadPart
+from backend.uploads.services import upload_requeue_stale
+from tests.support.client import data_of, graphql, upload_file
+from tests.support.processes import wait_until
+from tests.support.uploads import put_part_counts, put_part_log, upload_wait_for_status
+
+MIB = 1024 * 1024
+TERMINAL = {"COMPLETED", "FAILED", "CANCELLED"}
+RETRY = "mutation($id: ID!) { retryUpload(id: $id) { status error partsUploaded } }"
+
+
+def _download(url: str) -> bytes:
+    response = httpx.get(url, timeout=30)
+    assert response.status_code == 200
+    return response.content
+
+
+def test_a_part_failing_twice_is_retried_alone(make_stack, api_user, tmp_path) -> None:
+    log = tmp_path / "puts.jsonl"
+    stack = make_stack(faults={"fail_part": {"2": 2}}, env={"TEST_STORAGE_LOG": str(log)})
+    content = os.urandom(4 * MIB + 77)
+    upload = data_of(upload_file(stack.url, content, headers=api_user.headers))["uploadFile"]
+
+    done = upload_wait_for_status(stack.url, api_user.headers, upload["id"], TERMINAL)
+    assert done["status"] == "COMPLETED", done
+    assert put_part_counts(log) == {1: 1, 2: 3, 3: 1, 4: 1, 5: 1}
+    assert [e["attempt"] for e in put_part_log(log) if e["part"] == 2] == [1, 2, 3]
+    assert (done["partsUploaded"], done["bytesUploaded"], done["attempts"], done["error"]) == (5, len(content), 1, None)
+    assert _download(done["downloadUrl"]) == content
+
+
+def test_a_part_that_always_fails_fails_after_the_configured_attempts(make_stack, api_user, tmp_path) -> None:
+    log = tmp_path / "puts.jsonl"
+    stack = make_stack(faults={"always_fail_part": 3}, env={"TEST_STORAGE_LOG": str(log), "UPLOAD_PART_RETRIES": "3"})
+    content = os.urandom(4 * MIB)
+    upload = data_of(upload_file(stack.url, content, headers=api_user.headers))["uploadFile"]
+
+    done = upload_wait_for_status(stack.url, api_user.headers, upload["id"], TERMINAL)
+    assert done["status"] == "FAILED", done
+    assert "part 3" in done["error"] and "3 times" in done["error"], done["error"]
+    assert "Traceback" not in done["error"]
+    assert put_part_counts(log)[3] == 3
+    assert done["downloadUrl"] is None
+    # The other parts went through once each and stay confirmed for a retry to resume from.
+    assert {n: c for n, c in put_part_counts(log).items() if n != 3} == {1: 1, 2: 1, 4: 1}
+    assert done["partsUploaded"] == 3
+    assert (Path(os.environ["UPLOAD_STAGING_DIR"]) / upload["id"]).exists()
+
+    # With the fault gone, retryUpload resumes from the confirmed parts: only part 3 is sent.
+    faulty_pids = {e["pid"] for e in put_part_log(log)}
+    stack.workers[0].kill()
+    stack.add_worker()
+    retried = data_of(graphql(stack.url, RETRY, {"id": upload["id"]}, api_user.headers))["retryUpload"]
+    assert (retried["status"], retried["error"], retried["partsUploaded"]) == ("QUEUED", None, 3)
+    done = upload_wait_for_status(stack.url, api_user.headers, upload["id"], TERMINAL)
+    assert done["status"] == "COMPLETED", done
+    assert [e["part"] for e in put_part_log(log) if e["pid"] not in faulty_pids] == [3]
+    assert (done["attempts"], done["partsUploaded"], done["error"]) == (2, 4, None)
+    assert _download(done["downloadUrl"]) == content
+
+
+def test_a_non_retryable_failure_fails_at_once(make_stack, api_user, tmp_path) -> None:
+    log = tmp_path / "puts.jsonl"
+    stack = make_stack(faults={"fatal_part": 2}, env={"TEST_STORAGE_LOG": str(log)})
+    content = os.urandom(2 * MIB)
+    upload = data_of(upload_file(stack.url, content, headers=api_user.headers))["uploadFile"]
+
+    done = upload_wait_for_status(stack.url, api_user.headers, upload["id"], TERMINAL)
+    assert done["status"] == "FAILED", done
+    assert "part 2" in done["error"] and "access denied" in done["error"], done["error"]
+    assert put_part_counts(log)[2] == 1
+    assert done["attempts"] == 1
+
+
+def test_a_crashed_transfer_resumes_without_resending_confirmed_parts(make_stack, api_user, tmp_path) -> None:
+    log = tmp_path / "puts.jsonl"
+    # One part at a time, so "two parts put" means "two parts confirmed" when the work horse dies.
+    env = {"TEST_STORAGE_LOG": str(log), "UPLOAD_PART_CONCURRENCY": "1"}
+    stack = make_stack(faults={"crash_after_parts": 2}, env=env)
+    content = os.urandom(4 * MIB + 5)
+    upload = data_of(upload_file(stack.url, content, headers=api_user.headers))["uploadFile"]
+    row = FileUpload.objects.get(id=upload["id"])
+
+    # The work horse exits on the third put_part; its worker records the job as failed.
+    connection = redis.Redis.from_url(stack.env["REDIS_URL"])
+    wait_until(
+        lambda: Job.fetch(row.job_id, connection=connection).get_status() == JobStatus.FAILED,
+        timeout=30,
+        what="the crashed work horse's job to be marked failed",
+    )
+    crashed_pid = {e["pid"] for e in put_part_log(log)}
+    assert put_part_counts(log) == {1: 1, 2: 1}
+    row.refresh_from_db()
+    assert (row.status, row.parts_uploaded, row.attempts) == ("UPLOADING", 2, 1)
+    assert sorted(UploadPart.objects.filter(upload=row).values_list("part_number", flat=True)) == [1, 2]
+
+    stack.workers[0].kill()
+    stack.add_worker()
+    wait_until(lambda: FileUpload.objects.get(id=row.id).heartbeat_at < timezone.now(), what="a stale heartbeat")
+    with override_settings(RQ_QUEUES={"default": {"URL": stack.env["REDIS_URL"], "DEFAULT_TIMEOUT": 3600}}):
+        assert upload_requeue_stale(stale_after_seconds=0) == [row.id]
+
+    done = upload_wait_for_status(stack.url, api_user.headers, upload["id"], TERMINAL)
+    assert done["status"] == "COMPLETED", done
+    resumed = [e for e in put_part_log(log) if e["pid"] not in crashed_pid]
+    assert sorted(e["part"] for e in resumed) == [3, 4, 5]
+    assert put_part_counts(log) == {1: 1, 2: 1, 3: 1, 4: 1, 5: 1}
+    assert (done["attempts"], done["partsUploaded"], done["bytesUploaded"]) == (2, 5, len(content))
+    assert hashlib.sha256(_download(done["downloadUrl"])).hexdigest() == hashlib.sha256(content).hexdigest()

@@ -1,0 +1,68 @@
+"""What several upload tests look at: an upload's status over the API, staging, the put_part log."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from backend.uploads.staging import INCOMING
+from tests.support.client import UPLOAD_QUERY, data_of, graphql
+from tests.support.processes import wait_until
+
+
+def upload_wait_for_status(
+    url: str, headers: dict[str, str], upload_id: str, statuses: set[str], timeout: float = 60
+) -> dict[str, Any]:
+    """Poll `upload(id)` until its status is one of `statuses`; the upload as the API answers it."""
+
+    def current() -> dict[str, Any] | None:
+        upload = data_of(graphql(url, UPLOAD_QUERY, {"id": upload_id}, headers))["upload"]
+        return upload if upload["status"] in statuses else None
+
+    return wait_until(current, timeout=timeout, what=f"upload {upload_id} to reach {statuses}")
+
+
+def staging_entries(staging: Path | None = None) -> set[str]:
+    """Every file under the staging directory (staged uploads and `incoming/`), relative names."""
+    root = Path(staging or os.environ["UPLOAD_STAGING_DIR"])
+    if not root.exists():
+        return set()
+    return {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()}
+
+
+def incoming_entries(staging: Path | None = None) -> list[str]:
+    incoming = Path(staging or os.environ["UPLOAD_STAGING_DIR"]) / INCOMING
+    return sorted(p.name for p in incoming.iterdir()) if incoming.exists() else []
+
+
+def open_staging_files(pid: int, staging: Path | None = None) -> list[str]:
+    """Files under staging that process `pid` still holds open, deleted ones included.
+
+    A refused upload whose file was unlinked but is still open keeps its disk space until the
+    process exits, so "nothing left in staging" includes this.
+    """
+    root = str(Path(staging or os.environ["UPLOAD_STAGING_DIR"]).resolve())
+    held = []
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith(root):
+            held.append(target)
+    return held
+
+
+def put_part_log(path: Path) -> list[dict[str, Any]]:
+    """The put_part calls a fault-injecting worker logged (TEST_STORAGE_LOG), in call order."""
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def put_part_counts(path: Path) -> Counter[int]:
+    """How many times each part number was put."""
+    return Counter(entry["part"] for entry in put_part_log(path))
