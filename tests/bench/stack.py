@@ -1,0 +1,152 @@
+"""Everything a benchmark runs against, started by the benchmark itself.
+
+One private temporary directory (SQLite database, staging, bucket, the bare view's files, test
+files), one private redis-server, a migrated database and a user with a token. `Bench.stack()`
+starts a server (uvicorn or daphne) and RQ workers on a Redis database of their own, so each
+figure's queue is private. Nothing already running on the machine is used.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from backend.stack import redis_embedded_start
+from tests.support.processes import ROOT, Server, Worker
+
+MiB = 1024 * 1024
+
+
+@dataclass
+class Stack:
+    """A server and workers sharing one Redis database with nobody else."""
+
+    env: dict[str, str]
+    root: Path
+    server: Server
+    workers: list[Worker] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    @property
+    def ws_url(self) -> str:
+        return self.server.ws_url
+
+    @property
+    def server_pid(self) -> int:
+        assert self.server.process is not None
+        return self.server.process.pid
+
+    def stop(self) -> None:
+        for worker in self.workers:
+            worker.stop()
+        self.server.stop()
+
+
+class Bench:
+    """The private environment of one `make bench` run; use as a context manager."""
+
+    def __init__(self) -> None:
+        self.root = Path(tempfile.mkdtemp(prefix="upload-bench-"))
+        self.redis_process: subprocess.Popen[bytes] | None = None
+        self.redis_base = ""
+        self.env: dict[str, str] = {}
+        self._next_db = iter(range(1, 16))
+        self._files: dict[int, Path] = {}
+        self.token = ""
+        self.user: Any = None
+
+    def __enter__(self) -> Bench:
+        self.redis_process, redis_url = redis_embedded_start(self.root / "redis")
+        self.redis_base = redis_url.rsplit("/", 1)[0]
+        (self.root / "bare").mkdir()
+        self.env = {
+            **os.environ,
+            "DJANGO_SETTINGS_MODULE": "tests.bench.settings",
+            # Database 0 belongs to this process (no worker listens to it).
+            "REDIS_URL": f"{self.redis_base}/0",
+            "DATABASE_URL": f"sqlite:///{self.root / 'db.sqlite3'}",
+            "UPLOAD_STAGING_DIR": str(self.root / "staging"),
+            "LOCAL_STORAGE_ROOT": str(self.root / "bucket"),
+            "BENCH_BARE_DIR": str(self.root / "bare"),
+            "UPLOAD_STAGING_MIN_FREE_BYTES": "0",
+            "UPLOAD_MAX_ACTIVE_PER_USER": "100000",
+            "DEBUG": "false",
+            "SECRET_KEY": "benchmark-only-secret-key-" + os.urandom(16).hex(),
+            "ALLOWED_HOSTS": "127.0.0.1,localhost",
+            "LOG_LEVEL": "WARNING",
+        }
+        os.environ.update(self.env)
+        subprocess.run(
+            [sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"], cwd=ROOT, env=self.env, check=True
+        )
+        import django
+
+        django.setup()
+        from backend.tokens.services import token_create, user_get_or_create
+
+        self.user = user_get_or_create(username="bench", create=True)
+        self.token = token_create(user=self.user)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.redis_process is not None:
+            self.redis_process.terminate()
+            self.redis_process.wait(10)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+    @contextmanager
+    def stack(self, *, env: dict[str, str] | None = None, workers: int = 0, server: str = "uvicorn") -> Iterator[Stack]:
+        """A server (and `workers` RQ workers) on a Redis database of its own; stopped on exit."""
+        db = next(self._next_db)
+        root = self.root / f"stack-{db}"
+        root.mkdir()
+        stack_env = {**self.env, "REDIS_URL": f"{self.redis_base}/{db}", **(env or {})}
+        stack = Stack(env=stack_env, root=root, server=Server(env=stack_env, log=root / "server.log", server=server))
+        try:
+            stack.server.start()
+            for index in range(workers):
+                stack.workers.append(Worker(env=stack_env, log=root / f"worker-{index}.log").start())
+            yield stack
+        finally:
+            stack.stop()
+
+    def file(self, size: int) -> Path:
+        """A file of `size` random bytes on disk, made once per run (written in 8 MiB pieces)."""
+        if size not in self._files:
+            path = self.root / "files" / f"{size}.bin"
+            path.parent.mkdir(exist_ok=True)
+            with path.open("wb") as out:
+                left = size
+                while left:
+                    chunk = min(left, 8 * MiB)
+                    out.write(os.urandom(chunk))
+                    left -= chunk
+            self._files[size] = path
+        return self._files[size]
+
+    def clear_bare(self) -> None:
+        """Delete what the bare view stored, so runs do not fill the disk."""
+        shutil.rmtree(self.root / "bare" / "stored", ignore_errors=True)
+
+    def clear_staging(self) -> None:
+        """Delete staged bytes no worker will transfer (figures that run without workers)."""
+        staging = self.root / "staging"
+        if staging.is_dir():
+            for entry in staging.iterdir():
+                if entry.is_file():
+                    entry.unlink(missing_ok=True)
