@@ -14,12 +14,22 @@ from tests.bench.stack import Bench
 
 
 def _figures() -> dict[str, Callable[[Bench], list[Figure]]]:
-    from tests.bench import local_throughput, progress_latency, server_memory, small_uploads, upload_answer
+    from tests.bench import (
+        event_gap,
+        local_throughput,
+        progress_latency,
+        server_memory,
+        small_uploads,
+        upload_answer,
+        worker_memory,
+    )
 
     return {
         "upload_answer": upload_answer.run,
         "upload_answer_delayed": upload_answer.run_delayed,
         "server_rss": server_memory.run,
+        "event_gap": event_gap.run,
+        "worker_rss": worker_memory.run,
         "local_throughput": local_throughput.run,
         "progress_latency": progress_latency.run,
         "small_uploads": small_uploads.run,
