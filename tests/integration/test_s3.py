@@ -1,0 +1,484 @@
+"""The S3 backend against a real S3 server: moto in server mode, in its own process, over HTTP.
+
+The tests and the worker processes reach the same moto server. Faults are injected on the wire in
+the worker through botocore event hooks on its real S3 client (tests/support/worker.py, the S3
+block); every UploadPart request the worker sends is logged there, so the tests count requests.
+Parts are a real 5 MiB (moto enforces the minimum at Complete); files stay small.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote
+
+import boto3
+import httpx
+import pytest
+from botocore.awsrequest import AWSResponse
+from django.core.management import call_command
+from django.test import override_settings
+
+from backend.stack import free_port
+from backend.uploads.models import FileUpload, UploadStatus
+from backend.uploads.storage import StorageError
+from backend.uploads.storage.s3 import (
+    LIFECYCLE_RULE_ID,
+    S3Storage,
+    content_disposition,
+    multipart_etag,
+)
+from backend.uploads.storage.s3_client import s3_client_create
+from tests.support.client import UPLOAD_FIELDS, data_of, graphql, upload_file
+from tests.support.processes import ROOT, wait_until
+
+MIB = 1024 * 1024
+PART = 5 * MIB
+CREDENTIALS = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test"}
+CANCEL = f"mutation($id: ID!) {{ cancelUpload(id: $id) {{ {UPLOAD_FIELDS} }} }}"
+RETRY = f"mutation($id: ID!) {{ retryUpload(id: $id) {{ {UPLOAD_FIELDS} }} }}"
+
+
+@dataclass
+class Moto:
+    url: str
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    def client(self, **credentials: str) -> Any:
+        session = boto3.session.Session(
+            aws_access_key_id=credentials.get("key", "test"), aws_secret_access_key=credentials.get("secret", "test")
+        )
+        return s3_client_create(endpoint_url=self.url, region="us-east-1", session=session)
+
+
+def _moto_start(root: Path, name: str, env: dict[str, str] | None = None) -> Moto:
+    port = free_port()
+    log = root / f"{name}.log"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+        stdout=log.open("ab"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+
+    def up() -> bool:
+        if process.poll() is not None:
+            raise AssertionError(f"moto exited with {process.returncode}; see {log}")
+        try:
+            return httpx.get(f"{url}/moto-api/", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    wait_until(up, timeout=30, what=f"moto server on {url}")
+    return Moto(url=url, process=process, log=log)
+
+
+def _moto_stop(moto: Moto) -> None:
+    moto.process.terminate()
+    try:
+        moto.process.wait(10)
+    except subprocess.TimeoutExpired:
+        moto.process.kill()
+        moto.process.wait(10)
+
+
+@pytest.fixture(scope="module")
+def moto(session_root: Path) -> Iterator[Moto]:
+    server = _moto_start(session_root, "moto")
+    yield server
+    _moto_stop(server)
+
+
+@pytest.fixture
+def bucket(moto: Moto) -> str:
+    name = f"uploads-{uuid.uuid4().hex[:12]}"
+    moto.client().create_bucket(Bucket=name)
+    return name
+
+
+def s3_env(moto: Moto, bucket: str, **extra: str) -> dict[str, str]:
+    return {
+        "STORAGE_BACKEND": "s3",
+        "S3_BUCKET": bucket,
+        "S3_ENDPOINT_URL": moto.url,
+        "S3_REGION": "us-east-1",
+        "UPLOAD_PART_SIZE": str(PART),
+        **CREDENTIALS,
+        **extra,
+    }
+
+
+# --- helpers ----------------------------------------------------------------------------------
+
+
+def _row(upload_id: str) -> FileUpload:
+    return FileUpload.objects.get(id=upload_id)
+
+
+def _wait_status(upload_id: str, *statuses: str, timeout: float = 60) -> FileUpload:
+    def reached() -> FileUpload | None:
+        row = _row(upload_id)
+        return row if row.status in statuses else None
+
+    return wait_until(reached, timeout=timeout, what=f"upload {upload_id} to reach {statuses}")
+
+
+def _requests(log: Path) -> list[dict[str, Any]]:
+    """The UploadPart requests the worker logged, in the order they ended."""
+    return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+
+
+def _expected_etag(content: bytes) -> str:
+    parts = [content[i : i + PART] for i in range(0, len(content), PART)]
+    return multipart_etag(part_etags=[hashlib.md5(p).hexdigest() for p in parts])
+
+
+def _assert_object_is(moto: Moto, bucket: str, upload_id: str, content: bytes) -> dict[str, Any]:
+    """The stored object is `content`, assembled from exactly its parts, each once."""
+    row = _row(upload_id)
+    head = moto.client().head_object(Bucket=bucket, Key=row.storage_key)
+    assert head["ContentLength"] == len(content)
+    assert head["ETag"].strip('"') == _expected_etag(content)
+    body = moto.client().get_object(Bucket=bucket, Key=row.storage_key)["Body"].read()
+    assert hashlib.sha256(body).hexdigest() == hashlib.sha256(content).hexdigest()
+    return head
+
+
+def _open_uploads(moto: Moto, bucket: str) -> list[dict[str, Any]]:
+    return moto.client().list_multipart_uploads(Bucket=bucket).get("Uploads", [])
+
+
+def _max_overlap(requests: list[dict[str, Any]]) -> int:
+    """The most UploadPart requests that were in flight at the same moment."""
+    edges = sorted([(r["start"], 1) for r in requests] + [(r["end"], -1) for r in requests])
+    most = current = 0
+    for _, step in edges:
+        current += step
+        most = max(most, current)
+    return most
+
+
+# --- end to end through the service -----------------------------------------------------------
+
+
+def test_multipart_upload_goes_up_in_parallel_and_downloads_intact(make_stack, api_user, moto, bucket, tmp_path):
+    log = tmp_path / "s3.jsonl"
+    stack = make_stack(env=s3_env(moto, bucket, UPLOAD_PART_CONCURRENCY="4", TEST_S3_LOG=str(log)))
+    content = os.urandom(3 * PART + MIB + 123)
+    filename = "résumé final 100%.bin"
+    upload = data_of(upload_file(stack.url, content, filename=filename, headers=api_user.headers))["uploadFile"]
+    assert (upload["storageBackend"], upload["partsTotal"]) == ("s3", 4)
+
+    _wait_status(upload["id"], UploadStatus.COMPLETED, UploadStatus.FAILED)
+    done = data_of(
+        graphql(
+            stack.url,
+            "query($id: ID!) { upload(id: $id) { status error downloadUrl filename } }",
+            {"id": upload["id"]},
+            api_user.headers,
+        )
+    )["upload"]
+    assert done["status"] == "COMPLETED", done["error"]
+
+    # downloadUrl: presigned on the public endpoint, serving exactly the bytes, named safely.
+    assert done["downloadUrl"].startswith(f"{moto.url}/{bucket}/")
+    response = httpx.get(done["downloadUrl"], timeout=30)
+    assert response.status_code == 200
+    assert hashlib.sha256(response.content).hexdigest() == upload["sha256"]
+    assert response.headers["content-disposition"] == content_disposition(filename=done["filename"])
+    assert done["filename"] == filename
+    assert response.headers["content-disposition"].endswith("filename*=UTF-8''r%C3%A9sum%C3%A9%20final%20100%25.bin")
+
+    head = _assert_object_is(moto, bucket, upload["id"], content)
+    assert head["Metadata"]["sha256"] == upload["sha256"]
+    assert unquote(head["Metadata"]["filename"]) == done["filename"]
+    assert _open_uploads(moto, bucket) == []
+
+    requests = _requests(log)
+    assert sorted(r["part"] for r in requests) == [1, 2, 3, 4]
+    assert all(r["status"] == 200 for r in requests)
+    assert 2 <= _max_overlap(requests) <= 4, "parts should go up side by side, at most 4 at a time"
+
+
+def test_failing_upload_part_requests_are_retried_and_each_part_is_stored_once(
+    make_stack, api_user, moto, bucket, tmp_path
+):
+    log = tmp_path / "s3.jsonl"
+    faults = {"every": 5, "kinds": ["500", "reset", "503", "lost"]}
+    stack = make_stack(
+        env=s3_env(moto, bucket, UPLOAD_PART_CONCURRENCY="4", TEST_S3_FAULTS=json.dumps(faults), TEST_S3_LOG=str(log))
+    )
+    content = os.urandom(9 * PART + 77)
+    upload_id = data_of(upload_file(stack.url, content, headers=api_user.headers))["uploadFile"]["id"]
+
+    row = _wait_status(upload_id, UploadStatus.COMPLETED, UploadStatus.FAILED)
+    assert row.status == UploadStatus.COMPLETED, row.error
+    requests = sorted(_requests(log), key=lambda r: r["request"])
+    numbers = [r["request"] for r in requests]
+    assert numbers == list(range(1, len(requests) + 1))
+    faulted = [r for r in requests if r["fault"]]
+    assert [r["request"] for r in faulted] == [n for n in numbers if (n - 1) % 5 == 0], "one request in five fails"
+    assert {"500", "503", "reset"} <= {r["fault"] for r in faulted}
+    # Each part confirmed exactly once, though some were sent twice; the job itself ran once.
+    confirmed = Counter(r["part"] for r in requests if r["status"] == 200 and r["fault"] is None)
+    assert confirmed == Counter(range(1, 11))
+    assert (row.attempts, row.parts_uploaded, row.parts.count()) == (1, 10, 10)
+    _assert_object_is(moto, bucket, upload_id, content)
+
+
+def test_part_corrupted_after_signing_is_detected_and_sent_again(make_stack, api_user, moto, bucket, tmp_path):
+    log = tmp_path / "s3.jsonl"
+    # One part at a time, so request 2 is part 2's first try and request 4 is part 3's.
+    faults = {"requests": {"2": "corrupt", "4": "lost"}}
+    stack = make_stack(
+        env=s3_env(moto, bucket, UPLOAD_PART_CONCURRENCY="1", TEST_S3_FAULTS=json.dumps(faults), TEST_S3_LOG=str(log))
+    )
+    content = os.urandom(3 * PART + 5)
+    upload_id = data_of(upload_file(stack.url, content, headers=api_user.headers))["uploadFile"]["id"]
+
+    row = _wait_status(upload_id, UploadStatus.COMPLETED, UploadStatus.FAILED)
+    assert row.status == UploadStatus.COMPLETED, row.error
+    requests = sorted(_requests(log), key=lambda r: r["request"])
+    assert [(r["part"], r["fault"], r["status"]) for r in requests] == [
+        (1, None, 200),
+        (2, "corrupt", 200),  # the store took the corrupted bytes (moto checks no digest)...
+        (2, None, 200),  # ...the ETag did not match their MD5, so the part went again
+        (3, "lost", None),  # stored, but the answer never came: sent again, overwriting itself
+        (3, None, 200),
+        (4, None, 200),
+    ]
+    _assert_object_is(moto, bucket, upload_id, content)
+
+
+def test_refused_part_fails_at_once_and_retry_resumes_with_the_missing_parts(
+    make_stack, api_user, moto, bucket, tmp_path
+):
+    first_log, second_log = tmp_path / "first.jsonl", tmp_path / "second.jsonl"
+    stack = make_stack(env=s3_env(moto, bucket, UPLOAD_PART_CONCURRENCY="1"), workers=0)
+    refusing = stack.add_worker(
+        env={"TEST_S3_FAULTS": json.dumps({"status": 403, "parts": [3]}), "TEST_S3_LOG": str(first_log)}
+    )
+    content = os.urandom(4 * PART + 9)
+    upload_id = data_of(upload_file(stack.url, content, headers=api_user.headers))["uploadFile"]["id"]
+
+    row = _wait_status(upload_id, UploadStatus.FAILED, UploadStatus.COMPLETED)
+    assert row.status == UploadStatus.FAILED
+    assert "part 3" in row.error and "403 AccessDenied" in row.error and "credentials" in row.error, row.error
+    assert [(r["part"], r["status"]) for r in _requests(first_log)] == [(1, 200), (2, 200), (3, 403)], "no retry"
+    # A FAILED upload keeps its multipart upload, so a retry can resume it.
+    assert [u["UploadId"] for u in _open_uploads(moto, bucket)] == [row.storage_upload_id]
+
+    refusing.stop()
+    stack.add_worker(env={"TEST_S3_LOG": str(second_log)})
+    assert data_of(graphql(stack.url, RETRY, {"id": upload_id}, api_user.headers))["retryUpload"]["status"] == "QUEUED"
+    row = _wait_status(upload_id, UploadStatus.COMPLETED, UploadStatus.FAILED)
+    assert row.status == UploadStatus.COMPLETED, row.error
+    assert sorted(r["part"] for r in _requests(second_log)) == [3, 4, 5]
+    _assert_object_is(moto, bucket, upload_id, content)
+
+
+def test_wrong_credentials_fail_fast_with_a_clear_error(make_stack, api_user, session_root, tmp_path):
+    # This moto checks credentials after its first request (the bucket's creation).
+    strict = _moto_start(session_root, f"moto-auth-{uuid.uuid4().hex[:6]}", {"INITIAL_NO_AUTH_ACTION_COUNT": "1"})
+    try:
+        name = f"uploads-{uuid.uuid4().hex[:12]}"
+        strict.client().create_bucket(Bucket=name)
+        log = tmp_path / "s3.jsonl"
+        stack = make_stack(env={**s3_env(strict, name, TEST_S3_LOG=str(log)), "AWS_SECRET_ACCESS_KEY": "wrong"})
+        upload_id = data_of(upload_file(stack.url, os.urandom(PART + 1), headers=api_user.headers))["uploadFile"]["id"]
+
+        row = _wait_status(upload_id, UploadStatus.FAILED, UploadStatus.COMPLETED)
+        assert row.status == UploadStatus.FAILED
+        assert "CreateMultipartUpload" in row.error and "403 InvalidAccessKeyId" in row.error, row.error
+        assert "check the credentials" in row.error
+        assert row.attempts == 1 and _requests(log) == []
+        ready = httpx.get(f"{stack.url}/readyz", timeout=30)
+        assert ready.status_code == 503 and "403" in ready.json()["storage"]
+    finally:
+        _moto_stop(strict)
+
+
+def test_crashed_transfer_resumes_from_what_the_store_lists(make_stack, api_user, moto, bucket, tmp_path):
+    first_log, second_log = tmp_path / "first.jsonl", tmp_path / "second.jsonl"
+    stack = make_stack(env=s3_env(moto, bucket, UPLOAD_PART_CONCURRENCY="1"), workers=0)
+    # The horse dies once the store has confirmed part 3, before the ledger records it.
+    crashing = stack.add_worker(env={"TEST_S3_FAULTS": json.dumps({"crash_after": 3}), "TEST_S3_LOG": str(first_log)})
+    content = os.urandom(4 * PART + 3)
+    upload_id = data_of(upload_file(stack.url, content, headers=api_user.headers))["uploadFile"]["id"]
+
+    wait_until(lambda: len(_requests(first_log)) == 3, timeout=30, what="three confirmed UploadPart requests")
+    wait_until(lambda: _row(upload_id).storage_upload_id, timeout=10, what="the multipart upload id")
+    row = _row(upload_id)
+    store = S3Storage(client=moto.client(), bucket=bucket)
+    wait_until(lambda: len(store.list_parts(key=row.storage_key, handle=row.storage_upload_id)) == 3, timeout=10)
+    crashing.stop()
+    assert (row.status, row.parts_uploaded) == (UploadStatus.UPLOADING, 2)
+
+    # What the reaper cron does, once, with the silent transfer counted stale at once.
+    reap = "import django; django.setup(); from backend.uploads import jobs; jobs.uploads_reap()"
+    env = {**stack.env, "UPLOAD_STALE_AFTER_SECONDS": "0"}
+    subprocess.run([sys.executable, "-c", reap], cwd=ROOT, env=env, check=True, timeout=60)
+    stack.add_worker(env={"TEST_S3_LOG": str(second_log)})
+
+    row = _wait_status(upload_id, UploadStatus.COMPLETED, UploadStatus.FAILED)
+    assert row.status == UploadStatus.COMPLETED, row.error
+    assert [r["part"] for r in _requests(second_log)] == [4, 5], "only the parts the store had not confirmed"
+    assert (row.attempts, row.parts_uploaded, row.parts.count()) == (2, 5, 5)
+    _assert_object_is(moto, bucket, upload_id, content)
+
+
+def test_cancel_aborts_the_multipart_upload(make_stack, api_user, moto, bucket):
+    # A second before each part: the cancel lands while parts remain, well before Complete.
+    stack = make_stack(env=s3_env(moto, bucket, UPLOAD_PART_CONCURRENCY="1", UPLOAD_PART_DELAY_MS="1000"))
+    content = os.urandom(2 * PART + MIB)
+    upload_id = data_of(upload_file(stack.url, content, headers=api_user.headers))["uploadFile"]["id"]
+    wait_until(lambda: _row(upload_id).parts_uploaded >= 1, timeout=30, what="a confirmed part")
+    assert len(_open_uploads(moto, bucket)) == 1
+
+    cancelled = data_of(graphql(stack.url, CANCEL, {"id": upload_id}, api_user.headers))["cancelUpload"]
+    assert cancelled["status"] == "CANCELLED", cancelled
+    wait_until(lambda: _row(upload_id).storage_upload_id is None, timeout=30, what="the abort")
+    assert _open_uploads(moto, bucket) == []
+    assert moto.client().list_objects_v2(Bucket=bucket)["KeyCount"] == 0, moto.client().list_objects_v2(Bucket=bucket)
+
+
+# --- the backend directly, against the same server --------------------------------------------
+
+
+@pytest.fixture
+def storage(moto: Moto, bucket: str) -> S3Storage:
+    return S3Storage(client=moto.client(), bucket=bucket)
+
+
+def _count_requests(client: Any, operation: str) -> Callable[[], int]:
+    sent: list[str] = []
+    client.meta.events.register(f"before-send.s3.{operation}", lambda request, **kwargs: sent.append(request.url))
+    return lambda: len(sent)
+
+
+def test_list_parts_reads_every_page(moto, bucket):
+    client = moto.client()
+    storage = S3Storage(client=client, bucket=bucket, list_page_size=2)
+    handle = storage.start(key="paged", content_type="application/octet-stream", metadata={})
+    sent = [
+        storage.put_part(key="paged", handle=handle, part_number=n, offset=0, data=bytes([n]) * 10) for n in range(1, 6)
+    ]
+    pages = _count_requests(client, "ListParts")
+    listed = storage.list_parts(key="paged", handle=handle)
+    assert [(r.part_number, r.size, r.etag) for r in listed] == [(r.part_number, r.size, r.etag) for r in sent]
+    assert pages() == 3
+
+
+def test_abort_leaves_nothing_and_is_idempotent(moto, bucket, storage):
+    handle = storage.start(key="gone", content_type="application/octet-stream", metadata={})
+    storage.put_part(key="gone", handle=handle, part_number=1, offset=0, data=os.urandom(1000))
+    storage.abort(key="gone", handle=handle)
+    assert _open_uploads(moto, bucket) == []
+    storage.abort(key="gone", handle=handle)
+    storage.abort(key="gone", handle="no-such-upload")
+    with pytest.raises(StorageError, match="NoSuchUpload") as refused:
+        storage.list_parts(key="gone", handle=handle)
+    assert not refused.value.retryable
+
+
+def test_each_part_attempt_is_one_request(moto, bucket):
+    client = moto.client()
+    storage = S3Storage(client=client, bucket=bucket)
+    handle = storage.start(key="busy", content_type="application/octet-stream", metadata={})
+    attempts = _count_requests(client, "UploadPart")
+    client.meta.events.register_first(
+        "before-send.s3.UploadPart",
+        lambda request, **kwargs: _answer(request.url, 503, "SlowDown"),
+    )
+    with pytest.raises(StorageError, match="503 SlowDown") as failed:
+        storage.put_part(key="busy", handle=handle, part_number=1, offset=0, data=b"x" * 100)
+    assert failed.value.retryable
+    assert attempts() == 1, "botocore must not retry underneath the transfer engine"
+
+
+class _Body:
+    def __init__(self, body: bytes) -> None:
+        self.body = body
+
+    def stream(self, **kwargs: Any) -> Iterator[bytes]:
+        yield self.body
+
+
+def _answer(url: str, status: int, code: str) -> AWSResponse:
+    body = f"<Error><Code>{code}</Code><Message>injected</Message></Error>".encode()
+    return AWSResponse(url, status, {"Content-Length": str(len(body))}, _Body(body))
+
+
+def test_complete_is_idempotent_and_checks_the_object(moto, bucket, storage):
+    data = os.urandom(PART + 10)
+    handle = storage.start(key="whole", content_type="text/plain", metadata={"sha256": "abc", "filename": "ünï.txt"})
+    receipts = [
+        storage.put_part(key="whole", handle=handle, part_number=1, offset=0, data=data[:PART]),
+        storage.put_part(key="whole", handle=handle, part_number=2, offset=PART, data=data[PART:]),
+    ]
+    assert all(r.checksum.startswith("SHA256:") for r in receipts)
+    with pytest.raises(StorageError, match="expected") as wrong_size:
+        storage.complete(key="whole", handle=handle, parts=receipts, size=len(data) + 1)
+    assert not wrong_size.value.retryable
+    assert moto.client().list_objects_v2(Bucket=bucket)["KeyCount"] == 0, "a wrong object is removed"
+
+    handle = storage.start(key="whole", content_type="text/plain", metadata={"sha256": "abc", "filename": "ünï.txt"})
+    receipts = [
+        storage.put_part(key="whole", handle=handle, part_number=1, offset=0, data=data[:PART]),
+        storage.put_part(key="whole", handle=handle, part_number=2, offset=PART, data=data[PART:]),
+    ]
+    storage.complete(key="whole", handle=handle, parts=receipts, size=len(data))
+    # The same Complete again (its first answer lost): the object is there, made of these parts.
+    storage.complete(key="whole", handle=handle, parts=receipts, size=len(data))
+    head = moto.client().head_object(Bucket=bucket, Key="whole")
+    assert (head["ContentType"], head["Metadata"]) == ("text/plain", {"sha256": "abc", "filename": "%C3%BCn%C3%AF.txt"})
+
+
+def test_empty_object_and_readiness(moto, bucket, storage):
+    storage.put_object(key="empty", data=b"", content_type="text/plain", metadata={"sha256": "e3b0"})
+    assert moto.client().head_object(Bucket=bucket, Key="empty")["ContentLength"] == 0
+    storage.delete_object(key="empty")
+    storage.delete_object(key="empty")
+    storage.check()
+    missing = S3Storage(client=moto.client(), bucket="no-such-bucket")
+    with pytest.raises(StorageError, match="does not exist") as refused:
+        missing.check()
+    assert not refused.value.retryable
+
+
+def test_s3_setup_creates_the_bucket_and_keeps_other_lifecycle_rules(moto, monkeypatch, capsys):
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
+    name = f"setup-{uuid.uuid4().hex[:12]}"
+    with override_settings(
+        S3_BUCKET=name, S3_ENDPOINT_URL=moto.url, S3_PUBLIC_ENDPOINT_URL=moto.url, S3_REGION="eu-west-1"
+    ):
+        with pytest.raises(Exception, match="does not exist"):
+            call_command("s3_setup")
+        call_command("s3_setup", "--create-bucket", "--days", "3")
+        assert f"bucket '{name}' created" in capsys.readouterr().out
+        other = {"ID": "keep-logs", "Status": "Enabled", "Filter": {"Prefix": "logs/"}, "Expiration": {"Days": 30}}
+        client = moto.client()
+        rules = client.get_bucket_lifecycle_configuration(Bucket=name)["Rules"]
+        client.put_bucket_lifecycle_configuration(Bucket=name, LifecycleConfiguration={"Rules": [*rules, other]})
+        call_command("s3_setup", "--create-bucket")
+        assert f"bucket '{name}' exists" in capsys.readouterr().out
+
+    rules = {r["ID"]: r for r in client.get_bucket_lifecycle_configuration(Bucket=name)["Rules"]}
+    assert set(rules) == {"keep-logs", LIFECYCLE_RULE_ID}
+    assert rules[LIFECYCLE_RULE_ID]["AbortIncompleteMultipartUpload"] == {"DaysAfterInitiation": 2}
+    assert rules[LIFECYCLE_RULE_ID]["Filter"] == {"Prefix": "uploads/"}
+    assert client.get_bucket_location(Bucket=name)["LocationConstraint"] == "eu-west-1"
