@@ -13,9 +13,14 @@ from __future__ import annotations
 import json
 import os
 import threading
+import time
+from collections.abc import Iterator
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import django
+from botocore.awsrequest import AWSResponse
+from botocore.exceptions import ConnectionClosedError
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "backend.settings")
 django.setup()
@@ -63,6 +68,115 @@ class FaultyStorage:
         return self.inner.put_part(key=key, handle=handle, part_number=part_number, offset=offset, data=data)
 
 
+# --- S3 faults on the wire --------------------------------------------------------------------
+# TEST_S3_FAULTS (JSON) injects faults into the S3 backend's UploadPart requests through botocore
+# event hooks on its real client: `before-send.s3.UploadPart` answers a request itself, drops it,
+# or changes its body after signing; `after-call.s3.UploadPart` sees each answer. Requests are
+# numbered from 1 in each work horse. TEST_S3_LOG gets one JSON line per UploadPart request:
+# part, request, pid, thread, start, end (time.time()), fault, status (None when nothing answered).
+#   {"every": 5, "kinds": ["500", "reset", "503"]}  requests 1, 6, 11, ... fail, the kinds in turn:
+#       "500" / "503"  an S3 error answer (InternalError / SlowDown) in place of sending
+#       "reset"        the connection drops before the store sees the request
+#       "lost"         the store keeps the part but the answer is lost (dropped after the call)
+#       "corrupt"      one byte of the body is flipped after signing (the store sees other bytes)
+#   {"requests": {"2": "corrupt", "4": "lost"}}    these requests get these kinds
+#   {"status": 403, "parts": [3]}  UploadPart of part 3 (every part without "parts") answers 403
+#   {"crash_after": 3}             the work horse dies (os._exit) as soon as the store has confirmed
+#                                  3 UploadPart requests, before the ledger hears of the 3rd
+
+_S3_ERROR_ANSWERS = {
+    403: ("AccessDenied", "Access Denied"),
+    500: ("InternalError", "We encountered an internal error. Please try again."),
+    503: ("SlowDown", "Please reduce your request rate."),
+}
+
+
+class _AnswerBody:
+    """The `raw` of an AWSResponse: a body botocore reads through `stream()`."""
+
+    def __init__(self, body: bytes) -> None:
+        self.body = body
+
+    def stream(self, **kwargs: Any) -> Iterator[bytes]:
+        yield self.body
+
+
+def _s3_error_answer(url: str, status: int) -> AWSResponse:
+    code, message = _S3_ERROR_ANSWERS[status]
+    body = (
+        '<?xml version="1.0" encoding="UTF-8"?>\n'
+        f"<Error><Code>{code}</Code><Message>{message}</Message><RequestId>injected</RequestId></Error>"
+    ).encode()
+    headers = {"Content-Type": "application/xml", "Content-Length": str(len(body))}
+    return AWSResponse(url, status, headers, _AnswerBody(body))
+
+
+def s3_faults_install(storage: Any, plan: dict[str, Any], log_path: str | None) -> None:
+    """Register the UploadPart hooks `plan` asks for on the S3 backend's client."""
+    every = int(plan.get("every", 0))
+    kinds = list(plan.get("kinds", ["500"]))
+    by_request = {int(n): kind for n, kind in plan.get("requests", {}).items()}
+    status = plan.get("status")
+    status_parts = {int(n) for n in plan.get("parts", [])}
+    crash_after = plan.get("crash_after")
+    lock = threading.Lock()
+    counts = {"requests": 0, "confirmed": 0}
+    current = threading.local()
+
+    def record(status_code: int | None) -> None:
+        if log_path:
+            line = json.dumps({**current.request, "end": time.time(), "status": status_code})
+            with lock, open(log_path, "a") as log:
+                log.write(line + "\n")
+
+    def before_send(request: Any, **kwargs: Any) -> AWSResponse | None:
+        part = int(parse_qs(urlsplit(request.url).query)["partNumber"][0])
+        with lock:
+            counts["requests"] += 1
+            number = counts["requests"]
+        fault = None
+        if status is not None and (not status_parts or part in status_parts):
+            fault = str(status)
+        elif every and (number - 1) % every == 0:
+            fault = kinds[((number - 1) // every) % len(kinds)]
+        else:
+            fault = by_request.get(number)
+        current.request = {
+            "part": part,
+            "request": number,
+            "pid": os.getpid(),
+            "thread": threading.get_ident(),
+            "start": time.time(),
+            "fault": fault,
+        }
+        if fault == "corrupt":
+            body = bytearray(request.body.read() if hasattr(request.body, "read") else request.body)
+            body[len(body) // 2] ^= 0xFF
+            request.body = bytes(body)
+        elif fault in ("403", "500", "503"):
+            return _s3_error_answer(request.url, int(fault))
+        elif fault == "reset":
+            record(None)
+            raise ConnectionClosedError(endpoint_url=request.url)
+        return None
+
+    def after_call(http_response: Any, **kwargs: Any) -> None:
+        if current.request["fault"] == "lost":
+            record(None)
+            raise ConnectionClosedError(endpoint_url=http_response.url)
+        record(http_response.status_code)
+        if http_response.status_code == 200:
+            with lock:
+                counts["confirmed"] += 1
+                confirmed = counts["confirmed"]
+            if crash_after is not None and confirmed >= int(crash_after):
+                os._exit(17)
+
+    events = storage.client.meta.events
+    events.register("before-send.s3.UploadPart", before_send)
+    events.register("after-call.s3.UploadPart", after_call)
+
+
 def main() -> None:
     plan = json.loads(os.environ.get("TEST_STORAGE_FAULTS", "{}"))
     log_path = os.environ.get("TEST_STORAGE_LOG")
@@ -70,6 +184,9 @@ def main() -> None:
         faulty = FaultyStorage(storage_module.get_storage(), plan, log_path)
         for module in (storage_module, jobs, services):
             module.get_storage = lambda: faulty  # type: ignore[attr-defined]
+    s3_plan = json.loads(os.environ.get("TEST_S3_FAULTS", "{}"))
+    if s3_plan or os.environ.get("TEST_S3_LOG"):
+        s3_faults_install(storage_module.get_storage(), s3_plan, os.environ.get("TEST_S3_LOG"))
     worker = UploadWorker([django_rq.get_queue("default")], connection=django_rq.get_connection("default"))
     worker.work(with_scheduler=False)
 
