@@ -31,8 +31,19 @@ class UploadGraphQLWSConsumer(GraphQLWSConsumer):
         else:
             user = await _session_user(self.scope)
         if user is None:
+            self.credential_refused = True
             raise ConnectionRejectionError({"message": "authentication failed"})
         context.user = user
+
+    async def close(self, code: int | bool | None = None, reason: str | None = None) -> None:
+        """Close 4403 after a refused credential on both protocols.
+
+        graphql-transport-ws already closes with 4403; strawberry's legacy graphql-ws handler sends
+        `connection_error` and then closes with 1011 (internal error), which the contract replaces.
+        """
+        if getattr(self, "credential_refused", False):
+            code, reason = 4403, "Forbidden"
+        await super().close(code=code, reason=reason)
 
     def is_websocket_origin_allowed(self, request: Any, origin: str) -> bool:
         """A browser's Origin must name a host of ALLOWED_HOSTS (no Origin: a non-browser client)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from typing import Any
 
 from django.conf import settings
 from graphql import GraphQLError
@@ -62,3 +63,10 @@ class ErrorCodes(SchemaExtension):
             self.execution_context.pre_execution_errors = [
                 error_code_for(e) for e in self.execution_context.pre_execution_errors
             ]
+
+    def on_stream_result(self, result: Any) -> Iterator[None]:
+        # A subscription's results go out one by one over the websocket before on_operation ends,
+        # so each needs its codes here (on_operation sees only the last one, too late).
+        if getattr(result, "errors", None):
+            result.errors = [error_code_for(e) for e in result.errors]
+        yield

@@ -68,6 +68,34 @@ class FaultyStorage:
         return self.inner.put_part(key=key, handle=handle, part_number=part_number, offset=offset, data=data)
 
 
+# --- dropped progress events ------------------------------------------------------------------
+# TEST_DROP_PROGRESS (JSON) makes this worker skip publishing some progress events while the rows
+# still change as usual, as if the channel layer had lost them; each skipped event is appended to
+# TEST_DROP_PROGRESS_LOG (one JSON line) so a test can prove the drop happened.
+#   {"statuses": ["COMPLETED"]}   every event carrying one of these statuses
+#   {"sequences": [3, 4]}         the events with these sequence numbers
+#   {"parts": [2]}                the events reporting these part numbers
+
+
+def progress_drops_install(plan: dict[str, Any], log_path: str | None) -> None:
+    """Wrap the progress_publish that services calls after each commit with one that drops per `plan`."""
+    statuses = set(plan.get("statuses", []))
+    sequences = {int(n) for n in plan.get("sequences", [])}
+    parts = {int(n) for n in plan.get("parts", [])}
+    publish = services.progress_publish
+
+    def publish_or_drop(upload: Any, *, part_number: int | None = None) -> None:
+        if upload.status in statuses or upload.sequence in sequences or part_number in parts:
+            if log_path:
+                with open(log_path, "a") as log:
+                    record = {"upload_id": str(upload.id), "sequence": upload.sequence, "status": upload.status}
+                    log.write(json.dumps({**record, "part_number": part_number}) + "\n")
+            return
+        publish(upload, part_number=part_number)
+
+    services.progress_publish = publish_or_drop  # type: ignore[assignment]
+
+
 # --- S3 faults on the wire --------------------------------------------------------------------
 # TEST_S3_FAULTS (JSON) injects faults into the S3 backend's UploadPart requests through botocore
 # event hooks on its real client: `before-send.s3.UploadPart` answers a request itself, drops it,
@@ -184,6 +212,9 @@ def main() -> None:
         faulty = FaultyStorage(storage_module.get_storage(), plan, log_path)
         for module in (storage_module, jobs, services):
             module.get_storage = lambda: faulty  # type: ignore[attr-defined]
+    drops = json.loads(os.environ.get("TEST_DROP_PROGRESS", "{}"))
+    if drops:
+        progress_drops_install(drops, os.environ.get("TEST_DROP_PROGRESS_LOG"))
     s3_plan = json.loads(os.environ.get("TEST_S3_FAULTS", "{}"))
     if s3_plan or os.environ.get("TEST_S3_LOG"):
         s3_faults_install(storage_module.get_storage(), s3_plan, os.environ.get("TEST_S3_LOG"))
