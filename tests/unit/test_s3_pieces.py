@@ -140,12 +140,12 @@ def test_client_config_leaves_retries_to_the_engine() -> None:
     assert config.retries == {"mode": "standard", "total_max_attempts": 1}
     assert config.request_checksum_calculation == "when_required"
     assert config.max_pool_connections == 6
-    assert config.s3 == {"addressing_style": "path"}
+    assert config.s3 == {"addressing_style": "path", "payload_signing_enabled": False}
     assert config.connect_timeout and config.read_timeout
     aws = s3_client_config(
         region=None, request_checksum_calculation="when_supported", max_pool_connections=10, path_style=False
     )
-    assert aws.s3 == {"addressing_style": "auto"}
+    assert aws.s3 == {"addressing_style": "auto", "payload_signing_enabled": False}
     with pytest.raises(ImproperlyConfigured, match="S3_REQUEST_CHECKSUM_CALCULATION"):
         s3_client_config(region=None, request_checksum_calculation="always", max_pool_connections=10, path_style=False)
 

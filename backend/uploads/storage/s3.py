@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import logging
+import re
 import time
 import unicodedata
 import zlib
@@ -38,6 +39,7 @@ CHECKSUM_ALGORITHMS = ("SHA256", "CRC32", "NONE")
 SSE_MODES = ("AES256", "aws:kms", "aws:kms:dsse")
 # With SSE-KMS the ETag is not the MD5 of the bytes; there the store's checksum check stands alone.
 _KMS_MODES = ("aws:kms", "aws:kms:dsse")
+_MD5_HEX = re.compile(r"[0-9a-f]{32}")
 LIST_PAGE_SIZE = 1000
 # SigV4 presigned URLs cannot outlive a week.
 MAX_PRESIGN_SECONDS = 7 * 24 * 3600
@@ -391,7 +393,7 @@ class S3Storage:
         """Why the object HeadObject describes is not the one `parts` make, or "" if it is."""
         if int(head.get("ContentLength", -1)) != size:
             return f"the assembled object is {head.get('ContentLength')} bytes, expected {size}"
-        if self.etags_are_md5:
+        if self.etags_are_md5 and all(_MD5_HEX.fullmatch(etag_md5(p.etag)) for p in parts):
             expected = multipart_etag(part_etags=[p.etag for p in parts])
             if etag_md5(str(head.get("ETag", ""))) != expected:
                 return f"the assembled object's ETag {head.get('ETag')} is not that of its parts ({expected})"

@@ -45,9 +45,15 @@ def s3_client_config(
         max_pool_connections=max_pool_connections,
         request_checksum_calculation=request_checksum_calculation,
         response_checksum_validation="when_required",
-        # S3-compatible stores (MinIO, Ceph, moto) behind a custom endpoint expect path-style URLs;
-        # AWS itself picks virtual-hosted style.
-        s3={"addressing_style": "path" if path_style else "auto"},
+        s3={
+            # S3-compatible stores (MinIO, Ceph, moto) behind a custom endpoint expect path-style
+            # URLs; AWS itself picks virtual-hosted style.
+            "addressing_style": "path" if path_style else "auto",
+            # Every body this service sends carries a Content-MD5 header (and the configured
+            # checksum), which the signature covers and the store verifies: hashing the body once
+            # more for the signature (botocore does so over plain HTTP) adds CPU, not safety.
+            "payload_signing_enabled": False,
+        },
     )
 
 
