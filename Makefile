@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-all bench lint format typecheck clean
+.PHONY: run test test-all soak bench lint format typecheck clean
 
 $(STAMP): requirements/base.txt requirements/dev.txt requirements/prod.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -18,6 +18,10 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest
+
+# 200 uploads under cancels, retries, deletes and worker kills; minutes, so not part of `make test`.
+soak: $(STAMP)
+	$(PY) -m pytest tests/soak -m soak -s --timeout 1200
 
 bench: $(STAMP)
 	$(PY) -m tests.bench

@@ -1,10 +1,22 @@
-"""Periodic jobs, run by `manage.py rqcron backend.uploads.cron` (started by `make run`)."""
+"""Periodic jobs, run by `manage.py rqcron backend.uploads.cron` (started by `make run`).
+
+Each runs once when the scheduler starts, then every interval. The reaper's interval follows
+UPLOAD_STALE_AFTER_SECONDS so a silent transfer is picked up soon after it goes stale; the sweep's
+follows UPLOAD_STAGING_TTL (a quarter of it, between a minute and ten) so expired bytes do not
+linger long past their time.
+"""
 
 from __future__ import annotations
 
 from django.conf import settings
 from rq import cron
 
-from backend.uploads.jobs import uploads_reap
+from backend.uploads.jobs import uploads_reap, uploads_sweep
 
 cron.register(uploads_reap, queue_name="default", interval=max(5, int(settings.UPLOAD_STALE_AFTER_SECONDS // 4)))
+cron.register(
+    uploads_sweep,
+    queue_name="default",
+    interval=min(600, max(60, int(settings.UPLOAD_STAGING_TTL // 4))),
+    job_timeout=3600,
+)

@@ -31,31 +31,48 @@ def upload_transfer(upload_id: str) -> None:
             transfer_upload(upload=upload, claim=claim, storage=get_storage())
             services.upload_complete(upload_id=upload.id, claim=claim)
         except TransferFailed as exc:
-            services.upload_fail(upload_id=upload.id, claim=claim, error=str(exc))
+            _fail_or_stop(upload=upload, claim=claim, error=str(exc))
         except (TransferStopped, services.ClaimLost):
-            _after_stop(upload_id=upload.id, claim=claim)
+            _after_stop(upload=upload, claim=claim)
         except Exception as exc:
             logger.exception("upload %s: unexpected error in the transfer", upload.id)
-            try:
-                services.upload_fail(upload_id=upload.id, claim=claim, error=f"internal error: {type(exc).__name__}")
-            except services.ClaimLost:
-                pass
+            _fail_or_stop(upload=upload, claim=claim, error=f"internal error: {type(exc).__name__}")
 
 
-def _after_stop(*, upload_id: uuid.UUID, claim: uuid.UUID) -> None:
-    """The transfer stopped early: abort if the upload was cancelled, give it back if the worker stops."""
-    upload = FileUpload.objects.filter(id=upload_id).first()
-    if upload is None:
-        return
-    if upload.status == UploadStatus.CANCELLED and upload.storage_upload_id:
-        services.upload_abort_store(upload=upload)
-        logger.info("upload %s cancelled; open object aborted", upload_id)
-    elif stop_requested.is_set() and upload.status == UploadStatus.UPLOADING and upload.claim == claim:
-        services.upload_release(upload_id=upload_id, claim=claim)
-        logger.info("upload %s given back to the queue: the worker is stopping", upload_id)
+def _fail_or_stop(*, upload: FileUpload, claim: uuid.UUID, error: str) -> None:
+    """Record the failure; if the run lost the upload meanwhile (cancelled, deleted), clean up instead."""
+    try:
+        services.upload_fail(upload_id=upload.id, claim=claim, error=error)
+    except services.ClaimLost:
+        _after_stop(upload=upload, claim=claim)
+
+
+def _after_stop(*, upload: FileUpload, claim: uuid.UUID) -> None:
+    """The transfer stopped early: clean up after a cancel or delete, give it back if the worker stops.
+
+    `upload` is the row as this run claimed it; the current row is read again here.
+    """
+    current = FileUpload.objects.filter(id=upload.id).first()
+    if current is None:
+        # Deleted while we ran: our complete() may have landed after the delete removed the object,
+        # and no one else can write this key (it is the deleted upload's own).
+        get_storage().delete_object(key=upload.storage_key)
+        logger.info("upload %s deleted while transferring; its object is removed", upload.id)
+    elif current.status == UploadStatus.CANCELLED and current.storage_upload_id:
+        services.upload_abort_store(upload=current)
+        logger.info("upload %s cancelled; open object aborted", upload.id)
+    elif stop_requested.is_set() and current.status == UploadStatus.UPLOADING and current.claim == claim:
+        services.upload_release(upload_id=upload.id, claim=claim)
+        logger.info("upload %s given back to the queue: the worker is stopping", upload.id)
 
 
 def uploads_reap() -> None:
     """Queue again the transfers whose worker went silent (SIGKILL, lost machine)."""
     close_old_connections()
     services.upload_requeue_stale(stale_after_seconds=settings.UPLOAD_STALE_AFTER_SECONDS)
+
+
+def uploads_sweep() -> None:
+    """Remove staged bytes, temporary files and open store objects no upload needs (the sweep)."""
+    close_old_connections()
+    services.upload_sweep()

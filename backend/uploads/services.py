@@ -10,16 +10,19 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 import uuid
-from collections.abc import Iterable
-from datetime import timedelta
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import django_rq
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import IntegrityError, transaction
-from django.db.models import F
+from django.db.models import F, Q
 from django.utils import timezone
 
 from backend.uploads.errors import (
@@ -35,8 +38,8 @@ from backend.uploads.parts import part_count, part_size_for
 from backend.uploads.progress import progress_publish
 from backend.uploads.selectors import upload_get_for_user
 from backend.uploads.sniffing import content_type_allowed, content_type_sniff
-from backend.uploads.staging import StagedFile, staging_delete, staging_path
-from backend.uploads.storage import PartReceipt, get_storage
+from backend.uploads.staging import INCOMING, StagedFile, staging_delete, staging_dir, staging_path
+from backend.uploads.storage import PartReceipt, Storage, StorageError, TemporaryArea, get_storage
 
 logger = logging.getLogger(__name__)
 
@@ -127,13 +130,15 @@ def upload_transition(
     to: str,
     expected: Iterable[str] | None = None,
     owned_by: uuid.UUID | None = None,
+    staged: bool = False,
     part_number: int | None = None,
     **fields: Any,
 ) -> FileUpload:
     """Move an upload to status `to` if the state table allows it from the status it has now.
 
     `expected` narrows the statuses the move may start from; `owned_by` requires the row to carry
-    that transfer claim. Raises InvalidState when no row matched, or ClaimLost with `owned_by`.
+    that transfer claim; `staged` requires its staged bytes to be kept (the sweep has not expired
+    them). Raises InvalidState when no row matched, or ClaimLost with `owned_by`.
     """
     sources = [s for s, targets in ALLOWED_MOVES.items() if to in targets]
     if expected is not None:
@@ -141,6 +146,8 @@ def upload_transition(
     rows = FileUpload.objects.filter(id=upload_id, status__in=sources)
     if owned_by is not None:
         rows = rows.filter(claim=owned_by)
+    if staged:
+        rows = rows.filter(staged_at__isnull=False)
     with transaction.atomic():
         moved = rows.update(status=to, sequence=F("sequence") + 1, updated_at=timezone.now(), **fields)
         if not moved:
@@ -248,35 +255,62 @@ def upload_release(*, upload_id: uuid.UUID, claim: uuid.UUID) -> FileUpload:
 
 
 def upload_cancel(*, user: AbstractBaseUser, upload_id: uuid.UUID) -> FileUpload:
-    """QUEUED/UPLOADING -> CANCELLED. A running transfer notices before its next part and aborts."""
+    """QUEUED/UPLOADING -> CANCELLED; INVALID_STATE from any other status.
+
+    From QUEUED the queued job is removed and an open store object kept from an earlier run is
+    aborted here. From UPLOADING the running transfer sees the claim gone before its next part and
+    aborts the object itself (`jobs._after_stop`): RQ's stop command would SIGKILL it with no
+    clean-up. The staged bytes stay, and `staged_at` restarts the UPLOAD_STAGING_TTL clock, so
+    `upload_retry` can start over.
+    """
     upload = upload_get_for_user(user=user, upload_id=upload_id)
-    was_queued = upload.status == UploadStatus.QUEUED
-    upload = upload_transition(
-        upload_id=upload.id, to=UploadStatus.CANCELLED, expected=ACTIVE_STATUSES, staged_at=timezone.now()
-    )
-    if was_queued:
-        _job_cancel(upload.job_id)
-        if upload.storage_upload_id:
+    now = timezone.now()
+    # One source status at a time, so we know which move won if a worker claims it meanwhile.
+    try:
+        upload = upload_transition(
+            upload_id=upload.id, to=UploadStatus.CANCELLED, expected=[UploadStatus.QUEUED], staged_at=now
+        )
+    except InvalidState:
+        return upload_transition(
+            upload_id=upload.id, to=UploadStatus.CANCELLED, expected=[UploadStatus.UPLOADING], staged_at=now
+        )
+    _job_cancel(upload.job_id)
+    if upload.storage_upload_id:
+        try:
             upload_abort_store(upload=upload)
+        except StorageError:
+            # The cancel stands; retry, delete or the sweep abort the object later (the row keeps its handle).
+            logger.warning("upload %s cancelled; aborting its open object failed", upload.id, exc_info=True)
     return upload
 
 
 def upload_retry(*, user: AbstractBaseUser, upload_id: uuid.UUID) -> FileUpload:
-    """FAILED -> QUEUED resuming from confirmed parts; CANCELLED -> QUEUED starting over from 0."""
+    """FAILED -> QUEUED resuming from the confirmed parts; CANCELLED -> QUEUED starting over from 0.
+
+    INVALID_STATE from any other status, and once the staged bytes are gone (the sweep expired
+    them after UPLOAD_STAGING_TTL): then the client must send the file again. Starting over aborts
+    the old store object if the cancel could not (its worker died first), so the new transfer owes
+    nothing to the old one.
+    """
     upload = upload_get_for_user(user=user, upload_id=upload_id)
     if upload.status not in (UploadStatus.FAILED, UploadStatus.CANCELLED):
         raise InvalidState(f"a {upload.status} upload cannot be retried")
-    if not staging_path(upload.id).exists():
+    if upload.staged_at is None or not staging_path(upload.id).exists():
         raise InvalidState("the staged bytes of this upload are gone; send the file again")
+    starting_over = upload.status == UploadStatus.CANCELLED
+    if starting_over and upload.storage_upload_id:
+        upload_abort_store(upload=upload)
     fresh_start: dict[str, Any] = {}
     with transaction.atomic():
-        if upload.status == UploadStatus.CANCELLED:
+        if starting_over:
             UploadPart.objects.filter(upload_id=upload.id).delete()
             fresh_start = {"bytes_uploaded": 0, "parts_uploaded": 0, "storage_upload_id": None}
+        # `staged` fences the sweep: it expires a row only while it is still FAILED/CANCELLED.
         upload = upload_transition(
             upload_id=upload.id,
             to=UploadStatus.QUEUED,
             expected=[upload.status],
+            staged=True,
             error=None,
             staged_at=timezone.now(),
             **fresh_start,
@@ -286,18 +320,24 @@ def upload_retry(*, user: AbstractBaseUser, upload_id: uuid.UUID) -> FileUpload:
 
 
 def upload_delete(*, user: AbstractBaseUser, upload_id: uuid.UUID) -> bool:
-    """Cancel if active, then remove the object, the open multipart upload, staged bytes and row."""
+    """Remove an upload for good; afterwards its id answers NOT_FOUND.
+
+    Cancels it if active, then removes its object, its open store object, its staged bytes, its
+    part ledger and its row. A transfer still running stops before its next part and removes what
+    it wrote after this (`jobs._after_stop`).
+    """
     upload = upload_get_for_user(user=user, upload_id=upload_id)
     if upload.status in ACTIVE_STATUSES:
         try:
             upload = upload_cancel(user=user, upload_id=upload.id)
         except InvalidState:
+            # It reached a terminal status meanwhile; delete that.
             upload = upload_get_for_user(user=user, upload_id=upload_id)
     storage = get_storage()
     if upload.storage_upload_id:
-        upload_abort_store(upload=upload)
-    if upload.status == UploadStatus.COMPLETED:
-        storage.delete_object(key=upload.storage_key)
+        storage.abort(key=upload.storage_key, handle=upload.storage_upload_id)
+    # Whatever the status: a transfer whose complete() beat a cancel leaves an object behind.
+    storage.delete_object(key=upload.storage_key)
     staging_delete(upload.id)
     FileUpload.objects.filter(id=upload.id).delete()
     logger.info("upload %s deleted", upload.id)
@@ -305,11 +345,18 @@ def upload_delete(*, user: AbstractBaseUser, upload_id: uuid.UUID) -> bool:
 
 
 def upload_abort_store(*, upload: FileUpload) -> None:
-    """Abort the store's open multipart upload of `upload` and forget it and its ledger."""
-    if upload.storage_upload_id:
-        get_storage().abort(key=upload.storage_key, handle=upload.storage_upload_id)
-    UploadPart.objects.filter(upload_id=upload.id).delete()
-    FileUpload.objects.filter(id=upload.id, storage_upload_id=upload.storage_upload_id).update(storage_upload_id=None)
+    """Abort the open store object (multipart upload) `upload` names, and forget it and its ledger.
+
+    Idempotent. The ledger goes only while the row still names that object, so a late abort of an
+    old object never erases the ledger of a newer transfer.
+    """
+    handle = upload.storage_upload_id
+    if not handle:
+        return
+    get_storage().abort(key=upload.storage_key, handle=handle)
+    with transaction.atomic():
+        if FileUpload.objects.filter(id=upload.id, storage_upload_id=handle).update(storage_upload_id=None):
+            UploadPart.objects.filter(upload_id=upload.id).delete()
 
 
 def _job_cancel(job_id: str | None) -> None:
@@ -347,3 +394,194 @@ def upload_requeue_stale(*, stale_after_seconds: float) -> list[uuid.UUID]:
         logger.warning("upload %s: transfer silent for %ss, queued again", upload_id, stale_after_seconds)
         requeued.append(upload_id)
     return requeued
+
+
+# --- sweeping ---------------------------------------------------------------------------------
+
+# A file this young may belong to a request still writing it, or to an upload whose row is not
+# committed yet (staged bytes are renamed into place inside the creating transaction).
+SWEEP_GRACE_SECONDS = 3600.0
+
+
+@dataclass(frozen=True)
+class SweepItem:
+    """One thing the sweep removed (or, in a dry run, would remove), and why it may go."""
+
+    kind: str  # "staged", "incoming", "store-temporary" or "open-object"
+    target: str  # a path, a temporary entry's name, or an open object's handle
+    reason: str
+    size: int  # bytes it frees, when known (0 otherwise)
+
+
+@dataclass
+class SweepReport:
+    dry_run: bool
+    items: list[SweepItem] = field(default_factory=list)
+
+    @property
+    def freed_bytes(self) -> int:
+        return sum(item.size for item in self.items)
+
+
+def upload_sweep(
+    *, dry_run: bool = False, ttl_seconds: float | None = None, grace_seconds: float = SWEEP_GRACE_SECONDS
+) -> SweepReport:
+    """Remove what no upload needs any more, so the disks stay flat; report every item.
+
+    - FAILED/CANCELLED uploads kept longer than `ttl_seconds` (UPLOAD_STAGING_TTL) expire: their
+      staged bytes go, the open store object the row names is aborted (by its key and handle, which
+      works on any backend) and any object at its key is deleted; `retryUpload` then answers
+      INVALID_STATE. The expiry is a conditional update, so a retry that wins keeps its bytes.
+    - Staged bytes of COMPLETED uploads that remain (a worker died between the two steps).
+    - Staged files and `incoming/` files no row explains, older than `grace_seconds`.
+    - Entries of the store's temporary area (if it has one) that no row's handle names, older
+      than `grace_seconds`.
+    With `dry_run` nothing changes. A store error on one item is logged and the sweep goes on.
+    """
+    ttl = settings.UPLOAD_STAGING_TTL if ttl_seconds is None else ttl_seconds
+    report = SweepReport(dry_run=dry_run)
+    storage = get_storage()
+    expired = _sweep_expired(
+        report=report, storage=storage, cutoff=timezone.now() - timedelta(seconds=ttl), dry_run=dry_run
+    )
+    _sweep_staging(report=report, grace_seconds=grace_seconds, dry_run=dry_run, already=expired)
+    _sweep_incoming(report=report, grace_seconds=grace_seconds, dry_run=dry_run)
+    if isinstance(storage, TemporaryArea):
+        _sweep_store_temporary(report=report, storage=storage, grace_seconds=grace_seconds, dry_run=dry_run)
+    logger.info("sweep%s: %d items, %d bytes", " (dry run)" if dry_run else "", len(report.items), report.freed_bytes)
+    return report
+
+
+def _sweep_expired(*, report: SweepReport, storage: Storage, cutoff: datetime, dry_run: bool) -> set[uuid.UUID]:
+    """Expire FAILED/CANCELLED uploads kept past the TTL (and finish expiries a store error cut short)."""
+    kept = (UploadStatus.FAILED, UploadStatus.CANCELLED)
+    due = Q(staged_at__lt=cutoff) | Q(staged_at__isnull=True, storage_upload_id__isnull=False)
+    expired = set()
+    for upload in FileUpload.objects.filter(due, status__in=kept):
+        if not dry_run and not FileUpload.objects.filter(
+            Q(staged_at__lt=cutoff) | Q(staged_at__isnull=True), id=upload.id, status=upload.status
+        ).update(staged_at=None):
+            continue  # retried since we read it: the bytes are needed again
+        expired.add(upload.id)
+        path = staging_path(upload.id)
+        if path.exists():
+            item = SweepItem(
+                kind="staged",
+                target=str(path),
+                reason=f"{upload.status} upload {upload.id} kept past UPLOAD_STAGING_TTL",
+                size=_size_of(path),
+            )
+            _sweep_remove(report, item, dry_run, lambda path=path: path.unlink(missing_ok=True))
+        if upload.storage_upload_id:
+            item = SweepItem(
+                kind="open-object",
+                target=upload.storage_upload_id,
+                reason=f"open object of expired {upload.status} upload {upload.id} at {upload.storage_key}",
+                size=0,
+            )
+            _sweep_remove(report, item, dry_run, lambda upload=upload: upload_abort_store(upload=upload))
+        if not dry_run:
+            # A transfer whose complete() beat its cancel or failure left an object no one will fetch.
+            _sweep_call(lambda key=upload.storage_key: storage.delete_object(key=key))
+    return expired
+
+
+def _sweep_staging(*, report: SweepReport, grace_seconds: float, dry_run: bool, already: set[uuid.UUID]) -> None:
+    """Staged files of COMPLETED or expired uploads, and old ones of no upload at all."""
+    directory = staging_dir()
+    if not directory.is_dir():
+        return
+    found: dict[uuid.UUID, Path] = {}
+    for path in directory.iterdir():
+        try:
+            upload_id = uuid.UUID(path.name)
+        except ValueError:
+            continue  # only files named by upload id are staged bytes; incoming/ is swept on its own
+        if upload_id not in already and path.is_file():
+            found[upload_id] = path
+    rows: dict[uuid.UUID, tuple[str, datetime | None]] = {}
+    ids = list(found)
+    for start in range(0, len(ids), 500):
+        batch = FileUpload.objects.filter(id__in=ids[start : start + 500])
+        for upload_id, status, staged_at in batch.values_list("id", "status", "staged_at"):
+            rows[upload_id] = (status, staged_at)
+    for upload_id, path in found.items():
+        status, staged_at = rows.get(upload_id, (None, None))
+        if status is None:
+            if _age_of(path) < grace_seconds:
+                continue
+            reason = "no upload row"
+        elif status == UploadStatus.COMPLETED:
+            reason = f"upload {upload_id} is COMPLETED"
+        elif status in (UploadStatus.FAILED, UploadStatus.CANCELLED) and staged_at is None:
+            reason = f"{status} upload {upload_id} expired"
+        else:
+            continue
+        item = SweepItem(kind="staged", target=str(path), reason=reason, size=_size_of(path))
+        _sweep_remove(report, item, dry_run, lambda path=path: path.unlink(missing_ok=True))
+
+
+def _sweep_incoming(*, report: SweepReport, grace_seconds: float, dry_run: bool) -> None:
+    """Files a request left in incoming/ (it died before it could discard them)."""
+    directory = staging_dir() / INCOMING
+    if not directory.is_dir():
+        return
+    for path in directory.iterdir():
+        if path.is_file() and _age_of(path) >= grace_seconds:
+            item = SweepItem(
+                kind="incoming",
+                target=str(path),
+                reason=f"left by a request over {int(grace_seconds)}s ago",
+                size=_size_of(path),
+            )
+            _sweep_remove(report, item, dry_run, lambda path=path: path.unlink(missing_ok=True))
+
+
+def _sweep_store_temporary(*, report: SweepReport, storage: TemporaryArea, grace_seconds: float, dry_run: bool) -> None:
+    """Entries of the store's temporary area that no row's handle names (their transfer is gone)."""
+    entries = storage.temporary_entries()
+    handles = [e.handle for e in entries if e.handle]
+    known: set[str | None] = set()
+    for start in range(0, len(handles), 500):
+        batch = FileUpload.objects.filter(storage_upload_id__in=handles[start : start + 500])
+        known |= set(batch.values_list("storage_upload_id", flat=True))
+    now = time.time()
+    for entry in entries:
+        if entry.handle in known or now - entry.modified < grace_seconds:
+            continue
+        item = SweepItem(
+            kind="store-temporary",
+            target=entry.name,
+            reason="open object no upload names" if entry.handle else "temporary file of no upload",
+            size=entry.size,
+        )
+        _sweep_remove(report, item, dry_run, lambda name=entry.name: storage.temporary_remove(name=name))
+
+
+def _sweep_remove(report: SweepReport, item: SweepItem, dry_run: bool, remove: Callable[[], object]) -> None:
+    """Report `item`, and remove it unless this is a dry run (a failure is logged, not raised)."""
+    if dry_run or _sweep_call(remove):
+        report.items.append(item)
+
+
+def _sweep_call(call: Callable[[], object]) -> bool:
+    try:
+        call()
+    except (StorageError, OSError):
+        logger.warning("sweep: a removal failed; the next sweep tries again", exc_info=True)
+        return False
+    return True
+
+
+def _age_of(path: Path) -> float:
+    try:
+        return time.time() - path.stat().st_mtime
+    except FileNotFoundError:
+        return 0.0
+
+
+def _size_of(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0

@@ -75,6 +75,31 @@ class Presigner(Protocol):
         """An absolute URL that serves the object's bytes for `ttl` seconds without other credentials."""
 
 
+@dataclass(frozen=True)
+class TemporaryEntry:
+    """One thing in a store's temporary area: an open object's pieces, or a leftover file."""
+
+    name: str
+    handle: str | None  # the open object it is (what `start` returned), else None
+    modified: float  # its newest change, seconds since the epoch
+    size: int  # bytes it occupies
+
+
+@runtime_checkable
+class TemporaryArea(Protocol):
+    """Optional: a store whose unfinished writes sit where the service may list them (local disk).
+
+    S3 has no such place in general (MinIO lists incomplete uploads only per key), so the sweep
+    reaches open objects there by the keys and handles the database knows.
+    """
+
+    def temporary_entries(self) -> list[TemporaryEntry]:
+        """Every entry of the temporary area as it is now."""
+
+    def temporary_remove(self, *, name: str) -> None:
+        """Remove the entry `name`, aborting the open object it is. Idempotent."""
+
+
 @cache
 def get_storage() -> Storage:
     """The storage backend settings name, one per process."""

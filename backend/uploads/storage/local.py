@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import stat
 import time
 import uuid
 import zlib
@@ -17,7 +18,7 @@ from pathlib import Path
 
 from django.core import signing
 
-from backend.uploads.storage import PartReceipt, StorageError
+from backend.uploads.storage import PartReceipt, StorageError, TemporaryEntry
 
 INCOMPLETE_DIR = ".incomplete"
 _DOWNLOAD_SALT = "backend.uploads.download"
@@ -70,7 +71,6 @@ class LocalStorage:
                 written = 0
                 while written < len(view):
                     written += os.pwrite(fd, view[written:], offset + written)
-                os.fdatasync(fd)
             finally:
                 os.close(fd)
         except OSError as exc:
@@ -99,6 +99,13 @@ class LocalStorage:
                 raise StorageError(f"part {part.part_number} is not the one the store holds", retryable=False)
         if sum(p.size for p in parts) != size or data_path.stat().st_size != size:
             raise StorageError(f"assembled object is {data_path.stat().st_size} bytes, expected {size}", retryable=False)
+        # One sync for the whole object instead of one per part: a part the page cache holds
+        # survives a killed worker, and the object is durable before it appears under its key.
+        fd = os.open(data_path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         target = self.object_path(key)
         target.parent.mkdir(parents=True, exist_ok=True)
         os.replace(data_path, target)
@@ -127,6 +134,58 @@ class LocalStorage:
             probe.unlink()
         except OSError as exc:
             raise StorageError(f"local bucket not writable: {exc.strerror}", retryable=True) from exc
+
+    # -- temporary area (for the sweep) ---------------------------------------------------------
+
+    def temporary_entries(self) -> list[TemporaryEntry]:
+        """`.incomplete/`: one entry per open object (its data file and receipts), one per other file."""
+        area = self.root / INCOMPLETE_DIR
+        if not area.is_dir():
+            return []
+        grouped: dict[str, list[Path]] = {}
+        for path in area.iterdir():
+            grouped.setdefault(self._entry_name(path.name), []).append(path)
+        entries = []
+        for name, paths in grouped.items():
+            try:
+                stats = [p.stat() for p in paths]
+                stats += [c.stat() for p in paths if p.is_dir() for c in p.iterdir()]
+            except FileNotFoundError:
+                continue  # removed while we looked: nothing left to sweep
+            handle = name if any(p.suffix in (".data", ".parts") for p in paths) else None
+            entries.append(
+                TemporaryEntry(
+                    name=name,
+                    handle=handle,
+                    modified=max(st.st_mtime for st in stats),
+                    size=sum(st.st_size for st in stats if not stat.S_ISDIR(st.st_mode)),
+                )
+            )
+        return entries
+
+    def temporary_remove(self, *, name: str) -> None:
+        area = self.root / INCOMPLETE_DIR
+        if "/" in name or name in ("", ".", ".."):
+            raise StorageError(f"bad temporary entry {name!r}", retryable=False)
+        if self._data_path(name).exists() or self._parts_dir(name).exists():
+            self.abort(key="", handle=name)
+        path = area / name
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+
+    @staticmethod
+    def _entry_name(filename: str) -> str:
+        """An open object's files share its handle as their name; anything else is its own entry."""
+        stem, dot, suffix = filename.rpartition(".")
+        if dot and suffix in ("data", "parts"):
+            try:
+                uuid.UUID(stem)
+            except ValueError:
+                return filename
+            return stem
+        return filename
 
     # -- presigned downloads ------------------------------------------------------------------
 
