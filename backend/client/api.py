@@ -1,0 +1,405 @@
+"""The service's public GraphQL API, as the command-line client calls it (gql over httpx and websockets).
+
+Nothing here knows about Django or the server's code: only the contract's schema, so the client
+works against any deployment. Every failure the server reports comes out as `ApiError(code,
+message)`, with the contract's code; failures to reach the server use client-side codes
+(`CONNECTION_FAILED`, `BAD_RESPONSE`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
+from gql import Client, FileVar, GraphQLRequest
+from gql.transport.exceptions import (
+    TransportError,
+    TransportProtocolError,
+    TransportQueryError,
+    TransportServerError,
+)
+from gql.transport.httpx import HTTPXAsyncTransport
+from gql.transport.websockets import WebsocketsTransport
+from websockets.exceptions import ConnectionClosed
+
+UPLOAD_FIELDS = (
+    "id",
+    "filename",
+    "contentType",
+    "size",
+    "sha256",
+    "status",
+    "bytesUploaded",
+    "partsUploaded",
+    "partsTotal",
+    "progress",
+    "attempts",
+    "error",
+    "storageBackend",
+    "storageKey",
+    "downloadUrl",
+    "createdAt",
+    "updatedAt",
+    "completedAt",
+)
+PROGRESS_FIELDS = (
+    "uploadId",
+    "sequence",
+    "status",
+    "partNumber",
+    "partsUploaded",
+    "partsTotal",
+    "bytesUploaded",
+    "bytesTotal",
+    "progress",
+    "error",
+    "at",
+)
+TERMINAL_STATUSES = frozenset({"COMPLETED", "FAILED", "CANCELLED"})
+# The server refuses more than this many uploads per page (BAD_USER_INPUT above it).
+PAGE_SIZE = 100
+
+_UPLOAD = " ".join(UPLOAD_FIELDS)
+UPLOAD_FILE = (
+    "mutation UploadFile($file: Upload!, $sha256: String) {"
+    f" uploadFile(file: $file, sha256: $sha256) {{ {_UPLOAD} }} }}"
+)
+UPLOAD_GET = f"query Upload($id: ID!) {{ upload(id: $id) {{ {_UPLOAD} }} }}"
+UPLOADS_PAGE = (
+    "query Uploads($first: Int!, $after: String, $status: UploadStatus) {"
+    " uploads(first: $first, after: $after, status: $status) {"
+    f" totalCount pageInfo {{ hasNextPage endCursor }} edges {{ node {{ {_UPLOAD} }} }} }} }}"
+)
+UPLOAD_CANCEL = f"mutation CancelUpload($id: ID!) {{ cancelUpload(id: $id) {{ {_UPLOAD} }} }}"
+UPLOAD_RETRY = f"mutation RetryUpload($id: ID!) {{ retryUpload(id: $id) {{ {_UPLOAD} }} }}"
+UPLOAD_DELETE = "mutation DeleteUpload($id: ID!) { deleteUpload(id: $id) }"
+UPLOAD_PROGRESS = (
+    f"subscription UploadProgress($id: ID!) {{ uploadProgress(id: $id) {{ {' '.join(PROGRESS_FIELDS)} }} }}"
+)
+
+# Waiting for the answer to a multipart upload includes the server finishing the file (hashing,
+# staging, queueing): allow minutes, not the seconds a plain query gets.
+_QUERY_TIMEOUT = httpx.Timeout(30.0)
+_UPLOAD_TIMEOUT = httpx.Timeout(30.0, read=600.0)
+
+
+class ApiError(Exception):
+    """A failure with the contract's error code (or a client-side one) and a message for people."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where the service is and who the caller is."""
+
+    base_url: str
+    token: str | None
+
+    @property
+    def graphql_url(self) -> str:
+        return f"{self.base_url}/graphql"
+
+    @property
+    def websocket_url(self) -> str:
+        parts = urlsplit(self.graphql_url)
+        scheme = "wss" if parts.scheme == "https" else "ws"
+        return urlunsplit((scheme, parts.netloc, parts.path, parts.query, ""))
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"} if self.token else {}
+
+
+def endpoint_from(*, url: str, token: str | None) -> Endpoint:
+    """An `Endpoint` for a base URL given with or without a trailing `/graphql`."""
+    base = url.strip().rstrip("/")
+    if base.endswith("/graphql"):
+        base = base[: -len("/graphql")]
+    parts = urlsplit(base)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ApiError("BAD_URL", f"{url!r} is not an http(s) URL")
+    return Endpoint(base_url=base, token=token or None)
+
+
+def websocket_close_code(error: BaseException) -> int | None:
+    """The close code the server sent, if `error` comes from a closed websocket."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, ConnectionClosed) and seen.rcvd is not None:
+            return seen.rcvd.code
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def _caused_by(error: BaseException, *kinds: type[BaseException]) -> bool:
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, kinds):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def api_error_from(error: BaseException, *, where: str) -> ApiError:
+    """The `ApiError` a transport or query failure stands for; the first GraphQL error decides."""
+    if isinstance(error, ApiError):
+        return error
+    close_code = websocket_close_code(error)
+    if close_code == 4403:
+        return ApiError("UNAUTHENTICATED", f"{where} refused the credentials (websocket closed with 4403)")
+    if close_code is not None and 4400 <= close_code < 4500:
+        return ApiError("BAD_RESPONSE", f"{where} closed the websocket with {close_code}")
+    if isinstance(error, TransportQueryError):
+        first = (error.errors or [{}])[0]
+        if isinstance(first, dict):
+            code = (first.get("extensions") or {}).get("code") or "GRAPHQL_ERROR"
+            return ApiError(str(code), str(first.get("message") or error))
+        return ApiError("GRAPHQL_ERROR", str(first))
+    if isinstance(error, TransportServerError):
+        return ApiError("BAD_RESPONSE", f"{where} answered HTTP {error.code}: {error}")
+    if isinstance(error, TransportProtocolError):
+        return ApiError("BAD_RESPONSE", f"{where} did not answer as a GraphQL server: {error}")
+    if isinstance(error, TransportError | httpx.HTTPError | OSError | TimeoutError):
+        return ApiError("CONNECTION_FAILED", f"cannot reach {where}: {error or type(error).__name__}")
+    raise error
+
+
+class CountingReader(io.RawIOBase):
+    """A read-only view of a binary file that reports how many bytes have been read from it.
+
+    httpx streams a multipart file part by reading its file object in chunks, so the count is
+    the bytes handed to the socket: enough to draw a sending bar.
+    """
+
+    def __init__(self, raw: io.BufferedReader, on_read: Callable[[int], None]) -> None:
+        super().__init__()
+        self._raw = raw
+        self._on_read = on_read
+        self._position = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def fileno(self) -> int:
+        return self._raw.fileno()
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        self._position = self._raw.seek(offset, whence)
+        return self._position
+
+    def tell(self) -> int:
+        return self._position
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._raw.read(size)
+        self._position += len(data)
+        self._on_read(self._position)
+        return data
+
+    def readinto(self, buffer: Any) -> int:
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        self._raw.close()
+        super().close()
+
+
+class UploadApi:
+    """Queries and mutations over HTTP, one gql session for the client's lifetime.
+
+    Use as `async with UploadApi(endpoint) as api:`. Methods return the server's JSON objects
+    (field names as in the schema) and raise `ApiError`.
+    """
+
+    def __init__(self, endpoint: Endpoint) -> None:
+        self.endpoint = endpoint
+        self._client = Client(
+            transport=HTTPXAsyncTransport(url=endpoint.graphql_url, headers=endpoint.headers, timeout=_QUERY_TIMEOUT),
+            execute_timeout=None,
+        )
+        self._session: Any = None
+
+    async def __aenter__(self) -> UploadApi:
+        self._session = await self._client.connect_async()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._client.close_async()
+
+    async def _execute(self, document: str, variables: dict[str, Any], **extra: Any) -> dict[str, Any]:
+        try:
+            return await self._session.execute(GraphQLRequest(document, variable_values=variables), **extra)
+        except (TransportError, httpx.HTTPError, OSError) as error:
+            raise api_error_from(error, where=self.endpoint.graphql_url) from error
+
+    async def upload_file(
+        self, *, path: str, filename: str, sha256: str, on_sent: Callable[[int], None]
+    ) -> dict[str, Any]:
+        """Send one file with the multipart `uploadFile` mutation; the server verifies `sha256`.
+
+        A connection that breaks once the body is on its way is `CONNECTION_LOST`, not
+        `CONNECTION_FAILED`: the server is there, and may have refused this file before reading it
+        (a server that answers 413 from Content-Length and closes can reset the connection before
+        its answer is read), so the next file is still worth sending.
+        """
+        with open(path, "rb") as raw:
+            reader = CountingReader(raw, on_sent)
+            file = FileVar(reader, filename=filename, content_type="application/octet-stream")
+            try:
+                data = await self._execute(
+                    UPLOAD_FILE,
+                    {"file": file, "sha256": sha256},
+                    upload_files=True,
+                    extra_args={"timeout": _UPLOAD_TIMEOUT},
+                )
+            except ApiError as error:
+                if error.code != "CONNECTION_FAILED" or _caused_by(error, httpx.ConnectError, httpx.ConnectTimeout):
+                    raise
+                raise ApiError(
+                    "CONNECTION_LOST",
+                    f"the connection broke while sending {filename}: the server may have refused it unread"
+                    " (over its size limit?) or gone away",
+                ) from error
+        return data["uploadFile"]
+
+    async def upload_get(self, *, upload_id: str) -> dict[str, Any]:
+        return (await self._execute(UPLOAD_GET, {"id": upload_id}))["upload"]
+
+    async def uploads_list(self, *, status: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
+        """The caller's uploads, newest first, following pages until `limit` (None: all of them)."""
+        uploads: list[dict[str, Any]] = []
+        after: str | None = None
+        while limit is None or len(uploads) < limit:
+            first = PAGE_SIZE if limit is None else min(PAGE_SIZE, limit - len(uploads))
+            page = (await self._execute(UPLOADS_PAGE, {"first": first, "after": after, "status": status}))["uploads"]
+            uploads.extend(edge["node"] for edge in page["edges"])
+            if not page["pageInfo"]["hasNextPage"] or not page["edges"]:
+                break
+            after = page["pageInfo"]["endCursor"]
+        return uploads
+
+    async def upload_cancel(self, *, upload_id: str) -> dict[str, Any]:
+        return (await self._execute(UPLOAD_CANCEL, {"id": upload_id}))["cancelUpload"]
+
+    async def upload_retry(self, *, upload_id: str) -> dict[str, Any]:
+        return (await self._execute(UPLOAD_RETRY, {"id": upload_id}))["retryUpload"]
+
+    async def upload_delete(self, *, upload_id: str) -> bool:
+        return bool((await self._execute(UPLOAD_DELETE, {"id": upload_id}))["deleteUpload"])
+
+
+@dataclass
+class ProgressFeed:
+    """`uploadProgress` subscriptions sharing one graphql-transport-ws connection.
+
+    The connection opens on the first subscription. When it drops, every subscription on it fails
+    with a connection error; `follow` then opens a new connection and subscribes again. That is
+    safe because each subscription starts with a snapshot of the absolute state.
+    """
+
+    endpoint: Endpoint
+    reconnect_attempts: int = 5
+    _client: Any = None
+    _session: Any = None
+    _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    async def __aenter__(self) -> ProgressFeed:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._drop(self._session)
+
+    async def _connect(self) -> Any:
+        async with self._lock:
+            if self._session is None:
+                transport = WebsocketsTransport(
+                    url=self.endpoint.websocket_url,
+                    init_payload={"authorization": f"Bearer {self.endpoint.token}"} if self.endpoint.token else {},
+                    subprotocols=[WebsocketsTransport.GRAPHQLWS_SUBPROTOCOL],
+                )
+                client = Client(transport=transport, execute_timeout=None)
+                try:
+                    self._session = await client.connect_async()
+                except (TimeoutError, TransportError, OSError) as error:
+                    raise api_error_from(error, where=self.endpoint.websocket_url) from error
+                self._client = client
+            return self._session
+
+    async def _drop(self, session: Any) -> None:
+        """Forget `session` if it is still the current one (another follower may have replaced it)."""
+        async with self._lock:
+            if session is None or session is not self._session:
+                return
+            client, self._client, self._session = self._client, None, None
+        with contextlib.suppress(TransportError, OSError):
+            await client.close_async()
+
+    async def follow(self, *, upload_id: str) -> AsyncIterator[dict[str, Any]]:
+        """The upload's progress events (absolute state, `sequence` increasing) until a terminal one.
+
+        Reconnects after a lost connection (a few attempts with backoff, reset by every event);
+        raises `ApiError` when the server refuses the subscription or cannot be reached.
+        """
+        last_sequence = -1
+        failures = 0
+        while True:
+            session = await self._connect_with_retries(failures)
+            try:
+                request = GraphQLRequest(UPLOAD_PROGRESS, variable_values={"id": upload_id})
+                # aclosing: leaving early (a terminal event, Ctrl-C) still ends the subscription.
+                async with contextlib.aclosing(session.subscribe(request)) as events:
+                    async for data in events:
+                        event = data["uploadProgress"]
+                        failures = 0
+                        # A resubscription's snapshot may repeat the last event seen: skip it.
+                        if event["sequence"] <= last_sequence and event["status"] not in TERMINAL_STATUSES:
+                            continue
+                        last_sequence = max(last_sequence, event["sequence"])
+                        yield event
+                        if event["status"] in TERMINAL_STATUSES:
+                            return
+            except TransportQueryError as error:
+                raise api_error_from(error, where=self.endpoint.websocket_url) from error
+            except (TransportError, OSError) as error:
+                await self._drop(session)
+                failures += 1
+                if failures > self.reconnect_attempts or _refused(error):
+                    raise api_error_from(error, where=self.endpoint.websocket_url) from error
+                continue
+            # The stream completed before a terminal status (a server going away): subscribe again
+            # for a fresh snapshot, but not forever.
+            failures += 1
+            if failures > self.reconnect_attempts:
+                raise ApiError("BAD_RESPONSE", f"the progress stream of {upload_id} kept ending before a final status")
+
+    async def _connect_with_retries(self, failures: int) -> Any:
+        while True:
+            if failures:
+                await asyncio.sleep(min(0.25 * 2**failures, 8.0))  # backoff before reconnecting
+            try:
+                return await self._connect()
+            except ApiError as error:
+                failures += 1
+                if failures > self.reconnect_attempts or _refused(error.__cause__ or error):
+                    raise
+
+
+def _refused(error: BaseException) -> bool:
+    """Whether the server closed the websocket on purpose (4xxx): trying again would not help."""
+    code = websocket_close_code(error)
+    return code is not None and 4400 <= code < 4500
