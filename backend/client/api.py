@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -131,23 +131,24 @@ def endpoint_from(*, url: str, token: str | None) -> Endpoint:
     return Endpoint(base_url=base, token=token or None)
 
 
-def websocket_close_code(error: BaseException) -> int | None:
-    """The close code the server sent, if `error` comes from a closed websocket."""
+def _chain(error: BaseException) -> Iterator[BaseException]:
+    """`error` and the exceptions it was raised from or during, innermost last."""
     seen: BaseException | None = error
     while seen is not None:
-        if isinstance(seen, ConnectionClosed) and seen.rcvd is not None:
-            return seen.rcvd.code
+        yield seen
         seen = seen.__cause__ or seen.__context__
+
+
+def websocket_close_code(error: BaseException) -> int | None:
+    """The close code the server sent, if `error` comes from a closed websocket."""
+    for each in _chain(error):
+        if isinstance(each, ConnectionClosed) and each.rcvd is not None:
+            return each.rcvd.code
     return None
 
 
 def _caused_by(error: BaseException, *kinds: type[BaseException]) -> bool:
-    seen: BaseException | None = error
-    while seen is not None:
-        if isinstance(seen, kinds):
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return False
+    return any(isinstance(each, kinds) for each in _chain(error))
 
 
 def api_error_from(error: BaseException, *, where: str) -> ApiError:
@@ -170,7 +171,9 @@ def api_error_from(error: BaseException, *, where: str) -> ApiError:
     if isinstance(error, TransportProtocolError):
         return ApiError("BAD_RESPONSE", f"{where} did not answer as a GraphQL server: {error}")
     if isinstance(error, TransportError | httpx.HTTPError | OSError | TimeoutError):
-        return ApiError("CONNECTION_FAILED", f"cannot reach {where}: {error or type(error).__name__}")
+        innermost = list(_chain(error))[-1]
+        reason = str(innermost) or type(innermost).__name__
+        return ApiError("CONNECTION_FAILED", f"cannot reach {where}: {reason}")
     raise error
 
 

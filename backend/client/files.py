@@ -75,7 +75,7 @@ def _fetch(*, url: str, out: BinaryIO, sha256: str, size: int, on_received: Call
                 if on_received is not None:
                     on_received(received)
     except httpx.HTTPError as error:
-        raise ApiError("CONNECTION_FAILED", f"download failed: {error or type(error).__name__}") from error
+        raise ApiError("CONNECTION_FAILED", f"download failed: {str(error) or type(error).__name__}") from error
     out.flush()
     if received != size or digest.hexdigest() != sha256.lower():
         raise ApiError(
