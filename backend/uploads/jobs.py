@@ -67,9 +67,10 @@ def _after_stop(*, upload: FileUpload, claim: uuid.UUID) -> None:
 
 
 def uploads_reap() -> None:
-    """Queue again the transfers whose worker went silent (SIGKILL, lost machine)."""
+    """Queue again the transfers whose worker went silent (SIGKILL, lost machine), and lost jobs."""
     close_old_connections()
     services.upload_requeue_stale(stale_after_seconds=settings.UPLOAD_STALE_AFTER_SECONDS)
+    services.upload_requeue_lost(stale_after_seconds=settings.UPLOAD_STALE_AFTER_SECONDS)
 
 
 def uploads_sweep() -> None:

@@ -24,6 +24,7 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.db import IntegrityError, transaction
 from django.db.models import F, Q
 from django.utils import timezone
+from rq.job import JobStatus
 
 from backend.uploads.errors import (
     BadUserInput,
@@ -111,11 +112,14 @@ def upload_create(*, user: AbstractBaseUser, file: StagedFile, sha256: str | Non
     return upload
 
 
-def _upload_enqueue(upload: FileUpload) -> None:
+def _upload_enqueue(upload: FileUpload, *, redelivery: bool = False) -> None:
     """Queue the transfer job once the surrounding transaction commits."""
     from backend.uploads.jobs import upload_transfer
 
     job_id = f"transfer-{upload.id}-{upload.sequence}"
+    if redelivery:
+        # The lost job keeps its id in RQ's registries; the new one must not share it.
+        job_id += f"-{uuid.uuid4().hex[:8]}"
     FileUpload.objects.filter(id=upload.id).update(job_id=job_id)
     timeout = 600 + upload.size // (1024 * 1024) + upload.parts_total * settings.UPLOAD_PART_DELAY_MS // 1000 * 2
     django_rq.get_queue("default").enqueue(upload_transfer, str(upload.id), job_id=job_id, job_timeout=timeout)
@@ -394,6 +398,56 @@ def upload_requeue_stale(*, stale_after_seconds: float) -> list[uuid.UUID]:
         logger.warning("upload %s: transfer silent for %ss, queued again", upload_id, stale_after_seconds)
         requeued.append(upload_id)
     return requeued
+
+
+def upload_requeue_lost(*, stale_after_seconds: float) -> list[uuid.UUID]:
+    """Queue again every upload QUEUED longer than `stale_after_seconds` whose job is gone.
+
+    A worker SIGKILLed after taking a job from the queue and before its run claimed the upload
+    leaves the row QUEUED and the job stranded (RQ reports it only after its own maintenance, and
+    does not retry it); so does a reaper killed between its commit and its enqueue. A job still
+    waiting in the queue, scheduled, or started a moment ago is left alone. A second job for an
+    upload that was not lost after all is harmless: only a run that claims the QUEUED row
+    transfers, the other finds nothing to do.
+    """
+    cutoff = timezone.now() - timedelta(seconds=stale_after_seconds)
+    candidates = list(FileUpload.objects.filter(status=UploadStatus.QUEUED, updated_at__lt=cutoff))
+    if not candidates:
+        return []
+    queue = django_rq.get_queue("default")
+    waiting = set(queue.get_job_ids())
+    requeued = []
+    for upload in candidates:
+        if upload.job_id in waiting or not _job_lost(queue=queue, job_id=upload.job_id, cutoff=cutoff):
+            continue
+        with transaction.atomic():
+            if not FileUpload.objects.filter(id=upload.id, status=UploadStatus.QUEUED, job_id=upload.job_id).exists():
+                continue  # claimed, cancelled or queued again since we looked
+            _upload_enqueue(upload, redelivery=True)
+        logger.warning("upload %s: its queued job %s was lost; queued again", upload.id, upload.job_id)
+        requeued.append(upload.id)
+    return requeued
+
+
+def _job_lost(*, queue: Any, job_id: str | None, cutoff: datetime) -> bool:
+    """Whether RQ will never run `job_id` (it is not in the queue's list: that was checked first)."""
+    if not job_id:
+        return True
+    job = queue.fetch_job(job_id)
+    if job is None:
+        return True
+    status = job.get_status(refresh=False)
+    if status == JobStatus.STARTED:
+        # A live run claims the upload within moments of starting.
+        return job.started_at is None or job.started_at < cutoff
+    # QUEUED yet not in the queue: taken by a worker that died before starting it.
+    return status not in (
+        JobStatus.CREATED,
+        JobStatus.DEFERRED,
+        JobStatus.SCHEDULED,
+        JobStatus.RATE_LIMITED,
+        JobStatus.READY_TO_ENQUEUE,
+    )
 
 
 # --- sweeping ---------------------------------------------------------------------------------

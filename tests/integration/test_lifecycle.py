@@ -401,6 +401,29 @@ def test_sweep_removes_what_no_upload_needs_and_keeps_the_rest(make_stack, api_u
     # Expired bytes cannot be retried; the ones within the TTL still can.
     for upload_id in (cancelled, expired):
         assert _refused(stack, RETRY, upload_id, api_user.headers) == ["INVALID_STATE"]
-    assert _mutate(stack, RETRY, kept, api_user.headers)["retryUpload"]["status"] == "QUEUED"
-    upload_wait_for_status(stack.url, api_user.headers, kept, {"FAILED"})
+    assert _row(kept).staged_at is not None and _row(kept).storage_upload_id == kept_handle
     assert _sweep_command(stack).strip().splitlines()[-1] == "0 items, 0 bytes freed"
+
+
+# --- a job lost between the queue and its run -------------------------------------------------
+
+
+def test_reaper_queues_again_an_upload_whose_job_a_dead_worker_took(make_stack, api_user) -> None:
+    stack = make_stack(env={"UPLOAD_STALE_AFTER_SECONDS": "1"}, workers=0)
+    content = os.urandom(MIB + 7)
+    upload_id = data_of(upload_file(stack.url, content, headers=api_user.headers))["uploadFile"]["id"]
+    queue = _queue(stack)
+    # A worker takes the job off the queue the way RQ does, then dies before its run starts.
+    taken, _ = Queue.dequeue_any([queue], timeout=None, connection=queue.connection)
+    assert taken.id == _row(upload_id).job_id and not queue.job_ids
+    wait_until(
+        lambda: (timezone.now() - _row(upload_id).updated_at).total_seconds() > 1.5,
+        timeout=10,
+        what="the queued upload to be older than UPLOAD_STALE_AFTER_SECONDS",
+    )
+    queue.enqueue("backend.uploads.jobs.uploads_reap")
+    stack.add_worker()
+    upload_wait_for_status(stack.url, api_user.headers, upload_id, {"COMPLETED"}, timeout=30)
+    row = _row(upload_id)
+    assert row.attempts == 1 and row.job_id != taken.id
+    assert _stored(Path(os.environ["LOCAL_STORAGE_ROOT"]), upload_id) == content
