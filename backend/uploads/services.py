@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -525,7 +526,7 @@ def _sweep_expired(*, report: SweepReport, storage: Storage, cutoff: datetime, d
                 reason=f"{upload.status} upload {upload.id} kept past UPLOAD_STAGING_TTL",
                 size=_size_of(path),
             )
-            _sweep_remove(report, item, dry_run, lambda path=path: path.unlink(missing_ok=True))
+            _sweep_remove(report, item, dry_run, partial(path.unlink, missing_ok=True))
         if upload.storage_upload_id:
             item = SweepItem(
                 kind="open-object",
@@ -533,10 +534,10 @@ def _sweep_expired(*, report: SweepReport, storage: Storage, cutoff: datetime, d
                 reason=f"open object of expired {upload.status} upload {upload.id} at {upload.storage_key}",
                 size=0,
             )
-            _sweep_remove(report, item, dry_run, lambda upload=upload: upload_abort_store(upload=upload))
+            _sweep_remove(report, item, dry_run, partial(upload_abort_store, upload=upload))
         if not dry_run:
             # A transfer whose complete() beat its cancel or failure left an object no one will fetch.
-            _sweep_call(lambda key=upload.storage_key: storage.delete_object(key=key))
+            _sweep_call(partial(storage.delete_object, key=upload.storage_key))
     return expired
 
 
@@ -553,12 +554,12 @@ def _sweep_staging(*, report: SweepReport, grace_seconds: float, dry_run: bool, 
             continue  # only files named by upload id are staged bytes; incoming/ is swept on its own
         if upload_id not in already and path.is_file():
             found[upload_id] = path
-    rows: dict[uuid.UUID, tuple[str, datetime | None]] = {}
+    rows: dict[uuid.UUID, tuple[str | None, datetime | None]] = {}
     ids = list(found)
     for start in range(0, len(ids), 500):
         batch = FileUpload.objects.filter(id__in=ids[start : start + 500])
-        for upload_id, status, staged_at in batch.values_list("id", "status", "staged_at"):
-            rows[upload_id] = (status, staged_at)
+        for row_id, row_status, row_staged_at in batch.values_list("id", "status", "staged_at"):
+            rows[row_id] = (row_status, row_staged_at)
     for upload_id, path in found.items():
         status, staged_at = rows.get(upload_id, (None, None))
         if status is None:
@@ -572,7 +573,7 @@ def _sweep_staging(*, report: SweepReport, grace_seconds: float, dry_run: bool, 
         else:
             continue
         item = SweepItem(kind="staged", target=str(path), reason=reason, size=_size_of(path))
-        _sweep_remove(report, item, dry_run, lambda path=path: path.unlink(missing_ok=True))
+        _sweep_remove(report, item, dry_run, partial(path.unlink, missing_ok=True))
 
 
 def _sweep_incoming(*, report: SweepReport, grace_seconds: float, dry_run: bool) -> None:
@@ -588,7 +589,7 @@ def _sweep_incoming(*, report: SweepReport, grace_seconds: float, dry_run: bool)
                 reason=f"left by a request over {int(grace_seconds)}s ago",
                 size=_size_of(path),
             )
-            _sweep_remove(report, item, dry_run, lambda path=path: path.unlink(missing_ok=True))
+            _sweep_remove(report, item, dry_run, partial(path.unlink, missing_ok=True))
 
 
 def _sweep_store_temporary(*, report: SweepReport, storage: TemporaryArea, grace_seconds: float, dry_run: bool) -> None:
@@ -609,7 +610,7 @@ def _sweep_store_temporary(*, report: SweepReport, storage: TemporaryArea, grace
             reason="open object no upload names" if entry.handle else "temporary file of no upload",
             size=entry.size,
         )
-        _sweep_remove(report, item, dry_run, lambda name=entry.name: storage.temporary_remove(name=name))
+        _sweep_remove(report, item, dry_run, partial(storage.temporary_remove, name=entry.name))
 
 
 def _sweep_remove(report: SweepReport, item: SweepItem, dry_run: bool, remove: Callable[[], object]) -> None:
