@@ -41,13 +41,14 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def redis_embedded_start(directory: Path) -> tuple[subprocess.Popen[bytes], str]:
+def redis_embedded_start(directory: Path, *, databases: int = 16) -> tuple[subprocess.Popen[bytes], str]:
     """A private redis-server on a free port with its files under `directory`; returns (process, URL)."""
     directory.mkdir(parents=True, exist_ok=True)
     port = free_port()
     process = subprocess.Popen(
         [redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(directory),
-         "--save", "60 1", "--appendonly", "no", "--logfile", str(directory / "redis.log")],
+         "--save", "60 1", "--appendonly", "no", "--logfile", str(directory / "redis.log"),
+         "--databases", str(databases)],
         stdout=subprocess.DEVNULL,
     )
     deadline = time.monotonic() + 10

@@ -20,14 +20,16 @@ import pytest
 from backend.stack import redis_embedded_start
 
 _SESSION: dict[str, Any] = {}
-_REDIS_DBS = iter(range(1, 64))
+# Each stack gets a Redis database of its own (its queue and counters); the suite makes a few hundred.
+REDIS_DATABASES = 1024
+_REDIS_DBS = iter(range(1, REDIS_DATABASES))
 
 
 def pytest_configure(config: pytest.Config) -> None:
     if "DJANGO_SETTINGS_MODULE" in _SESSION:
         return
     root = Path(tempfile.mkdtemp(prefix="upload-tests-"))
-    redis_process, redis_url = redis_embedded_start(root / "redis")
+    redis_process, redis_url = redis_embedded_start(root / "redis", databases=REDIS_DATABASES)
     base = redis_url.rsplit("/", 1)[0]
     os.environ.update(
         {
