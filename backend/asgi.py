@@ -7,7 +7,7 @@ from datetime import timedelta
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "backend.settings")
 
-from django.core.asgi import get_asgi_application  # noqa: E402
+from django.core.asgi import get_asgi_application
 
 django_application = get_asgi_application()
 

@@ -46,9 +46,23 @@ def redis_embedded_start(directory: Path, *, databases: int = 16) -> tuple[subpr
     directory.mkdir(parents=True, exist_ok=True)
     port = free_port()
     process = subprocess.Popen(
-        [redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(directory),
-         "--save", "60 1", "--appendonly", "no", "--logfile", str(directory / "redis.log"),
-         "--databases", str(databases)],
+        [
+            redis_server_binary(),
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(directory),
+            "--save",
+            "60 1",
+            "--appendonly",
+            "no",
+            "--logfile",
+            str(directory / "redis.log"),
+            "--databases",
+            str(databases),
+        ],
         stdout=subprocess.DEVNULL,
     )
     deadline = time.monotonic() + 10
@@ -95,8 +109,20 @@ def server_command(server: str) -> list[str]:
         return [python, "-m", "daphne", "-b", HOST, "-p", str(PORT), "backend.asgi:application"]
     if server != "uvicorn":
         raise SystemExit(f"SERVER must be uvicorn or daphne, not {server!r}")
-    return [python, "-m", "uvicorn", "backend.asgi:application", "--host", HOST, "--port", str(PORT),
-            "--lifespan", "off", "--timeout-graceful-shutdown", "10"]
+    return [
+        python,
+        "-m",
+        "uvicorn",
+        "backend.asgi:application",
+        "--host",
+        HOST,
+        "--port",
+        str(PORT),
+        "--lifespan",
+        "off",
+        "--timeout-graceful-shutdown",
+        "10",
+    ]
 
 
 def main() -> None:
@@ -115,7 +141,8 @@ def main() -> None:
         workers = os.environ.get("WORKERS", "2")
         manager = Manager()
         manager.add_process("web", " ".join(server_command(os.environ.get("SERVER", "uvicorn"))), cwd=str(BASE_DIR))
-        manager.add_process("worker", f"{python} manage.py rqworker-pool default --num-workers {workers} --worker-class backend.uploads.worker.UploadWorker", cwd=str(BASE_DIR))
+        pool = f"{python} manage.py rqworker-pool default --num-workers {workers}"
+        manager.add_process("worker", f"{pool} --worker-class backend.uploads.worker.UploadWorker", cwd=str(BASE_DIR))
         manager.add_process("cron", f"{python} manage.py rqcron backend.uploads.cron", cwd=str(BASE_DIR))
         print(
             f"\n  GraphiQL:  http://{HOST}:{PORT}/graphql\n"

@@ -56,9 +56,8 @@ class ErrorCodes(SchemaExtension):
     def on_operation(self) -> Iterator[None]:
         yield
         result = self.execution_context.result
-        if isinstance(result, ExecutionResult) or hasattr(result, "errors"):
-            if result is not None and result.errors:
-                result.errors = [error_code_for(e) for e in result.errors]
+        if (isinstance(result, ExecutionResult) or hasattr(result, "errors")) and result is not None and result.errors:
+            result.errors = [error_code_for(e) for e in result.errors]
         if self.execution_context.pre_execution_errors:
             self.execution_context.pre_execution_errors = [
                 error_code_for(e) for e in self.execution_context.pre_execution_errors

@@ -138,5 +138,3 @@ def _place(operations: Any, path: str, value: Any) -> None:
             raise HTTPException(400, f"map path {path!r} does not lead into the operations")
     except (KeyError, IndexError, ValueError, TypeError) as exc:
         raise HTTPException(400, f"map path {path!r} does not exist in the operations") from exc
-
-

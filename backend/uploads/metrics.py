@@ -47,4 +47,6 @@ class UploadCollector(Collector):
         values = connection.mget([_KEY + name for name in COUNTERS])
         for (name, description), value in zip(COUNTERS.items(), values, strict=True):
             yield CounterMetricFamily(f"uploads_{name}", description, value=int(value or 0))
-        yield GaugeMetricFamily("uploads_queue_depth", "Jobs waiting in the queue", value=django_rq.get_queue("default").count)
+        yield GaugeMetricFamily(
+            "uploads_queue_depth", "Jobs waiting in the queue", value=django_rq.get_queue("default").count
+        )

@@ -122,9 +122,7 @@ def progress_publish(upload: FileUpload, *, part_number: int | None = None) -> N
         _publisher.publish(event)
         return
     try:
-        async_to_sync(get_channel_layer().group_send)(
-            progress_group(upload.id), {"type": MESSAGE_TYPE, "event": event}
-        )
+        async_to_sync(get_channel_layer().group_send)(progress_group(upload.id), {"type": MESSAGE_TYPE, "event": event})
     except Exception:
         logger.warning("progress publish failed for upload %s", upload.id, exc_info=True)
 

@@ -55,7 +55,11 @@ def transfer_upload(*, upload: FileUpload, claim: uuid.UUID, storage: Storage) -
         raise TransferFailed("the staged bytes of this upload are gone")
     metadata = {"sha256": upload.sha256, "filename": upload.filename}
     if upload.size == 0:
-        _call_store(lambda: storage.put_object(key=upload.storage_key, data=b"", content_type=upload.content_type, metadata=metadata))
+        _call_store(
+            lambda: storage.put_object(
+                key=upload.storage_key, data=b"", content_type=upload.content_type, metadata=metadata
+            )
+        )
         return
 
     handle = upload.storage_upload_id
@@ -163,7 +167,9 @@ def _send_part(*, upload: FileUpload, storage: Storage, handle: str, fd: int, nu
             raise TransferFailed(f"staged file is shorter than part {number} needs")
         metrics_count("part_attempts")
         try:
-            receipt = storage.put_part(key=upload.storage_key, handle=handle, part_number=number, offset=offset, data=data)
+            receipt = storage.put_part(
+                key=upload.storage_key, handle=handle, part_number=number, offset=offset, data=data
+            )
         except StorageError as exc:
             metrics_count("part_failures")
             if not exc.retryable:

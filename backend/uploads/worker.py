@@ -24,7 +24,9 @@ class UploadWorker(Worker):
     def handle_warm_shutdown_request(self) -> None:
         super().handle_warm_shutdown_request()
         if self.horse_pid:
-            self.log.info("Worker %s: asking the transfer in horse %s to stop after its parts", self.name, self.horse_pid)
+            self.log.info(
+                "Worker %s: asking the transfer in horse %s to stop after its parts", self.name, self.horse_pid
+            )
             self.kill_horse(sig=signal.SIGTERM)
 
 

@@ -40,7 +40,9 @@ def _assert_stored(upload_id: str, content: bytes) -> None:
 
 def test_sigterm_stops_between_parts_and_the_upload_resumes(make_stack, api_user, tmp_path) -> None:
     log = tmp_path / "parts.jsonl"
-    stack = make_stack(env={"UPLOAD_PART_DELAY_MS": "150", "UPLOAD_PART_CONCURRENCY": "2", "TEST_STORAGE_LOG": str(log)})
+    stack = make_stack(
+        env={"UPLOAD_PART_DELAY_MS": "150", "UPLOAD_PART_CONCURRENCY": "2", "TEST_STORAGE_LOG": str(log)}
+    )
     content = os.urandom(24 * MIB)
     upload_id = data_of(upload_file(stack.url, content, headers=api_user.headers))["uploadFile"]["id"]
     wait_until(lambda: _row(upload_id).parts_uploaded >= 3, timeout=30, what="three confirmed parts")
@@ -111,5 +113,3 @@ def test_readyz_reports_redis_down(make_stack) -> None:
     assert response.status_code == 503
     body = response.json()
     assert body["redis"] != "ok" and body["database"] == "ok"
-
-

@@ -12,18 +12,29 @@ import websockets
 
 UPLOAD_FIELDS = """id filename contentType size sha256 status bytesUploaded partsUploaded partsTotal progress
 attempts error storageBackend storageKey downloadUrl createdAt updatedAt completedAt"""
-UPLOAD_MUTATION = f"mutation($file: Upload!, $sha256: String) {{ uploadFile(file: $file, sha256: $sha256) {{ {UPLOAD_FIELDS} }} }}"
+UPLOAD_MUTATION = (
+    f"mutation($file: Upload!, $sha256: String) {{ uploadFile(file: $file, sha256: $sha256) {{ {UPLOAD_FIELDS} }} }}"
+)
 UPLOAD_QUERY = f"query($id: ID!) {{ upload(id: $id) {{ {UPLOAD_FIELDS} }} }}"
 PROGRESS_SUBSCRIPTION = """subscription($id: ID!) { uploadProgress(id: $id) {
   uploadId sequence status partNumber partsUploaded partsTotal bytesUploaded bytesTotal progress error at } }"""
 
 
-def graphql(url: str, query: str, variables: dict[str, Any] | None = None, headers: dict[str, str] | None = None) -> httpx.Response:
-    return httpx.post(f"{url}/graphql", json={"query": query, "variables": variables or {}}, headers=headers, timeout=30)
+def graphql(
+    url: str, query: str, variables: dict[str, Any] | None = None, headers: dict[str, str] | None = None
+) -> httpx.Response:
+    return httpx.post(
+        f"{url}/graphql", json={"query": query, "variables": variables or {}}, headers=headers, timeout=30
+    )
 
 
 def upload_file(
-    url: str, content: bytes, *, filename: str = "file.bin", headers: dict[str, str] | None = None, sha256: str | None = None
+    url: str,
+    content: bytes,
+    *,
+    filename: str = "file.bin",
+    headers: dict[str, str] | None = None,
+    sha256: str | None = None,
 ) -> httpx.Response:
     """Send `content` with the uploadFile mutation as a spec-conformant multipart request."""
     operations = {"query": UPLOAD_MUTATION, "variables": {"file": None, "sha256": sha256}}
@@ -56,7 +67,9 @@ class Subscriber:
     async def subscribe(self, upload_id: str, query: str = PROGRESS_SUBSCRIPTION) -> str:
         self._next_id += 1
         sub_id = str(self._next_id)
-        await self.ws.send(json.dumps({"id": sub_id, "type": "subscribe", "payload": {"query": query, "variables": {"id": upload_id}}}))
+        await self.ws.send(
+            json.dumps({"id": sub_id, "type": "subscribe", "payload": {"query": query, "variables": {"id": upload_id}}})
+        )
         return sub_id
 
     async def receive(self) -> dict[str, Any]:
@@ -84,7 +97,9 @@ class Subscriber:
 
 
 @asynccontextmanager
-async def subscriber(ws_url: str, token: str | None, *, payload: dict[str, Any] | None = None) -> AsyncIterator[Subscriber]:
+async def subscriber(
+    ws_url: str, token: str | None, *, payload: dict[str, Any] | None = None
+) -> AsyncIterator[Subscriber]:
     async with websockets.connect(ws_url, subprotocols=["graphql-transport-ws"]) as ws:
         init_payload = payload if payload is not None else {"authorization": f"Bearer {token}"}
         await ws.send(json.dumps({"type": "connection_init", "payload": init_payload}))

@@ -62,8 +62,20 @@ class Server:
         if self.server == "daphne":
             args = [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port), "backend.asgi:application"]
         else:
-            args = [sys.executable, "-m", "uvicorn", "backend.asgi:application", "--host", "127.0.0.1",
-                    "--port", str(self.port), "--lifespan", "off", "--log-level", "warning"]
+            args = [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "backend.asgi:application",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--lifespan",
+                "off",
+                "--log-level",
+                "warning",
+            ]
         self.process = _spawn(args, self.env, self.log)
         wait_until(self._healthy, timeout=30, what=f"server on {self.url} (log {self.log})")
         return self

@@ -26,11 +26,11 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "backend.settings")
 django.setup()
 
 import django_rq  # noqa: E402
-from backend.uploads.worker import UploadWorker  # noqa: E402
 
 from backend.uploads import jobs, services  # noqa: E402
 from backend.uploads import storage as storage_module  # noqa: E402
 from backend.uploads.storage import PartReceipt, Storage, StorageError  # noqa: E402
+from backend.uploads.worker import UploadWorker  # noqa: E402
 
 
 class FaultyStorage:

@@ -98,7 +98,9 @@ class LocalStorage:
             if stored.get(part.part_number) != part:
                 raise StorageError(f"part {part.part_number} is not the one the store holds", retryable=False)
         if sum(p.size for p in parts) != size or data_path.stat().st_size != size:
-            raise StorageError(f"assembled object is {data_path.stat().st_size} bytes, expected {size}", retryable=False)
+            raise StorageError(
+                f"assembled object is {data_path.stat().st_size} bytes, expected {size}", retryable=False
+            )
         # One sync for the whole object instead of one per part: a part the page cache holds
         # survives a killed worker, and the object is durable before it appears under its key.
         fd = os.open(data_path, os.O_RDONLY)
