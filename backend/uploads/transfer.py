@@ -26,7 +26,7 @@ from backend.uploads.metrics import metrics_count
 from backend.uploads.models import FileUpload, UploadPart, UploadStatus
 from backend.uploads.parts import backoff_delay, part_range
 from backend.uploads.staging import staging_path
-from backend.uploads.storage import PartReceipt, Storage, StorageError
+from backend.uploads.storage import PartReceipt, Storage, StorageError, storage_call_with_retries
 
 logger = logging.getLogger(__name__)
 
@@ -188,13 +188,7 @@ def _send_part(*, upload: FileUpload, storage: Storage, handle: str, fd: int, nu
 
 def _call_store(call: Callable[[], T]) -> T:
     """Run a whole-object store call (start, list, complete, put) with the same retry policy as parts."""
-    attempts = max(1, settings.UPLOAD_PART_RETRIES)
-    for attempt in range(1, attempts + 1):
-        try:
-            return call()
-        except StorageError as exc:
-            if not exc.retryable or attempt == attempts:
-                raise TransferFailed(str(exc)) from exc
-            logger.info("store call attempt %d failed: %s", attempt, exc)
-        time.sleep(backoff_delay(attempt=attempt))
-    raise AssertionError("unreachable")
+    try:
+        return storage_call_with_retries(call, attempts=settings.UPLOAD_PART_RETRIES)
+    except StorageError as exc:
+        raise TransferFailed(str(exc)) from exc

@@ -32,7 +32,7 @@ def wait_until(predicate: Callable[[], T], *, timeout: float = 30.0, interval: f
             return value
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
-        time.sleep(interval)
+        time.sleep(interval)  # sync-ok: the poll interval of wait_until, which waits on the condition
 
 
 def _spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:

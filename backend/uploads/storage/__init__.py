@@ -8,11 +8,17 @@ picks one from settings.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
-from typing import Protocol, runtime_checkable
+from typing import Protocol, TypeVar, runtime_checkable
 
 from django.conf import settings
+
+from backend.uploads.parts import backoff_delay
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -67,6 +73,18 @@ class Storage(Protocol):
 
     def check(self) -> None:
         """Raise StorageError if the store cannot be reached or written (readiness)."""
+
+
+def storage_call_with_retries(call: Callable[[], T], *, attempts: int) -> T:
+    """Run a store call, trying a retryable StorageError again (backoff with jitter) up to `attempts` times."""
+    for attempt in range(1, max(1, attempts) + 1):
+        try:
+            return call()
+        except StorageError as exc:
+            if not exc.retryable or attempt >= attempts:
+                raise
+        time.sleep(backoff_delay(attempt=attempt))
+    raise AssertionError("unreachable")
 
 
 @runtime_checkable

@@ -31,7 +31,7 @@ from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 
 from backend.uploads.parts import S3_MIN_PART_SIZE, backoff_delay
-from backend.uploads.storage import PartReceipt, StorageError
+from backend.uploads.storage import PartReceipt, StorageError, storage_call_with_retries
 
 logger = logging.getLogger(__name__)
 
@@ -410,15 +410,7 @@ class S3Storage:
 
     def _with_retries(self, call: Callable[[], Any]) -> Any:
         """For the calls the transfer engine does not retry (abort, delete): a few tries, with backoff."""
-        attempts = max(1, settings.UPLOAD_PART_RETRIES)
-        for attempt in range(1, attempts + 1):
-            try:
-                return call()
-            except StorageError as exc:
-                if not exc.retryable or attempt == attempts:
-                    raise
-                time.sleep(backoff_delay(attempt=attempt))
-        raise AssertionError("unreachable")
+        return storage_call_with_retries(call, attempts=settings.UPLOAD_PART_RETRIES)
 
     def _call(self, operation: str, call: Callable[[], dict[str, Any]]) -> dict[str, Any]:
         return s3_call(operation, call, bucket=self.bucket)
