@@ -40,10 +40,12 @@ INSTALLED_APPS = [
     "django_rq",
     "backend.tokens",
     "backend.uploads",
+    "backend.web",
 ]
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     "corsheaders.middleware.CorsMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -71,6 +73,9 @@ TEMPLATES = [
 ]
 STATIC_URL = "static/"
 STATIC_ROOT = VAR_DIR / "static"
+# WhiteNoise serves /static/ under any ASGI server, DEBUG or not. It finds the files where the apps
+# keep them (as `runserver` would), so neither `make run` nor a deployment needs `collectstatic`.
+WHITENOISE_USE_FINDERS = True
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 USE_TZ = True
 TIME_ZONE = "UTC"
