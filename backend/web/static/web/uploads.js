@@ -186,7 +186,7 @@
    * One websocket for every subscription on the page, opened when the first one starts.
    *
    * On a close that is not a refusal of the session (4403), it reconnects with exponential backoff
-   * and jitter (0.5 s doubling to 10 s) and subscribes again to every subscription still open; each
+   * and jitter (0.5 s doubling to 5 s) and subscribes again to every subscription still open; each
    * answers first with a snapshot, which brings its bar up to date.
    */
   class ProgressSocket {
@@ -279,7 +279,7 @@
         return;
       }
       if (this.subscriptions.size === 0) return;
-      const delay = Math.min(10000, 500 * 2 ** this.failures) * (0.5 + Math.random() / 2);
+      const delay = Math.min(5000, 500 * 2 ** this.failures) * (0.5 + Math.random() / 2);
       this.failures += 1;
       showConnection("reconnecting");
       this.timer = setTimeout(() => {
@@ -633,6 +633,8 @@
     renderSummary();
   }
 
+  // The template can only say "MB" for what is MiB; say it the way the rows do.
+  document.getElementById("max-size").textContent = formatBytes(MAX_BYTES);
   const input = document.getElementById("file-input");
   const dropzone = document.getElementById("dropzone");
   input.addEventListener("change", () => {
