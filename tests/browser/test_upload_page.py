@@ -18,6 +18,7 @@ from backend.uploads.models import FileUpload
 from tests.browser.conftest import ARTIFACTS, off_the_loop
 from tests.integration.test_sessions import make_password_user
 from tests.support.client import data_of, upload_file
+from tests.support.uploads import incoming_entries
 
 PASSWORD = "pages and parts"
 
@@ -55,13 +56,13 @@ def bar_values(page: Page, name: str, phase: str | None = None, since: int = 0) 
     return [r["value"] for r in records if r["name"] == name and (phase is None or r["phase"] == phase)]
 
 
-def wait_bar_steps(page: Page, name: str, steps: int, since: int = 0) -> None:
-    """Wait until `name`'s bar has shown `steps` distinct copying values strictly between 0 and 1."""
+def wait_bar_steps(page: Page, name: str, steps: int, since: int = 0, phase: str = "copying") -> None:
+    """Wait until `name`'s bar has shown `steps` distinct `phase` values strictly between 0 and 1."""
     page.wait_for_function(
-        """([name, steps, since]) => new Set(window.barValues.slice(since)
-             .filter((r) => r.name === name && r.phase === "copying" && r.value > 0 && r.value < 1)
+        """([name, steps, since, phase]) => new Set(window.barValues.slice(since)
+             .filter((r) => r.name === name && r.phase === phase && r.value > 0 && r.value < 1)
              .map((r) => r.value)).size >= steps""",
-        arg=[name, steps, since],
+        arg=[name, steps, since, phase],
     )
 
 
@@ -153,6 +154,35 @@ def test_reload_and_a_server_restart_mid_upload_resume_the_bar(page: Page, web_s
     assert min(bar_values(page, "big.bin", "copying", since=restarted_from)) >= max(after_reload)
     assert_climbs_to_done(bar_values(page, "big.bin", "copying"))
     assert download(page, "big.bin") == big.read_bytes()
+
+
+def test_sending_shows_its_own_progress_and_a_cancel_while_sending_creates_nothing(page: Page, tmp_path: Path) -> None:
+    user = log_in(page)
+    slow = make_file(tmp_path, "slow.bin", 3 * 1024 * 1024)
+    # Chromium's network emulation holds the request body to 1 MiB/s: about three seconds of sending.
+    network = page.context.new_cdp_session(page)
+    network.send("Network.enable")
+    conditions = {"offline": False, "latency": 0, "downloadThroughput": -1}
+    network.send("Network.emulateNetworkConditions", {**conditions, "uploadThroughput": 1024 * 1024})
+    page.get_by_label("Choose files or drop them here").set_input_files(slow)
+
+    wait_bar_steps(page, "slow.bin", 3, phase="sending")
+    expect(row(page, "slow.bin").locator(".upload-detail")).to_contain_text("Sending to the server: ")
+    page.get_by_role("button", name="Cancel slow.bin").click()
+    expect(row(page, "slow.bin")).to_have_attribute("data-status", "NOT_SENT")
+    expect(row(page, "slow.bin").locator(".upload-detail")).to_have_text(
+        "Not sent: cancelled before it reached the server (ABORTED)"
+    )
+    expect(announced(page).filter(has_text="slow.bin: not sent")).to_have_count(1)
+    assert max(bar_values(page, "slow.bin", "sending")) < 1
+    assert not off_the_loop(lambda: FileUpload.objects.filter(owner=user).exists())
+    assert incoming_entries() == []
+
+    # The page still holds the file: Retry sends it again, and this time it goes all the way.
+    network.send("Network.emulateNetworkConditions", {**conditions, "uploadThroughput": -1})
+    page.get_by_role("button", name="Retry slow.bin").click()
+    expect(row(page, "slow.bin")).to_have_attribute("data-status", "COMPLETED")
+    assert download(page, "slow.bin") == slow.read_bytes()
 
 
 def test_list_pages_keyboard_drop_refusals_and_delete(page: Page, web_stack: Any, tmp_path: Path) -> None:
