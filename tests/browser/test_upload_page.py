@@ -185,7 +185,7 @@ def test_sending_shows_its_own_progress_and_a_cancel_while_sending_creates_nothi
     assert download(page, "slow.bin") == slow.read_bytes()
 
 
-def test_list_pages_keyboard_drop_refusals_and_delete(page: Page, web_stack: Any, tmp_path: Path) -> None:
+def test_list_pages_keyboard_drop_refusals_delete_and_session_end(page: Page, web_stack: Any, tmp_path: Path) -> None:
     user = log_in(page)
     from backend.tokens.services import token_create
 
@@ -248,3 +248,12 @@ def test_list_pages_keyboard_drop_refusals_and_delete(page: Page, web_stack: Any
     expect(page.locator("#list-summary")).to_have_text("11 uploads")
     expect(announced(page).filter(has_text="earlier-11.bin: deleted")).to_have_count(1)
     assert not off_the_loop(lambda: FileUpload.objects.filter(id=deleted).exists())
+
+    # Logged out elsewhere: the next request answers UNAUTHENTICATED and the page says to log in again.
+    token = next(c["value"] for c in page.context.cookies() if c["name"] == "csrftoken")
+    assert page.request.post("/accounts/logout/", form={"csrfmiddlewaretoken": token}).ok
+    page.get_by_label("Choose files or drop them here").set_input_files(make_file(tmp_path, "late.bin", 1024))
+    expect(page.get_by_role("alert")).to_contain_text("Your session has ended. Log in again")
+    expect(row(page, "late.bin").locator(".upload-detail")).to_contain_text("(UNAUTHENTICATED)")
+    expect(page.get_by_label("Choose files or drop them here")).to_be_disabled()
+    assert page.get_by_role("link", name="Log in again").get_attribute("href") == "/accounts/login/?next=/"
