@@ -148,6 +148,7 @@ def test_reload_and_a_server_restart_mid_upload_resume_the_bar(page: Page, web_s
     web_stack.server.start()
     restarted_from = records(page)
     expect(page.locator("#connection")).to_be_hidden()
+    expect(announced(page).filter(has_text="Live progress is back")).to_have_count(1)
     # The snapshot of the new subscription, then the parts after it, to the end.
     wait_bar_steps(page, "big.bin", 2, since=restarted_from)
     expect(row(page, "big.bin")).to_have_attribute("data-status", "COMPLETED")

@@ -174,10 +174,14 @@
     connection.hidden = true;
   }
 
+  /** Show (and announce) the socket's state when it matters: while it is reconnecting. */
   function showConnection(state) {
-    connection.hidden = state === "live";
+    const was = connection.dataset.state;
     connection.dataset.state = state;
+    connection.hidden = state !== "reconnecting";
     if (state === "reconnecting") connection.textContent = "Live progress is reconnecting…";
+    if (state === "reconnecting" && was !== "reconnecting") announce("Live progress interrupted, reconnecting");
+    if (state === "live" && was === "reconnecting") announce("Live progress is back");
   }
 
   // --- graphql-transport-ws ------------------------------------------------------------------------
@@ -278,7 +282,10 @@
         sessionEnded();
         return;
       }
-      if (this.subscriptions.size === 0) return;
+      if (this.subscriptions.size === 0) {
+        showConnection("idle");
+        return;
+      }
       const delay = Math.min(5000, 500 * 2 ** this.failures) * (0.5 + Math.random() / 2);
       this.failures += 1;
       showConnection("reconnecting");
@@ -469,7 +476,8 @@
           },
           complete: () => {
             this.unsubscribe = null;
-            if (this.status === "COMPLETED" && !this.upload.downloadUrl) this.refresh();
+            // Read the upload once more for its downloadUrl, or if a stream ended before a terminal status.
+            if (ACTIVE.has(this.status) || (this.status === "COMPLETED" && !this.upload.downloadUrl)) this.refresh();
           },
         },
       );
