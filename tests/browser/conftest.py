@@ -32,7 +32,7 @@ SLOW_PARTS = {
     "UPLOAD_PART_SIZE": str(256 * 1024),
     "UPLOAD_PART_CONCURRENCY": "1",
     "UPLOAD_PART_DELAY_MS": "150",
-    "UPLOAD_MAX_BYTES": str(16 * 1024 * 1024),
+    "UPLOAD_MAX_BYTES": str(32 * 1024 * 1024),
     "UPLOAD_ALLOWED_TYPES": "application/octet-stream",
 }
 # Every value the page gives any <progress>, with the row's file name and the bar's phase, in order:

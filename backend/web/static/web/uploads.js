@@ -18,6 +18,7 @@
   const MAX_BYTES = Number(app.dataset.maxBytes);
   const PAGE_SIZE = Number(app.dataset.pageSize);
   const ACTIVE = new Set(["QUEUED", "UPLOADING"]);
+  const FINAL = new Set(["COMPLETED", "FAILED", "CANCELLED"]);
 
   const UPLOAD_FIELDS = "id filename size status bytesUploaded partsUploaded partsTotal progress error downloadUrl";
   const UPLOAD_MUTATION = `mutation ($file: Upload!) { uploadFile(file: $file) { ${UPLOAD_FIELDS} } }`;
@@ -486,6 +487,9 @@
     progress(event) {
       // A snapshot after a resubscribe may repeat the last sequence; anything older is stale.
       if (event.sequence < this.lastSequence) return;
+      // The answer to cancelUpload overtakes the part events still on their way: once the row shows
+      // a final status, only the stream's own final event may replace it (a retry is an answer too).
+      if (FINAL.has(this.status) && !FINAL.has(event.status)) return;
       this.lastSequence = event.sequence;
       Object.assign(this.upload, {
         status: event.status,
