@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-all soak bench lint format typecheck clean
+.PHONY: run test test-browser test-all soak bench lint format typecheck clean
 
 $(STAMP): requirements/base.txt requirements/dev.txt requirements/prod.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -18,6 +18,16 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest
+
+# The web page in a real browser: Playwright (requirements/browser.txt) drives Debian's Chromium at
+# /usr/bin/chromium (apt-get install chromium; `.ci/run` does it). Not part of `make test`.
+BROWSER_STAMP := $(VENV)/.installed-browser
+$(BROWSER_STAMP): $(STAMP) requirements/browser.txt
+	$(PY) -m pip install --quiet -r requirements/browser.txt
+	touch $(BROWSER_STAMP)
+
+test-browser: $(BROWSER_STAMP)
+	$(PY) -m pytest tests/browser
 
 # 200 uploads under cancels, retries, deletes and worker kills; minutes, so not part of `make test`.
 soak: $(STAMP)

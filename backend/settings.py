@@ -6,6 +6,8 @@ real `SECRET_KEY` and `ALLOWED_HOSTS`.
 
 from __future__ import annotations
 
+import re
+import warnings
 from pathlib import Path
 
 import environ
@@ -40,10 +42,12 @@ INSTALLED_APPS = [
     "django_rq",
     "backend.tokens",
     "backend.uploads",
+    "backend.web",
 ]
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     "corsheaders.middleware.CorsMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -71,6 +75,11 @@ TEMPLATES = [
 ]
 STATIC_URL = "static/"
 STATIC_ROOT = VAR_DIR / "static"
+# WhiteNoise serves /static/ under any ASGI server, DEBUG or not. It finds the files where the apps
+# keep them (as `runserver` would), so neither `make run` nor a deployment needs `collectstatic`;
+# STATIC_ROOT is served too once something collects into it, and until then is not worth a warning.
+WHITENOISE_USE_FINDERS = True
+warnings.filterwarnings("ignore", message=f"No directory at: {re.escape(str(STATIC_ROOT))}")
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 USE_TZ = True
 TIME_ZONE = "UTC"

@@ -8,6 +8,7 @@ from django.views.decorators.csrf import csrf_exempt
 from backend import health
 from backend.metrics_view import metrics
 from backend.uploads.views import download
+from backend.web.views import upload_page
 from schema import schema
 from schema.views import UploadGraphQLView
 
@@ -21,7 +22,8 @@ graphql_view = csrf_exempt(
 )
 
 urlpatterns = [
-    re_path(r"^graphql/?$", graphql_view),
+    path("", upload_page, name="upload-page"),
+    re_path(r"^graphql/?$", graphql_view, name="graphql"),
     path("files/<str:token>", download),
     path("healthz", health.healthz),
     path("readyz", health.readyz),
