@@ -23,9 +23,10 @@ from typing import Any
 
 upload_id_var: ContextVar[str | None] = ContextVar("upload_id", default=None)
 
-# RQ logs our job ids (`transfer-<upload id>-<sequence>`, from services._upload_enqueue) in its own
-# lines; the upload id is read back from them, since RQ's worker process never runs our code.
-_RQ_JOB_UPLOAD = re.compile(r"transfer-([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})")
+# RQ's own lines name our jobs by id (`transfer-<upload id>-<sequence>`, services._upload_enqueue)
+# or by call (`upload_transfer('<upload id>')`); RQ's worker process never runs our code, so the
+# upload id is read back from them. RQ's worker names are undashed hex: a dashed UUID is ours.
+_RQ_JOB_UPLOAD = re.compile(r"\b([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})\b")
 
 
 def upload_log_bind(upload_id: uuid.UUID | str) -> None:
@@ -85,9 +86,9 @@ def logging_config(*, level: str, fmt: str) -> dict[str, Any]:
         },
         "text": {"()": TextFormatter, "format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
     }
-    # uvicorn set these up with handlers of its own before Django (and this) ran; replacing their
-    # handlers routes them through ours. Their levels stay as uvicorn's --log-level set them.
-    own_handler = {"handlers": ["console"], "propagate": False}
+    # uvicorn set these up with handlers and levels of its own before Django (and this) ran:
+    # replacing them routes its lines through our handler, and LOG_LEVEL rules them like the rest.
+    own_handler = {"handlers": ["console"], "propagate": False, "level": level.upper()}
     return {
         "version": 1,
         "disable_existing_loggers": False,
@@ -100,6 +101,7 @@ def logging_config(*, level: str, fmt: str) -> dict[str, Any]:
         "loggers": {
             "django.db.backends": {"level": "WARNING"},
             "uvicorn": own_handler,
+            "uvicorn.error": {"level": level.upper()},
             "uvicorn.access": own_handler,
         },
     }
