@@ -23,10 +23,12 @@ from typing import Any
 
 upload_id_var: ContextVar[str | None] = ContextVar("upload_id", default=None)
 
-# RQ's own lines name our jobs by id (`transfer-<upload id>-<sequence>`, services._upload_enqueue)
-# or by call (`upload_transfer('<upload id>')`); RQ's worker process never runs our code, so the
-# upload id is read back from them. RQ's worker names are undashed hex: a dashed UUID is ours.
-_RQ_JOB_UPLOAD = re.compile(r"\b([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})\b")
+# RQ's own lines name our transfer jobs by id (`transfer-<upload id>-<sequence>`, from
+# services._upload_enqueue) or by call (`upload_transfer('<upload id>')`); RQ's worker process never
+# runs our code, so the upload id is read back from them. Other jobs (the cron jobs) have UUID ids
+# of RQ's own, which are not upload ids: only these two forms count.
+_UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
+_RQ_JOB_UPLOAD = re.compile(rf"(?:\btransfer-|\bupload_transfer\(')({_UUID})")
 
 
 def upload_log_bind(upload_id: uuid.UUID | str) -> None:
