@@ -157,8 +157,12 @@ class SubscriptionGauge:
 
     def _wake(self) -> None:
         if self._task is None or self._task.done():
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                return  # a stream finalised outside any loop: the next change publishes the count
             self._changed = asyncio.Event()
-            self._task = asyncio.get_running_loop().create_task(self._publish())
+            self._task = loop.create_task(self._publish())
         assert self._changed is not None
         self._changed.set()
 
