@@ -13,6 +13,8 @@ from pathlib import Path
 import environ
 from django.core.exceptions import ImproperlyConfigured
 
+from backend.logs import logging_config
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = BASE_DIR / "var"
 
@@ -150,6 +152,9 @@ UPLOAD_PART_DELAY_MS = env.int("UPLOAD_PART_DELAY_MS", default=0)
 UPLOAD_HEARTBEAT_SECONDS = env.float("UPLOAD_HEARTBEAT_SECONDS", default=5.0)
 UPLOAD_STALE_AFTER_SECONDS = env.float("UPLOAD_STALE_AFTER_SECONDS", default=60.0)
 PROGRESS_RESYNC_SECONDS = env.float("PROGRESS_RESYNC_SECONDS", default=10.0)
+# A server process's count of active subscriptions (in /metrics) stops counting this long after
+# its last heartbeat (it sends one every third of it): how long a crashed process is still counted.
+METRICS_PROCESS_TTL_SECONDS = env.float("METRICS_PROCESS_TTL_SECONDS", default=30.0)
 # Django spools request bodies itself; files go straight to staging through our handler.
 FILE_UPLOAD_HANDLERS = ["backend.uploads.staging.StagingUploadHandler"]
 DATA_UPLOAD_MAX_NUMBER_FILES = 10
@@ -164,11 +169,9 @@ CORS_ALLOW_HEADERS = ["authorization", "content-type", "x-csrftoken"]
 # --- Logging ----------------------------------------------------------------------------------
 
 LOG_LEVEL = env.str("LOG_LEVEL", default="INFO")
-LOGGING = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "root": {"handlers": ["console"], "level": LOG_LEVEL},
-    "loggers": {"django.db.backends": {"level": "WARNING"}},
-}
+# `json`: one JSON object per line (for a log pipeline); `text`: one readable line per event.
+LOG_FORMAT = env.str("LOG_FORMAT", default="text").lower()
+try:
+    LOGGING = logging_config(level=LOG_LEVEL, fmt=LOG_FORMAT)
+except ValueError as exc:
+    raise ImproperlyConfigured(str(exc)) from exc

@@ -4,6 +4,7 @@ import strawberry
 from asgiref.sync import sync_to_async
 from strawberry.file_uploads import Upload
 
+from backend.logs import upload_log_bind
 from backend.uploads.errors import BadUserInput
 from backend.uploads.selectors import upload_id_parse
 from backend.uploads.services import upload_cancel, upload_create, upload_delete, upload_retry
@@ -26,16 +27,22 @@ class Mutation:
     @strawberry.mutation
     async def cancel_upload(self, info: Info, id: strawberry.ID) -> FileUploadType:
         user = require_user(info)
-        upload = await sync_to_async(upload_cancel)(user=user, upload_id=upload_id_parse(id))
+        upload_id = upload_id_parse(id)
+        upload_log_bind(upload_id)
+        upload = await sync_to_async(upload_cancel)(user=user, upload_id=upload_id)
         return FileUploadType.from_model(upload, base_url=info.context.base_url)
 
     @strawberry.mutation
     async def retry_upload(self, info: Info, id: strawberry.ID) -> FileUploadType:
         user = require_user(info)
-        upload = await sync_to_async(upload_retry)(user=user, upload_id=upload_id_parse(id))
+        upload_id = upload_id_parse(id)
+        upload_log_bind(upload_id)
+        upload = await sync_to_async(upload_retry)(user=user, upload_id=upload_id)
         return FileUploadType.from_model(upload, base_url=info.context.base_url)
 
     @strawberry.mutation
     async def delete_upload(self, info: Info, id: strawberry.ID) -> bool:
         user = require_user(info)
-        return await sync_to_async(upload_delete)(user=user, upload_id=upload_id_parse(id))
+        upload_id = upload_id_parse(id)
+        upload_log_bind(upload_id)
+        return await sync_to_async(upload_delete)(user=user, upload_id=upload_id)

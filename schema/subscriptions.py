@@ -6,6 +6,7 @@ import strawberry
 from asgiref.sync import sync_to_async
 from django.conf import settings
 
+from backend.logs import upload_log_bind
 from backend.uploads.progress import progress_stream
 from backend.uploads.selectors import upload_get_for_user, upload_id_parse
 from schema.auth import require_user
@@ -18,6 +19,8 @@ class Subscription:
     @strawberry.subscription
     async def upload_progress(self, info: Info, id: strawberry.ID) -> AsyncGenerator[UploadProgress, None]:
         user = require_user(info)
-        upload = await sync_to_async(upload_get_for_user)(user=user, upload_id=upload_id_parse(id))
+        upload_id = upload_id_parse(id)
+        upload_log_bind(upload_id)
+        upload = await sync_to_async(upload_get_for_user)(user=user, upload_id=upload_id)
         async for event in progress_stream(upload_id=upload.id, resync_seconds=settings.PROGRESS_RESYNC_SECONDS):
             yield UploadProgress.from_event(event)

@@ -156,27 +156,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         print_api_error(error)
         return EXIT_USAGE
     try:
-        match args.command:
-            case "upload":
-                return command_upload(endpoint=endpoint, files=args.files, as_json=as_json)
-            case "status":
-                return command_status(endpoint=endpoint, upload_id=args.upload_id, as_json=as_json)
-            case "list":
-                return command_list(endpoint=endpoint, status=args.status, limit=args.limit, as_json=as_json)
-            case "cancel":
-                return command_cancel(endpoint=endpoint, upload_id=args.upload_id, as_json=as_json)
-            case "retry":
-                return command_retry(endpoint=endpoint, upload_id=args.upload_id, as_json=as_json)
-            case "delete":
-                return command_delete(endpoint=endpoint, upload_id=args.upload_id, as_json=as_json)
-            case "download":
-                return command_download(
-                    endpoint=endpoint, upload_id=args.upload_id, output=args.output, as_json=as_json
-                )
+        code = _command_run(parser=parser, args=args, endpoint=endpoint, as_json=as_json)
+        sys.stdout.flush()  # inside the try: a reader that went away shows up here, not at exit
+        return code
     except ApiError as error:
         print_api_error(error)
         if error.code == "UNAUTHENTICATED" and not endpoint.token:
             print_error("HINT", "no token: pass --token or set UPLOAD_TOKEN")
+        return EXIT_FAILED
+    except BrokenPipeError:
+        # The reader went away (`| head`): stop quietly like other Unix tools, and point stdout at
+        # /dev/null so the interpreter's own flush at exit does not complain again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_FAILED
     except OSError as error:  # a local file: unreadable, or a directory to write in that is missing
         print_error("FILE_ERROR", f"{error.filename or ''}: {error.strerror or error}".lstrip(": "))
@@ -184,5 +175,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (KeyboardInterrupt, asyncio.CancelledError):
         print_error("INTERRUPTED", "stopped; uploads already accepted go on on the server (see `list`)")
         return 130
+
+
+def _command_run(
+    *, parser: argparse.ArgumentParser, args: argparse.Namespace, endpoint: Endpoint, as_json: bool
+) -> int:
+    match args.command:
+        case "upload":
+            return command_upload(endpoint=endpoint, files=args.files, as_json=as_json)
+        case "status":
+            return command_status(endpoint=endpoint, upload_id=args.upload_id, as_json=as_json)
+        case "list":
+            return command_list(endpoint=endpoint, status=args.status, limit=args.limit, as_json=as_json)
+        case "cancel":
+            return command_cancel(endpoint=endpoint, upload_id=args.upload_id, as_json=as_json)
+        case "retry":
+            return command_retry(endpoint=endpoint, upload_id=args.upload_id, as_json=as_json)
+        case "delete":
+            return command_delete(endpoint=endpoint, upload_id=args.upload_id, as_json=as_json)
+        case "download":
+            return command_download(endpoint=endpoint, upload_id=args.upload_id, output=args.output, as_json=as_json)
     parser.error(f"unknown command {args.command}")
     return EXIT_USAGE

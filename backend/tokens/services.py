@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+from collections.abc import Iterable
 from datetime import timedelta
 
 from django.contrib.auth import get_user_model
@@ -20,10 +21,15 @@ def _token_hash(token: str) -> str:
 
 def token_create(*, user: AbstractBaseUser, expires_in_days: float | None = None) -> str:
     """Issue a new token for `user` and return it; this is the only time it is seen in clear."""
+    return token_issue(user=user, expires_in_days=expires_in_days)[1]
+
+
+def token_issue(*, user: AbstractBaseUser, expires_in_days: float | None = None) -> tuple[ApiToken, str]:
+    """Issue a new token for `user`: its row and the token itself, seen in clear only here."""
     token = secrets.token_urlsafe(32)
     expires_at = timezone.now() + timedelta(days=expires_in_days) if expires_in_days else None
-    ApiToken.objects.create(user=user, token_hash=_token_hash(token), prefix=token[:8], expires_at=expires_at)
-    return token
+    row = ApiToken.objects.create(user=user, token_hash=_token_hash(token), prefix=token[:8], expires_at=expires_at)
+    return row, token
 
 
 def token_user(*, token: str) -> AbstractBaseUser | None:
@@ -46,6 +52,11 @@ def token_revoke(*, token: str) -> int:
     return ApiToken.objects.filter(token_hash=_token_hash(token), revoked_at__isnull=True).update(
         revoked_at=timezone.now()
     )
+
+
+def token_revoke_many(*, token_ids: Iterable[int]) -> int:
+    """Revoke the live tokens among `token_ids` (rows, as the admin lists them); returns how many."""
+    return ApiToken.objects.filter(id__in=list(token_ids), revoked_at__isnull=True).update(revoked_at=timezone.now())
 
 
 def token_revoke_for_user(*, username: str) -> int:

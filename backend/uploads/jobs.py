@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 
 from django.conf import settings
 from django.db import close_old_connections
 
+from backend.logs import upload_log_context
 from backend.uploads import services
+from backend.uploads.metrics import metrics_observe_transfer
 from backend.uploads.models import FileUpload, UploadStatus
 from backend.uploads.progress import progress_publisher
 from backend.uploads.storage import get_storage
@@ -19,6 +22,11 @@ logger = logging.getLogger(__name__)
 
 def upload_transfer(upload_id: str) -> None:
     """Copy one upload into the bucket. Safe to run twice: only the run holding the claim works."""
+    with upload_log_context(upload_id):
+        _upload_transfer(upload_id)
+
+
+def _upload_transfer(upload_id: str) -> None:
     # A forked work horse inherits the parent's database connections; never share them.
     close_old_connections()
     claimed = services.upload_claim(upload_id=uuid.UUID(upload_id))
@@ -26,25 +34,29 @@ def upload_transfer(upload_id: str) -> None:
         logger.info("upload %s is not queued any more; nothing to do", upload_id)
         return
     upload, claim = claimed
+    started = time.monotonic()
     with progress_publisher():
         try:
             transfer_upload(upload=upload, claim=claim, storage=get_storage())
             services.upload_complete(upload_id=upload.id, claim=claim)
+            metrics_observe_transfer(seconds=time.monotonic() - started, outcome="completed")
         except TransferFailed as exc:
-            _fail_or_stop(upload=upload, claim=claim, error=str(exc))
+            _fail_or_stop(upload=upload, claim=claim, error=str(exc), started=started)
         except (TransferStopped, services.ClaimLost):
             _after_stop(upload=upload, claim=claim)
         except Exception as exc:
             logger.exception("upload %s: unexpected error in the transfer", upload.id)
-            _fail_or_stop(upload=upload, claim=claim, error=f"internal error: {type(exc).__name__}")
+            _fail_or_stop(upload=upload, claim=claim, error=f"internal error: {type(exc).__name__}", started=started)
 
 
-def _fail_or_stop(*, upload: FileUpload, claim: uuid.UUID, error: str) -> None:
+def _fail_or_stop(*, upload: FileUpload, claim: uuid.UUID, error: str, started: float) -> None:
     """Record the failure; if the run lost the upload meanwhile (cancelled, deleted), clean up instead."""
     try:
         services.upload_fail(upload_id=upload.id, claim=claim, error=error)
     except services.ClaimLost:
         _after_stop(upload=upload, claim=claim)
+    else:
+        metrics_observe_transfer(seconds=time.monotonic() - started, outcome="failed")
 
 
 def _after_stop(*, upload: FileUpload, claim: uuid.UUID) -> None:

@@ -19,6 +19,7 @@ from typing import Any
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 
+from backend.uploads.metrics import subscription_gauge
 from backend.uploads.models import FileUpload, UploadStatus
 from backend.uploads.parts import progress_fraction
 
@@ -91,7 +92,12 @@ class ProgressPublisher:
                 await layer.group_send(progress_group(event["upload_id"]), {"type": MESSAGE_TYPE, "event": event})
             except Exception:
                 # Lossy by design: subscribers re-read the row every PROGRESS_RESYNC_SECONDS.
-                logger.warning("progress publish failed for upload %s", event["upload_id"], exc_info=True)
+                logger.warning(
+                    "progress publish failed for upload %s",
+                    event["upload_id"],
+                    exc_info=True,
+                    extra={"upload_id": event["upload_id"]},
+                )
         if hasattr(layer, "flush"):
             try:
                 await layer.flush()
@@ -150,6 +156,7 @@ async def progress_stream(*, upload_id: uuid.UUID, resync_seconds: float) -> Asy
                 inbox.put_nowait(message["event"])
 
     reader = asyncio.create_task(pump())
+    subscription_gauge.opened()
     try:
         await layer.group_add(group, channel)
         event = await _snapshot(upload_id)
@@ -169,6 +176,7 @@ async def progress_stream(*, upload_id: uuid.UUID, resync_seconds: float) -> Asy
             event, last = candidate, candidate["sequence"]
             yield event
     finally:
+        subscription_gauge.closed()
         reader.cancel()
         try:
             await layer.group_discard(group, channel)

@@ -27,6 +27,7 @@ from django.db.models import F, Q
 from django.utils import timezone
 from rq.job import JobStatus
 
+from backend.logs import upload_log_bind
 from backend.uploads.errors import (
     BadUserInput,
     ChecksumMismatch,
@@ -34,6 +35,7 @@ from backend.uploads.errors import (
     TooManyActiveUploads,
     UnsupportedMediaType,
 )
+from backend.uploads.metrics import metrics_count
 from backend.uploads.models import ACTIVE_STATUSES, FileUpload, UploadPart, UploadStatus
 from backend.uploads.naming import filename_sanitise, storage_key_for
 from backend.uploads.parts import part_count, part_size_for
@@ -84,6 +86,7 @@ def upload_create(*, user: AbstractBaseUser, file: StagedFile, sha256: str | Non
     storage = get_storage()
     part_size = part_size_for(size=file.size, requested=settings.UPLOAD_PART_SIZE, minimum=storage.min_part_size)
     upload_id = uuid.uuid4()
+    upload_log_bind(upload_id)
     with transaction.atomic():
         active = FileUpload.objects.filter(owner=user, status__in=ACTIVE_STATUSES).count()
         if active >= settings.UPLOAD_MAX_ACTIVE_PER_USER:
@@ -109,6 +112,7 @@ def upload_create(*, user: AbstractBaseUser, file: StagedFile, sha256: str | Non
         except Exception:
             staging_path(upload_id).rename(file.path)
             raise
+    metrics_count("bytes_received", upload.size)
     logger.info("upload %s accepted: %s, %d bytes", upload.id, upload.filename, upload.size)
     return upload
 
@@ -396,7 +400,12 @@ def upload_requeue_stale(*, stale_after_seconds: float) -> list[uuid.UUID]:
                 _upload_enqueue(upload)
         except ClaimLost:
             continue
-        logger.warning("upload %s: transfer silent for %ss, queued again", upload_id, stale_after_seconds)
+        logger.warning(
+            "upload %s: transfer silent for %ss, queued again",
+            upload_id,
+            stale_after_seconds,
+            extra={"upload_id": str(upload_id)},
+        )
         requeued.append(upload_id)
     return requeued
 
@@ -425,7 +434,12 @@ def upload_requeue_lost(*, stale_after_seconds: float) -> list[uuid.UUID]:
             if not FileUpload.objects.filter(id=upload.id, status=UploadStatus.QUEUED, job_id=upload.job_id).exists():
                 continue  # claimed, cancelled or queued again since we looked
             _upload_enqueue(upload, redelivery=True)
-        logger.warning("upload %s: its queued job %s was lost; queued again", upload.id, upload.job_id)
+        logger.warning(
+            "upload %s: its queued job %s was lost; queued again",
+            upload.id,
+            upload.job_id,
+            extra={"upload_id": str(upload.id)},
+        )
         requeued.append(upload.id)
     return requeued
 

@@ -9,6 +9,7 @@ the ledger with what the store lists and sends only the rest.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import os
 import threading
@@ -125,7 +126,16 @@ def _send_parts(
                     stopping = True
                     break
                 number = pending.popleft()
-                future = pool.submit(_send_part, upload=upload, storage=storage, handle=handle, fd=fd, number=number)
+                # A fresh copy of this thread's context per part, so its log lines carry the upload id.
+                future = pool.submit(
+                    contextvars.copy_context().run,
+                    _send_part,
+                    upload=upload,
+                    storage=storage,
+                    handle=handle,
+                    fd=fd,
+                    number=number,
+                )
                 in_flight[future] = number
             if not in_flight:
                 break

@@ -195,6 +195,18 @@ def test_status_list_download_delete(stack, api_user, tmp_path) -> None:
     human = cli("status", upload_id, *auth, cwd=tmp_path)
     assert f"id              {upload_id}" in human.stdout
     assert "size            1048675 (1.0 MiB)" in human.stdout
+    # A reader that goes away (`| head`) ends the client quietly, with no error about its own output.
+    piped = subprocess.Popen(
+        [sys.executable, "-m", "backend.client", "status", upload_id, *auth],
+        cwd=tmp_path,
+        env=cli_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert piped.stdout is not None and piped.stderr is not None
+    piped.stdout.close()
+    assert (piped.wait(60), piped.stderr.read()) == (1, "")
 
     listed = cli("list", "--json", *auth, cwd=tmp_path)
     assert listed.returncode == 0, listed

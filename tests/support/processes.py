@@ -92,6 +92,12 @@ class Server:
     def stop(self) -> None:
         _stop(self.process)
 
+    def kill(self) -> None:
+        """SIGKILL the server: it gets no chance to tidy anything up."""
+        if self.process and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(10)
+
 
 @dataclass
 class Worker:
