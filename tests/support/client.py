@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -106,3 +107,38 @@ async def subscriber(
         ack = json.loads(await ws.recv())
         assert ack["type"] == "connection_ack", ack
         yield Subscriber(ws)
+
+
+async def follow_progress(
+    ws_url: str, token: str, upload_id: str, *, retry_for: float = 30.0
+) -> list[list[dict[str, Any]]]:
+    """Follow `uploadProgress(upload_id)` to its end as a client would across a server restart.
+
+    When the connection drops (or cannot be made) before the subscription completes, connect again
+    and subscribe again, for up to `retry_for` seconds per outage. Returns the events of each
+    subscription in order, one list per connection.
+    """
+    runs: list[list[dict[str, Any]]] = []
+    outage_since: float | None = None
+    loop = asyncio.get_running_loop()
+    while True:
+        events: list[dict[str, Any]] = []
+        try:
+            async with subscriber(ws_url, token) as sub:
+                outage_since = None
+                runs.append(events)
+                sub_id = await sub.subscribe(upload_id)
+                while True:
+                    message = await sub.receive()
+                    if message.get("id") != sub_id:
+                        continue
+                    if message["type"] == "complete":
+                        return runs
+                    assert message["type"] == "next" and not message["payload"].get("errors"), message
+                    events.append(message["payload"]["data"]["uploadProgress"])
+        except (OSError, websockets.exceptions.WebSocketException):
+            outage_since = outage_since or loop.time()
+            if loop.time() - outage_since > retry_for:
+                raise
+            # A client's reconnect backoff, not synchronisation: the next attempt checks the server.
+            await asyncio.sleep(0.1)

@@ -16,6 +16,9 @@ from typing import Any, TypeVar
 
 import httpx
 import psutil
+import redis
+from rq import Worker as RQWorker
+from rq.job import Job
 
 from backend.stack import free_port
 
@@ -92,6 +95,11 @@ class Server:
     def stop(self) -> None:
         _stop(self.process)
 
+    def restart(self) -> Server:
+        """Stop (SIGTERM: uvicorn closes its websockets) and start again on the same port."""
+        self.stop()
+        return self.start()
+
 
 @dataclass
 class Worker:
@@ -108,6 +116,15 @@ class Worker:
             env["TEST_STORAGE_FAULTS"] = json.dumps(self.faults)
         self.process = _spawn([sys.executable, "-m", "tests.support.worker"], env, self.log)
         return self
+
+    def current_job(self) -> Job | None:
+        """The RQ job this worker is running now; None while it is idle or not yet registered."""
+        assert self.process is not None
+        connection = redis.Redis.from_url(self.env["REDIS_URL"])
+        for registered in RQWorker.all(connection=connection):
+            if registered.pid == self.process.pid:
+                return registered.get_current_job()
+        return None
 
     def kill(self) -> None:
         """SIGKILL the worker and its work horse (which RQ puts in a session of its own)."""
