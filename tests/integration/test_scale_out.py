@@ -11,12 +11,17 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import signal
 import uuid
 from pathlib import Path
 from typing import Any
 
+import django_rq
+from rq import Queue
+
 from backend.uploads.models import FileUpload, UploadStatus
 from backend.uploads.transfer import STAGED_BYTES_MISSING
+from backend.uploads.worker import UploadWorker
 from tests.support.client import UPLOAD_FIELDS, data_of, follow_progress, graphql, upload_file
 from tests.support.moto import PART, moto_start, s3_env
 from tests.support.processes import wait_until
@@ -128,3 +133,20 @@ def test_a_worker_that_does_not_share_staging_fails_the_upload_saying_why(make_s
     assert done["status"] == "COMPLETED", done
     stored = (Path(os.environ["LOCAL_STORAGE_ROOT"]) / done["storageKey"]).read_bytes()
     assert stored == content
+
+
+def test_a_work_horse_never_closes_its_parents_database_connection() -> None:
+    """A forked horse that closed the connection it inherited would end its parent's session too
+    (PostgreSQL: the close goes over the shared socket). Meaningful under `make test-postgres`."""
+    FileUpload.objects.exists()  # this process, the worker's parent below, now holds a connection
+    queue = Queue(f"fork-{uuid.uuid4().hex[:8]}", connection=django_rq.get_connection("default"))
+    # What every job does first (jobs.upload_transfer): close the connections it finds.
+    job = queue.enqueue("django.db.close_old_connections")
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        UploadWorker([queue], connection=queue.connection).work(burst=True)
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    assert job.get_status(refresh=True) == "finished"
+    FileUpload.objects.exists()  # the parent's database session survived its horse

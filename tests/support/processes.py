@@ -120,10 +120,10 @@ class Worker:
     def current_job(self) -> Job | None:
         """The RQ job this worker is running now; None while it is idle or not yet registered."""
         assert self.process is not None
-        connection = redis.Redis.from_url(self.env["REDIS_URL"])
-        for registered in RQWorker.all(connection=connection):
-            if registered.pid == self.process.pid:
-                return registered.get_current_job()
+        with redis.Redis.from_url(self.env["REDIS_URL"]) as connection:
+            for registered in RQWorker.all(connection=connection):
+                if registered.pid == self.process.pid:
+                    return registered.get_current_job()
         return None
 
     def kill(self) -> None:

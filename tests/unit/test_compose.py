@@ -133,6 +133,7 @@ def test_health_checks_and_dependencies_on_health(services: dict[str, Any]) -> N
     assert services["migrate"]["depends_on"]["postgres"]["condition"] == "service_healthy"
     for name, service in services.items():
         for needed, how in service.get("depends_on", {}).items():
+            assert needed != name, f"{name} depends on itself"
             if "healthcheck" in services[needed]:
                 assert how["condition"] == "service_healthy", f"{name} starts before {needed} is healthy"
 
