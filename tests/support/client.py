@@ -81,9 +81,15 @@ class Subscriber:
                 continue
             return message
 
-    async def events_until_complete(self, sub_id: str) -> list[dict[str, Any]]:
-        """The uploadProgress payloads of `sub_id` until its `complete` (other ids are skipped)."""
-        events = []
+    async def events_until_complete(
+        self, sub_id: str, events: list[dict[str, Any]] | None = None
+    ) -> list[dict[str, Any]]:
+        """The uploadProgress payloads of `sub_id` until its `complete` (other ids are skipped).
+
+        Each is appended to `events` (a new list by default) as it arrives, so a caller whose
+        connection drops midway keeps those received before.
+        """
+        events = [] if events is None else events
         while True:
             message = await self.receive()
             if message.get("id") != sub_id:
@@ -127,18 +133,10 @@ async def follow_progress(
             async with subscriber(ws_url, token) as sub:
                 outage_since = None
                 runs.append(events)
-                sub_id = await sub.subscribe(upload_id)
-                while True:
-                    message = await sub.receive()
-                    if message.get("id") != sub_id:
-                        continue
-                    if message["type"] == "complete":
-                        return runs
-                    assert message["type"] == "next" and not message["payload"].get("errors"), message
-                    events.append(message["payload"]["data"]["uploadProgress"])
+                await sub.events_until_complete(await sub.subscribe(upload_id), events)
+                return runs
         except (OSError, websockets.exceptions.WebSocketException):
             outage_since = outage_since or loop.time()
             if loop.time() - outage_since > retry_for:
                 raise
-            # A client's reconnect backoff, not synchronisation: the next attempt checks the server.
-            await asyncio.sleep(0.1)
+            await asyncio.sleep(0.1)  # sync-ok: a client's reconnect backoff; the next attempt checks the server
