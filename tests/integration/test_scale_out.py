@@ -12,11 +12,14 @@ import asyncio
 import hashlib
 import os
 import signal
+import subprocess
+import sys
 import uuid
 from pathlib import Path
 from typing import Any
 
 import django_rq
+import yaml
 from rq import Queue
 
 from backend.uploads.models import FileUpload, UploadStatus
@@ -24,7 +27,7 @@ from backend.uploads.transfer import STAGED_BYTES_MISSING
 from backend.uploads.worker import UploadWorker
 from tests.support.client import UPLOAD_FIELDS, data_of, follow_progress, graphql, upload_file
 from tests.support.moto import PART, moto_start, s3_env
-from tests.support.processes import wait_until
+from tests.support.processes import ROOT, wait_until
 from tests.support.uploads import upload_wait_for_status
 
 KIB = 1024
@@ -150,3 +153,21 @@ def test_a_work_horse_never_closes_its_parents_database_connection() -> None:
             signal.signal(sig, handler)
     assert job.get_status(refresh=True) == "finished"
     FileUpload.objects.exists()  # the parent's database session survived its horse
+
+
+def test_the_compose_worker_health_check_sees_a_live_worker_of_its_host(make_stack) -> None:
+    """The worker service's health check, run as docker-compose.yml writes it, against real workers."""
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    check = compose["services"]["worker"]["healthcheck"]["test"]
+    assert check[:2] == ["CMD", "python"]
+    stack = make_stack(workers=0)
+
+    def healthy() -> bool:
+        # The image's python is the one with the requirements installed: here, this interpreter.
+        result = subprocess.run([sys.executable, *check[2:]], cwd=ROOT, env=stack.env, capture_output=True, timeout=30)
+        assert not result.stderr, result.stderr.decode()
+        return result.returncode == 0
+
+    assert not healthy(), "no worker registered yet"
+    stack.add_worker()
+    wait_until(healthy, timeout=30, what="the health check to see the worker")

@@ -120,7 +120,7 @@ def test_web_and_worker_share_the_staging_volume(services: dict[str, Any], compo
 
 
 def test_health_checks_and_dependencies_on_health(services: dict[str, Any]) -> None:
-    for name in ("redis", "postgres", "minio", "web", "proxy"):
+    for name in ("redis", "postgres", "minio", "web", "worker", "proxy"):
         assert _health_test(services[name]), name
     assert "/readyz" in _health_test(services["web"]), "web is healthy once ready"
     assert "/healthz" in _health_test(services["proxy"]), "liveness through the proxy"
