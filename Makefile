@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-browser test-all soak bench lint format typecheck clean
+.PHONY: run test test-browser test-postgres test-all soak bench lint format typecheck clean
 
 $(STAMP): requirements/base.txt requirements/dev.txt requirements/prod.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,15 @@ $(BROWSER_STAMP): $(STAMP) requirements/browser.txt
 
 test-browser: $(BROWSER_STAMP)
 	$(PY) -m pytest tests/browser
+
+# The integration suite against PostgreSQL: the tests start a private cluster (initdb on a free port),
+# never a server already running; they need PostgreSQL's server binaries (`.ci/run` installs them).
+test-postgres: $(STAMP) $(VENV)/.installed-prod
+	TEST_DATABASE=postgres $(PY) -m pytest tests/integration
+
+$(VENV)/.installed-prod: $(STAMP) requirements/prod.txt
+	$(PY) -m pip install --quiet -r requirements/prod.txt
+	touch $@
 
 # 200 uploads under cancels, retries, deletes and worker kills; minutes, so not part of `make test`.
 soak: $(STAMP)

@@ -103,6 +103,11 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         }
     )
 else:
+    # PostgreSQL (psycopg 3) and others. Under ASGI Django's docs say to disable persistent
+    # connections: a request's ORM calls run on executor threads, and a connection kept per thread
+    # is never closed by the request cycle. So one connection per request or job (CONN_MAX_AGE=0;
+    # put PgBouncer in front when connecting costs too much); RQ work horses start with none of the
+    # parent's (UploadWorker closes them before each fork, the job closes stale ones at start).
     DATABASES["default"].setdefault("CONN_MAX_AGE", 0)
     DATABASES["default"].setdefault("CONN_HEALTH_CHECKS", True)
 

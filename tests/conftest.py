@@ -1,13 +1,17 @@
-"""Test session set-up: a private Redis and SQLite database, and factories for real processes.
+"""Test session set-up: a private Redis and database, and factories for real processes.
 
 Everything the suite needs is started here, on free ports under a temporary directory; nothing
-running on the machine is used.
+running on the machine is used. The database is a SQLite file, or with `TEST_DATABASE=postgres`
+(`make test-postgres`) a fresh database on a private PostgreSQL cluster started for the session.
+Either way every stack of the session shares it, as the test process does (it makes the users
+and tokens the servers check, and reads the rows the workers write).
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import sys
 import tempfile
 import uuid
 from collections.abc import Callable, Iterator
@@ -29,13 +33,23 @@ def pytest_configure(config: pytest.Config) -> None:
     if "DJANGO_SETTINGS_MODULE" in _SESSION:
         return
     root = Path(tempfile.mkdtemp(prefix="upload-tests-"))
+    database = os.environ.get("TEST_DATABASE", "sqlite")
+    if database not in ("sqlite", "postgres"):
+        raise pytest.UsageError(f"TEST_DATABASE must be sqlite or postgres, not {database!r}")
     redis_process, redis_url = redis_embedded_start(root / "redis", databases=REDIS_DATABASES)
+    _SESSION.update(root=root, redis=redis_process)
     base = redis_url.rsplit("/", 1)[0]
+    database_url = f"sqlite:///{root / 'db.sqlite3'}"
+    if database == "postgres":
+        from tests.support.postgres import postgres_start
+
+        _SESSION["postgres"] = cluster = postgres_start()
+        database_url = cluster.database_create("uploads_tests")
     os.environ.update(
         {
             "DJANGO_SETTINGS_MODULE": "backend.settings",
             "REDIS_URL": f"{base}/0",
-            "DATABASE_URL": f"sqlite:///{root / 'db.sqlite3'}",
+            "DATABASE_URL": database_url,
             "UPLOAD_STAGING_DIR": str(root / "staging"),
             "LOCAL_STORAGE_ROOT": str(root / "bucket"),
             "UPLOAD_STAGING_MIN_FREE_BYTES": "0",
@@ -47,7 +61,7 @@ def pytest_configure(config: pytest.Config) -> None:
             "LOG_LEVEL": "WARNING",
         }
     )
-    _SESSION.update(root=root, redis=redis_process, redis_base=base, DJANGO_SETTINGS_MODULE=True)
+    _SESSION.update(redis_base=base, DJANGO_SETTINGS_MODULE=True)
     import django
 
     django.setup()
@@ -61,6 +75,12 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     if redis_process is not None:
         redis_process.terminate()
         redis_process.wait(10)
+    cluster = _SESSION.get("postgres")
+    if cluster is not None:
+        from django.db import connections
+
+        connections.close_all()
+        cluster.stop()
     root = _SESSION.get("root")
     if root is not None:
         shutil.rmtree(root, ignore_errors=True)
@@ -112,7 +132,9 @@ class Stack:
     env: dict[str, str]
     root: Path
     server: Any = None
+    servers: list[Any] = field(default_factory=list)
     workers: list[Any] = field(default_factory=list)
+    cron: Any = None
 
     @property
     def url(self) -> str:
@@ -130,11 +152,29 @@ class Stack:
         self.workers.append(worker)
         return worker
 
+    def add_server(self) -> Any:
+        """One more server on the same database, Redis and staging: a scaled-out web tier."""
+        from tests.support.processes import Server
+
+        server = Server(env=self.env, log=self.root / f"server-{len(self.servers)}.log").start()
+        self.servers.append(server)
+        return server
+
+    def start_cron(self) -> None:
+        """The periodic jobs' scheduler (`manage.py rqcron backend.uploads.cron`), as `make run` runs it."""
+        from tests.support.processes import _spawn
+
+        command = [sys.executable, "manage.py", "rqcron", "backend.uploads.cron"]
+        self.cron = _spawn(command, self.env, self.root / "cron.log")
+
     def stop(self) -> None:
+        from tests.support.processes import _stop
+
+        _stop(self.cron)
         for worker in self.workers:
             worker.stop()
-        if self.server is not None:
-            self.server.stop()
+        for server in self.servers:
+            server.stop()
 
 
 def _new_stack(
@@ -148,6 +188,7 @@ def _new_stack(
     stack_env = {**os.environ, "REDIS_URL": f"{_SESSION['redis_base']}/{db}", **(env or {})}
     stack = Stack(env=stack_env, root=root)
     stack.server = Server(env=stack_env, log=root / "server.log", server=server).start()
+    stack.servers.append(stack.server)
     for _ in range(workers):
         stack.add_worker(faults=faults)
     return stack

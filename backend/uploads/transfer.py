@@ -42,6 +42,11 @@ class TransferStopped(Exception):
     """The transfer must stop before its next part (cancelled, claim lost, worker stopping)."""
 
 
+STAGED_BYTES_MISSING = (
+    "the staged bytes of this upload are gone: this worker does not find them in its UPLOAD_STAGING_DIR,"
+    " which every server and worker must share"
+)
+
 # Set by the worker's SIGTERM handler: finish the parts in flight, start no new ones.
 stop_requested = threading.Event()
 
@@ -53,7 +58,9 @@ def transfer_upload(*, upload: FileUpload, claim: uuid.UUID, storage: Storage) -
     """
     source = staging_path(upload.id)
     if not source.exists():
-        raise TransferFailed("the staged bytes of this upload are gone")
+        # The web process that accepted the upload staged it; a worker that cannot see it is most
+        # likely not sharing the staging directory. Say so, without naming the server's paths.
+        raise TransferFailed(STAGED_BYTES_MISSING)
     metadata = {"sha256": upload.sha256, "filename": upload.filename}
     if upload.size == 0:
         _call_store(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -80,9 +81,15 @@ class Subscriber:
                 continue
             return message
 
-    async def events_until_complete(self, sub_id: str) -> list[dict[str, Any]]:
-        """The uploadProgress payloads of `sub_id` until its `complete` (other ids are skipped)."""
-        events = []
+    async def events_until_complete(
+        self, sub_id: str, events: list[dict[str, Any]] | None = None
+    ) -> list[dict[str, Any]]:
+        """The uploadProgress payloads of `sub_id` until its `complete` (other ids are skipped).
+
+        Each is appended to `events` (a new list by default) as it arrives, so a caller whose
+        connection drops midway keeps those received before.
+        """
+        events = [] if events is None else events
         while True:
             message = await self.receive()
             if message.get("id") != sub_id:
@@ -106,3 +113,30 @@ async def subscriber(
         ack = json.loads(await ws.recv())
         assert ack["type"] == "connection_ack", ack
         yield Subscriber(ws)
+
+
+async def follow_progress(
+    ws_url: str, token: str, upload_id: str, *, retry_for: float = 30.0
+) -> list[list[dict[str, Any]]]:
+    """Follow `uploadProgress(upload_id)` to its end as a client would across a server restart.
+
+    When the connection drops (or cannot be made) before the subscription completes, connect again
+    and subscribe again, for up to `retry_for` seconds per outage. Returns the events of each
+    subscription in order, one list per connection.
+    """
+    runs: list[list[dict[str, Any]]] = []
+    outage_since: float | None = None
+    loop = asyncio.get_running_loop()
+    while True:
+        events: list[dict[str, Any]] = []
+        try:
+            async with subscriber(ws_url, token) as sub:
+                outage_since = None
+                runs.append(events)
+                await sub.events_until_complete(await sub.subscribe(upload_id), events)
+                return runs
+        except (OSError, websockets.exceptions.WebSocketException):
+            outage_since = outage_since or loop.time()
+            if loop.time() - outage_since > retry_for:
+                raise
+            await asyncio.sleep(0.1)  # sync-ok: a client's reconnect backoff; the next attempt checks the server

@@ -16,6 +16,9 @@ from typing import Any, TypeVar
 
 import httpx
 import psutil
+import redis
+from rq import Worker as RQWorker
+from rq.job import Job
 
 from backend.stack import free_port
 
@@ -98,6 +101,11 @@ class Server:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait(10)
 
+    def restart(self) -> Server:
+        """Stop (SIGTERM: uvicorn closes its websockets) and start again on the same port."""
+        self.stop()
+        return self.start()
+
 
 @dataclass
 class Worker:
@@ -114,6 +122,15 @@ class Worker:
             env["TEST_STORAGE_FAULTS"] = json.dumps(self.faults)
         self.process = _spawn([sys.executable, "-m", "tests.support.worker"], env, self.log)
         return self
+
+    def current_job(self) -> Job | None:
+        """The RQ job this worker is running now; None while it is idle or not yet registered."""
+        assert self.process is not None
+        with redis.Redis.from_url(self.env["REDIS_URL"]) as connection:
+            for registered in RQWorker.all(connection=connection):
+                if registered.pid == self.process.pid:
+                    return registered.get_current_job()
+        return None
 
     def kill(self) -> None:
         """SIGKILL the worker and its work horse (which RQ puts in a session of its own)."""

@@ -1,0 +1,81 @@
+"""moto in server mode, in its own process, over real HTTP: the S3 store the tests talk to."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import boto3
+import httpx
+
+from backend.stack import free_port
+from backend.uploads.storage.s3_client import s3_client_create
+from tests.support.processes import ROOT, wait_until
+
+# moto enforces S3's 5 MiB minimum for every part but the last at Complete.
+PART = 5 * 1024 * 1024
+CREDENTIALS = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test"}
+
+
+@dataclass
+class Moto:
+    url: str
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    def client(self, **credentials: str) -> Any:
+        session = boto3.session.Session(
+            aws_access_key_id=credentials.get("key", "test"), aws_secret_access_key=credentials.get("secret", "test")
+        )
+        return s3_client_create(endpoint_url=self.url, region="us-east-1", session=session)
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(10)
+
+
+def moto_start(root: Path, name: str, env: dict[str, str] | None = None) -> Moto:
+    """A moto server on a free port, its log at `root/<name>.log`; returns once it answers."""
+    port = free_port()
+    log = root / f"{name}.log"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+        stdout=log.open("ab"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+
+    def up() -> bool:
+        if process.poll() is not None:
+            raise AssertionError(f"moto exited with {process.returncode}; see {log}")
+        try:
+            return httpx.get(f"{url}/moto-api/", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    wait_until(up, timeout=30, what=f"moto server on {url}")
+    return Moto(url=url, process=process, log=log)
+
+
+def s3_env(moto: Moto, bucket: str, **extra: str) -> dict[str, str]:
+    """The environment of a stack whose storage is `bucket` on `moto`, with 5 MiB parts."""
+    return {
+        "STORAGE_BACKEND": "s3",
+        "S3_BUCKET": bucket,
+        "S3_ENDPOINT_URL": moto.url,
+        "S3_REGION": "us-east-1",
+        "UPLOAD_PART_SIZE": str(PART),
+        **CREDENTIALS,
+        **extra,
+    }
