@@ -14,14 +14,41 @@ from django.conf import settings
 from django.http.request import validate_host
 from strawberry.channels import GraphQLWSConsumer
 from strawberry.exceptions import ConnectionRejectionError
+from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import BaseGraphQLTransportWSHandler
+from strawberry.subscriptions.protocols.graphql_ws.handlers import BaseGraphQLWSHandler
 
 from backend.tokens.services import token_user
 from schema.context import Context
 from schema.validation import json_decode
 
 
+class TransportWSHandler(BaseGraphQLTransportWSHandler[Context, None]):
+    """graphql-transport-ws, closing with 4400 on any malformed message.
+
+    strawberry catches a missing key but not a message of the wrong shape (a JSON array, a payload
+    that is a string): the TypeError would end the handler and leave the socket open and deaf.
+    """
+
+    async def handle_message(self, message: Any) -> None:
+        try:
+            await super().handle_message(message)
+        except (TypeError, AttributeError, ValueError):
+            await self.handle_invalid_message("Failed to parse message")
+
+
+class LegacyWSHandler(BaseGraphQLWSHandler[Context, None]):
+    """Legacy graphql-ws, which ignores what it cannot parse: a message of the wrong shape too."""
+
+    async def handle_message(self, message: Any) -> None:
+        with contextlib.suppress(TypeError, AttributeError, ValueError):
+            await super().handle_message(message)
+
+
 class UploadGraphQLWSConsumer(GraphQLWSConsumer):
     """Authenticates at `connection_init` (bearer token in the payload, else the session cookie)."""
+
+    graphql_transport_ws_handler_class = TransportWSHandler
+    graphql_ws_handler_class = LegacyWSHandler
 
     def decode_json(self, data: str | bytes) -> object:
         return json_decode(data)
