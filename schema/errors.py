@@ -28,7 +28,9 @@ def error_code_for(error: GraphQLError) -> GraphQLError:
     if isinstance(original, GraphQLError) and original.extensions and "code" in original.extensions:
         return _with_code(error, str(original.extensions["code"]), original.message)
     if error.extensions and "code" in error.extensions:
-        return error
+        # A copy all the same: over graphql-transport-ws, strawberry closes the socket on a
+        # GraphQLSyntaxError; a document over the token limit answers an error message like any other.
+        return _with_code(error, str(error.extensions["code"]), error.message)
     if original is None or isinstance(original, GraphQLError):
         # graphql-core's own request errors: the document, or the variables against it.
         if error.message.startswith("Syntax Error"):

@@ -662,11 +662,16 @@ def test_websocket_over_the_subscription_limit_refuses_the_51st(target: Target, 
 
 def test_a_reader_that_never_reads_does_not_stall_the_server(target: Target, user: Any, active_upload: str) -> None:
     async def run() -> None:
-        async with websockets.connect(target.stack.ws_url, subprotocols=["graphql-transport-ws"], max_queue=1) as ws:
+        async with websockets.connect(
+            target.stack.ws_url, subprotocols=["graphql-transport-ws"], max_queue=1, close_timeout=1
+        ) as ws:
             await ws.send(json.dumps({"type": "connection_init", "payload": {"authorization": f"Bearer {user.token}"}}))
-            # Subscriptions whose events (a snapshot each, then a resync) it never reads.
+            # Subscriptions whose snapshots it never reads, and pings whose pongs (about 1 MB, more than
+            # the socket buffers hold) it never reads either: the server's writes to it block.
             for n in range(50):
                 await ws.send(_subscribe(str(n), variables={"id": active_upload}))
+            for _ in range(60_000):
+                await ws.send('{"type":"ping"}')
             for _ in range(3):
                 await asyncio.to_thread(assert_unharmed, target, user, rows=1)
 
