@@ -243,7 +243,7 @@ class Case:
     content_type: str
     body: bytes
     status: int
-    code: str
+    code: str | None  # None: served, no errors
     length: int | str = "exact"
     method: str = "POST"
 
@@ -387,6 +387,8 @@ CASES = [
     Case("multipart-content-length-over-the-limit", MULTIPART, b"", 413, "FILE_TOO_LARGE", length=6 * 1024 * 1024),
     # JSON bodies.
     Case("json-broken", JSON, b'{"query": ', 400, "BAD_REQUEST"),
+    Case("json-zero-length", JSON, b"", 400, "BAD_REQUEST"),
+    Case("json-chunked-within-the-limit-is-served", JSON, gql(LIST), 200, None, length="chunked"),
     Case("json-a-batch", JSON, b'[{"query": "{ __typename }"}, {"query": "{ __typename }"}]', 400, "BAD_REQUEST"),
     Case("json-query-not-a-string", JSON, b'{"query": 42}', 400, "BAD_REQUEST"),
     Case("json-no-query", JSON, b'{"variables": {}}', 400, "BAD_REQUEST"),
