@@ -22,7 +22,7 @@ from schema.context import Context
 from schema.validation import json_decode
 
 
-class TransportWSHandler(BaseGraphQLTransportWSHandler[Context, None]):
+class TransportWSHandler(BaseGraphQLTransportWSHandler[Any, Any]):
     """graphql-transport-ws, closing with 4400 on any malformed message.
 
     strawberry catches a missing key but not a message of the wrong shape (a JSON array, a payload
@@ -36,7 +36,7 @@ class TransportWSHandler(BaseGraphQLTransportWSHandler[Context, None]):
             await self.handle_invalid_message("Failed to parse message")
 
 
-class LegacyWSHandler(BaseGraphQLWSHandler[Context, None]):
+class LegacyWSHandler(BaseGraphQLWSHandler[Any, Any]):
     """Legacy graphql-ws, which ignores what it cannot parse: a message of the wrong shape too."""
 
     async def handle_message(self, message: Any) -> None:
