@@ -709,6 +709,34 @@ def test_an_expiring_token_closes_its_open_websocket_with_4403(target: Target, u
     assert asyncio.run(run()) == 4403
 
 
+def test_ending_the_session_closes_its_open_websocket_with_4403(target: Target, user: Any) -> None:
+    """A socket authenticated by the session cookie closes once the session is gone (a logout)."""
+    from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY
+    from django.contrib.sessions.backends.db import SessionStore
+
+    session = SessionStore()
+    session[SESSION_KEY] = str(user.user.pk)
+    session[BACKEND_SESSION_KEY] = "django.contrib.auth.backends.ModelBackend"
+    session[HASH_SESSION_KEY] = user.user.get_session_auth_hash()
+    session.create()
+
+    async def run() -> int | None:
+        async with websockets.connect(
+            target.stack.ws_url,
+            subprotocols=["graphql-transport-ws"],
+            additional_headers={"Cookie": f"sessionid={session.session_key}"},
+        ) as ws:
+            await ws.send(json.dumps({"type": "connection_init", "payload": {}}))
+            assert json.loads(await ws.recv())["type"] == "connection_ack"
+            await asyncio.to_thread(session.delete)
+            with pytest.raises(websockets.ConnectionClosed) as closed:
+                while True:
+                    await asyncio.wait_for(ws.recv(), 10)
+            return closed.value.rcvd.code if closed.value.rcvd else None
+
+    assert asyncio.run(run()) == 4403
+
+
 # --- generated multipart bodies ---------------------------------------------------------------
 
 _names = st.sampled_from(["operations", "map", "0", "1", "file", "", "operations\r\nX: y"])
