@@ -13,6 +13,7 @@ import contextlib
 import hashlib
 import json
 import socket
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -478,6 +479,24 @@ def test_a_stalled_body_is_cut_off_with_408(target: Target, user: Any, sent: str
     head = request_head(target, content_type=MULTIPART, length=len(body), token=user.token)
     answer = exchange(target, head, b"" if sent == "head-only" else body[: len(body) // 2], then="stall")
     assert (answer.status, answer.code) == (408, "REQUEST_TIMEOUT"), answer.body
+    assert_unharmed(target, user)
+
+
+def test_a_slow_but_steady_body_is_served(target: Target, user: Any) -> None:
+    """The timeout is per gap: a body whose every gap is shorter is served, however long it takes."""
+    body = gql(LIST)
+    head = request_head(target, content_type=JSON, length=len(body), token=user.token)
+    with socket.create_connection(target.address, timeout=20) as conn:
+        conn.sendall(head)
+        for start in range(0, len(body), len(body) // 3 + 1):
+            # Each gap is 0.6 of the timeout; the three together are longer than it.
+            time.sleep(IDLE_TIMEOUT * 0.6)  # sync-ok: the slow client's pace is the behaviour under test
+            conn.sendall(body[start : start + len(body) // 3 + 1])
+        received = b""
+        while not _answer_complete(received):
+            received += conn.recv(65536)
+    assert received.startswith(b"HTTP/1.1 200 ")
+    assert json.loads(received.partition(b"\r\n\r\n")[2])["data"]["uploads"]["totalCount"] == 0
     assert_unharmed(target, user)
 
 
