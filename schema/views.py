@@ -147,8 +147,8 @@ def _replace_file_placeholders(operations: Any, files_map: Any, files: Mapping[s
     for field_name, paths in files_map.items():
         if field_name not in files:
             raise HTTPException(400, f"map names file {field_name!r}, which the request does not carry")
-        if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
-            raise HTTPException(400, f"map entry {field_name!r} must be a list of paths")
+        if not isinstance(paths, list) or not paths or not all(isinstance(p, str) for p in paths):
+            raise HTTPException(400, f"map entry {field_name!r} must be a non-empty list of paths")
         for path in paths:
             _place(operations, path, files[field_name])
     unmapped = set(files) - set(files_map)

@@ -287,6 +287,13 @@ CASES = [
         "BAD_REQUEST",
     ),
     Case(
+        "map-entry-an-empty-list",
+        MULTIPART,
+        multipart(ops(UPLOAD_OPERATIONS), fmap('{"0": []}'), file()),
+        400,
+        "BAD_REQUEST",
+    ),
+    Case(
         "map-to-a-missing-file",
         MULTIPART,
         multipart(ops(UPLOAD_OPERATIONS), fmap('{"1": ["variables.file"]}'), file()),
