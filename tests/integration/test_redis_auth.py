@@ -91,7 +91,7 @@ def password_redis(tmp_path: Path) -> Iterator[str]:
 
 
 def test_a_password_in_redis_url_carries_queues_and_progress(make_stack, api_user, password_redis) -> None:
-    stack = make_stack(env={"REDIS_URL": password_redis, "UPLOAD_PART_DELAY_MS": "400"}, workers=1)
+    stack = make_stack(env={"REDIS_URL": password_redis, "UPLOAD_PART_DELAY_MS": "1000"}, workers=1)
     events = _upload_and_follow(stack, api_user)
     assert events[-1]["status"] == "COMPLETED"
     _assert_parts_reported_live(events)
@@ -144,7 +144,7 @@ def tls_redis(tmp_path: Path) -> Iterator[str]:
 
 
 def test_rediss_url_carries_queues_and_progress_over_tls(make_stack, api_user, tls_redis) -> None:
-    stack = make_stack(env={"REDIS_URL": tls_redis, "UPLOAD_PART_DELAY_MS": "400"}, workers=1)
+    stack = make_stack(env={"REDIS_URL": tls_redis, "UPLOAD_PART_DELAY_MS": "1000"}, workers=1)
     events = _upload_and_follow(stack, api_user)
     assert events[-1]["status"] == "COMPLETED"
     _assert_parts_reported_live(events)
