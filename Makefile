@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-browser test-postgres test-all soak bench lint format typecheck clean
+.PHONY: run test test-browser test-postgres test-all soak bench lint format typecheck audit clean
 
 $(STAMP): requirements/base.txt requirements/dev.txt requirements/prod.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -55,6 +55,16 @@ format: $(STAMP)
 
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy backend schema
+
+# Known vulnerabilities in every pinned requirement. Needs network access to the advisory database
+# (PyPI's JSON API / OSV), so it is not part of `make test` or CI; --strict fails when a package
+# cannot be looked up, instead of passing without having checked it.
+AUDIT_VENV := var/audit-venv
+audit: requirements/audit.txt
+	test -x $(AUDIT_VENV)/bin/pip-audit || $(PYTHON) -m venv $(AUDIT_VENV)
+	$(AUDIT_VENV)/bin/python -m pip install --quiet -r requirements/audit.txt
+	$(AUDIT_VENV)/bin/pip-audit --strict --disable-pip --no-deps --progress-spinner off \
+		-r requirements/prod.txt -r requirements/dev.txt -r requirements/audit.txt
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

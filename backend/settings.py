@@ -32,6 +32,32 @@ if not DEBUG and (not SECRET_KEY or SECRET_KEY == _DEV_SECRET_KEY):
 if not DEBUG and not ALLOWED_HOSTS:
     raise ImproperlyConfigured("DEBUG=false needs ALLOWED_HOSTS")
 
+# --- HTTPS ------------------------------------------------------------------------------------
+# TLS is expected to end at a proxy in front of the ASGI server. SECURE_PROXY_SSL_HEADER names the
+# header that proxy sets on HTTPS requests ("X-Forwarded-Proto: https"); only set it when the proxy
+# always sets or strips that header, or a client could claim HTTPS. Cookies are Secure and HSTS is
+# on in production; Django sends HSTS only on requests it sees as HTTPS, so it is harmless over a
+# plain-HTTP hop. Redirecting HTTP to HTTPS needs to know which requests are HTTPS, so it defaults
+# on only when the proxy header is configured; probes of the health endpoints are never redirected.
+
+_proxy_ssl_header = env.str("SECURE_PROXY_SSL_HEADER", default="")
+SECURE_PROXY_SSL_HEADER: tuple[str, str] | None = None
+if _proxy_ssl_header:
+    _name, _, _value = _proxy_ssl_header.partition(":")
+    if not _name.strip() or not _value.strip():
+        raise ImproperlyConfigured('SECURE_PROXY_SSL_HEADER must look like "X-Forwarded-Proto: https"')
+    SECURE_PROXY_SSL_HEADER = ("HTTP_" + _name.strip().upper().replace("-", "_"), _value.strip())
+SESSION_COOKIE_SECURE = env.bool("SECURE_COOKIES", default=not DEBUG)
+CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
+SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=0 if DEBUG else 31536000)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", default=True)
+SECURE_HSTS_PRELOAD = env.bool("SECURE_HSTS_PRELOAD", default=False)
+SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=not DEBUG and SECURE_PROXY_SSL_HEADER is not None)
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$", r"^metrics$"]
+# Submitting a domain to the browsers' HSTS preload list is the operator's decision (it is hard to
+# undo), so check --deploy's reminder about SECURE_HSTS_PRELOAD is silenced.
+SILENCED_SYSTEM_CHECKS = ["security.W021"]
+
 INSTALLED_APPS = [
     "django.contrib.admin",
     "django.contrib.auth",
@@ -167,6 +193,18 @@ DATA_UPLOAD_MAX_NUMBER_FILES = 10
 # --- GraphQL and browsers ---------------------------------------------------------------------
 
 GRAPHIQL = env.bool("GRAPHIQL", default=DEBUG)
+# Limits on a GraphQL document (QUERY_TOO_COMPLEX). The deepest query the API needs is 4 levels
+# (uploads > edges > node > field); GraphiQL's introspection query is about 500 tokens.
+GRAPHQL_MAX_DEPTH = env.int("GRAPHQL_MAX_DEPTH", default=10)
+GRAPHQL_MAX_ALIASES = env.int("GRAPHQL_MAX_ALIASES", default=15)
+GRAPHQL_MAX_TOKENS = env.int("GRAPHQL_MAX_TOKENS", default=2000)
+# The largest JSON body, and the largest `operations` plus `map` of a multipart request (400).
+GRAPHQL_MAX_OPERATIONS_BYTES = env.int("GRAPHQL_MAX_OPERATIONS_BYTES", default=65536)
+DATA_UPLOAD_MAX_MEMORY_SIZE = GRAPHQL_MAX_OPERATIONS_BYTES
+# A request body that stalls this long is cut off (408); a websocket's credential is checked again
+# this often, and the socket closed with 4403 once it is revoked or expired.
+REQUEST_IDLE_TIMEOUT_SECONDS = env.float("REQUEST_IDLE_TIMEOUT_SECONDS", default=30.0)
+WS_AUTH_RECHECK_SECONDS = env.float("WS_AUTH_RECHECK_SECONDS", default=30.0)
 CORS_ALLOWED_ORIGINS = env.list("CORS_ALLOWED_ORIGINS", default=[])
 CORS_URLS_REGEX = r"^/graphql/?$"
 CORS_ALLOW_HEADERS = ["authorization", "content-type", "x-csrftoken"]

@@ -1,12 +1,31 @@
-"""The GraphQL schema of CONTRACT section 2."""
+"""The GraphQL schema of CONTRACT section 2, with the query limits and error policy."""
 
 from __future__ import annotations
 
+from functools import partial
+
 import strawberry
+from django.conf import settings
 
 from schema.errors import ErrorCodes
 from schema.mutations import Mutation
 from schema.queries import Query
 from schema.subscriptions import Subscription
+from schema.validation import QueryLimits, SuggestionFreeExecutor
 
-schema = strawberry.Schema(query=Query, mutation=Mutation, subscription=Subscription, extensions=[ErrorCodes])
+schema = strawberry.Schema(
+    query=Query,
+    mutation=Mutation,
+    subscription=Subscription,
+    extensions=[
+        partial(
+            QueryLimits,
+            max_depth=settings.GRAPHQL_MAX_DEPTH,
+            max_aliases=settings.GRAPHQL_MAX_ALIASES,
+            max_tokens=settings.GRAPHQL_MAX_TOKENS,
+            public_schema=settings.GRAPHIQL,
+        ),
+        ErrorCodes,
+    ],
+    execution_context_class=None if settings.GRAPHIQL else SuggestionFreeExecutor,
+)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from importlib import import_module
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -11,13 +14,44 @@ from django.conf import settings
 from django.http.request import validate_host
 from strawberry.channels import GraphQLWSConsumer
 from strawberry.exceptions import ConnectionRejectionError
+from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import BaseGraphQLTransportWSHandler
+from strawberry.subscriptions.protocols.graphql_ws.handlers import BaseGraphQLWSHandler
 
 from backend.tokens.services import token_user
 from schema.context import Context
+from schema.validation import json_decode
+
+
+class TransportWSHandler(BaseGraphQLTransportWSHandler[Any, Any]):
+    """graphql-transport-ws, closing with 4400 on any malformed message.
+
+    strawberry catches a missing key but not a message of the wrong shape (a JSON array, a payload
+    that is a string): the TypeError would end the handler and leave the socket open and deaf.
+    """
+
+    async def handle_message(self, message: Any) -> None:
+        try:
+            await super().handle_message(message)
+        except (TypeError, AttributeError, ValueError):
+            await self.handle_invalid_message("Failed to parse message")
+
+
+class LegacyWSHandler(BaseGraphQLWSHandler[Any, Any]):
+    """Legacy graphql-ws, which ignores what it cannot parse: a message of the wrong shape too."""
+
+    async def handle_message(self, message: Any) -> None:
+        with contextlib.suppress(TypeError, AttributeError, ValueError):
+            await super().handle_message(message)
 
 
 class UploadGraphQLWSConsumer(GraphQLWSConsumer):
     """Authenticates at `connection_init` (bearer token in the payload, else the session cookie)."""
+
+    graphql_transport_ws_handler_class = TransportWSHandler
+    graphql_ws_handler_class = LegacyWSHandler
+
+    def decode_json(self, data: str | bytes) -> object:
+        return json_decode(data)
 
     async def get_context(self, request: Any, response: Any) -> Context:  # type: ignore[override]
         return Context(request=request, ws=request)
@@ -25,15 +59,40 @@ class UploadGraphQLWSConsumer(GraphQLWSConsumer):
     async def on_ws_connect(self, context: Context) -> None:  # type: ignore[override]
         params = context.connection_params if isinstance(context.connection_params, dict) else {}
         authorization = next((v for k, v in params.items() if str(k).lower() == "authorization"), None)
+        token: str | None = None
         if authorization is not None:
             scheme, _, token = str(authorization).partition(" ")
-            user = await sync_to_async(token_user)(token=token.strip()) if scheme.lower() == "bearer" else None
+            token = token.strip() if scheme.lower() == "bearer" else None
+            user = await sync_to_async(token_user)(token=token) if token else None
         else:
             user = await _session_user(self.scope)
         if user is None:
             self.credential_refused = True
             raise ConnectionRejectionError({"message": "authentication failed"})
         context.user = user
+        self.credential_watch = asyncio.create_task(self._watch_credential(token=token, user_id=user.pk))
+
+    async def _watch_credential(self, *, token: str | None, user_id: Any) -> None:
+        """Close the socket with 4403 once its credential stops being valid (revoked, expired, user
+        deactivated, session ended), checking every WS_AUTH_RECHECK_SECONDS."""
+        while True:
+            await asyncio.sleep(settings.WS_AUTH_RECHECK_SECONDS)
+            if token is not None:
+                user = await sync_to_async(token_user)(token=token)
+            else:
+                user = await _session_user(self.scope, reload=True)
+            if user is None or user.pk != user_id:
+                self.credential_refused = True
+                await self.close()
+                return
+
+    async def disconnect(self, code: int) -> None:
+        watch = getattr(self, "credential_watch", None)
+        if watch is not None:
+            watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watch
+        await super().disconnect(code)
 
     async def close(self, code: int | bool | None = None, reason: str | None = None) -> None:
         """Close 4403 after a refused credential on both protocols.
@@ -53,8 +112,17 @@ class UploadGraphQLWSConsumer(GraphQLWSConsumer):
         return bool(hostname) and validate_host(hostname, settings.ALLOWED_HOSTS)
 
 
-async def _session_user(scope: dict[str, Any]) -> Any:
+async def _session_user(scope: dict[str, Any], *, reload: bool = False) -> Any:
+    """The session's active user, or None. `reload` reads the session again from its store (a
+    logout deletes it), instead of the copy loaded when the socket opened."""
     if "session" not in scope:
         return None
-    user = await get_user(scope)
-    return user if user.is_authenticated else None
+    if reload:
+        session = scope["session"]
+        if not session.session_key or not await session.aexists(session.session_key):
+            return None
+        store = import_module(settings.SESSION_ENGINE).SessionStore
+        user = await get_user({**scope, "session": store(session.session_key)})
+    else:
+        user = await get_user(scope)
+    return user if user.is_authenticated and user.is_active else None

@@ -17,25 +17,31 @@ logger = logging.getLogger(__name__)
 
 
 def error_code_for(error: GraphQLError) -> GraphQLError:
-    """The same error with `extensions.code` set, and its message masked if it is unexpected."""
+    """The same error with `extensions.code` set, and its message masked if it is unexpected.
+
+    Outside DEBUG, an error the contract has no code for answers INTERNAL_SERVER_ERROR with a fixed
+    message: no exception text, stack, file path or SQL reaches the client (the log has them).
+    """
     original = error.original_error
     if isinstance(original, UploadError):
         return _with_code(error, original.code, original.message)
     if isinstance(original, GraphQLError) and original.extensions and "code" in original.extensions:
         return _with_code(error, str(original.extensions["code"]), original.message)
     if error.extensions and "code" in error.extensions:
-        return error
-    if original is None:
+        # A copy all the same: over graphql-transport-ws, strawberry closes the socket on a
+        # GraphQLSyntaxError; a document over the token limit answers an error message like any other.
+        return _with_code(error, str(error.extensions["code"]), error.message)
+    if original is None or isinstance(original, GraphQLError):
+        # graphql-core's own request errors: the document, or the variables against it.
         if error.message.startswith("Syntax Error"):
             return _with_code(error, "GRAPHQL_PARSE_FAILED", error.message)
         if error.message.startswith("Variable '$"):
             return _with_code(error, "BAD_USER_INPUT", error.message)
         if error.path is None:
             return _with_code(error, "GRAPHQL_VALIDATION_FAILED", error.message)
-        return _with_code(error, "INTERNAL_SERVER_ERROR", error.message)
-    logger.error("unexpected error in a resolver", exc_info=original)
-    message = f"{type(original).__name__}: {original}" if settings.DEBUG else "Internal server error"
-    return _with_code(error, "INTERNAL_SERVER_ERROR", message)
+    logger.error("unexpected error in a resolver: %s", error.message, exc_info=original)
+    message = (f"{type(original).__name__}: {original}" if original else error.message) if settings.DEBUG else ""
+    return _with_code(error, "INTERNAL_SERVER_ERROR", message or "Internal server error")
 
 
 def _with_code(error: GraphQLError, code: str, message: str) -> GraphQLError:

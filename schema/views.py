@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import logging
 from collections.abc import Mapping
 from typing import Any
 
 from asgiref.sync import sync_to_async
 from cross_web import HTTPException
 from django.conf import settings
-from django.core.exceptions import RequestDataTooBig, TooManyFilesSent
+from django.core.exceptions import SuspiciousOperation
 from django.http import HttpRequest, HttpResponse
 from django.http.multipartparser import MultiPartParserError
 from django.http.response import HttpResponseBase
@@ -19,6 +21,9 @@ from backend.http_errors import error_response
 from backend.tokens.services import token_user
 from backend.uploads.staging import FileTooLarge, staging_discard_incoming
 from schema.context import Context
+from schema.validation import json_decode
+
+logger = logging.getLogger(__name__)
 
 
 class InvalidToken(Exception):
@@ -35,6 +40,11 @@ class UploadGraphQLView(AsyncGraphQLView[Context, None]):
             # strawberry answers 404 for a browser GET while GraphiQL is off.
             code = "NOT_FOUND" if exc.status_code == 404 else "BAD_REQUEST"
             return error_response(exc.status_code, code, exc.reason)
+        except Exception:
+            # The last resort the contract asks for: a JSON answer with a code, never Django's HTML
+            # 500 page; the details go to the log only.
+            logger.exception("unexpected error handling a /graphql request")
+            return error_response(200, "INTERNAL_SERVER_ERROR", "Internal server error")
         finally:
             staging_discard_incoming(getattr(request, "staged_paths", []))
 
@@ -51,11 +61,17 @@ class UploadGraphQLView(AsyncGraphQLView[Context, None]):
                 refused = await sync_to_async(_read_body, thread_sensitive=False)(request, by_session)
             except FileTooLarge as exc:
                 return error_response(413, "FILE_TOO_LARGE", str(exc))
-            except (MultiPartParserError, TooManyFilesSent, RequestDataTooBig, UnicodeDecodeError) as exc:
+            except (MultiPartParserError, SuspiciousOperation, UnicodeDecodeError) as exc:
+                # SuspiciousOperation covers Django's own limits: too many files (TooManyFilesSent) or
+                # fields, and `operations` plus `map` over DATA_UPLOAD_MAX_MEMORY_SIZE (RequestDataTooBig).
                 return error_response(400, "BAD_REQUEST", f"malformed multipart request: {exc}")
             if refused is not None:
                 return refused
-        return await self.run(request=request)
+        try:
+            return await self.run(request=request)
+        except SuspiciousOperation as exc:
+            # A JSON body over DATA_UPLOAD_MAX_MEMORY_SIZE, read by strawberry (RequestDataTooBig).
+            return error_response(400, "BAD_REQUEST", f"malformed request: {exc}")
 
     async def get_context(self, request: HttpRequest, response: HttpResponse) -> Context:  # type: ignore[override]
         return Context(
@@ -65,10 +81,17 @@ class UploadGraphQLView(AsyncGraphQLView[Context, None]):
             base_url=settings.PUBLIC_BASE_URL or request.build_absolute_uri("/").rstrip("/"),
         )
 
+    def decode_json(self, data: str | bytes) -> object:
+        return json_decode(data)
+
     async def parse_multipart(self, request: Any) -> dict[str, Any]:
         form_data = await request.get_form_data()
+        for fields in (form_data.form, form_data.files):
+            repeated = sorted(name for name in fields if len(fields.getlist(name)) > 1)
+            if repeated:
+                raise HTTPException(400, f"part(s) {repeated} appear more than once")
         operations = self.parse_json(form_data.form.get("operations", ""))
-        files_map = self.parse_json(form_data.form.get("map", "{}"))
+        files_map = _parse_map(form_data.form.get("map", "{}"))
         return _replace_file_placeholders(operations, files_map, form_data.files)
 
 
@@ -100,6 +123,21 @@ def _read_body(request: HttpRequest, by_session: bool) -> HttpResponseBase | Non
     return None
 
 
+def _parse_map(text: str) -> Any:
+    """The `map` field, refusing a key given twice (JSON would silently keep the last one)."""
+
+    def unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        keys = [key for key, _ in pairs]
+        if len(keys) != len(set(keys)):
+            raise HTTPException(400, "map names a file more than once")
+        return dict(pairs)
+
+    try:
+        return json_decode(text, object_pairs_hook=unique_keys)
+    except json.JSONDecodeError as exc:
+        raise HTTPException(400, "map is not valid JSON") from exc
+
+
 def _replace_file_placeholders(operations: Any, files_map: Any, files: Mapping[str, Any]) -> Any:
     """Put each file where the multipart `map` says, refusing anything the spec does not allow."""
     if not isinstance(operations, (dict, list)):
@@ -109,8 +147,8 @@ def _replace_file_placeholders(operations: Any, files_map: Any, files: Mapping[s
     for field_name, paths in files_map.items():
         if field_name not in files:
             raise HTTPException(400, f"map names file {field_name!r}, which the request does not carry")
-        if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
-            raise HTTPException(400, f"map entry {field_name!r} must be a list of paths")
+        if not isinstance(paths, list) or not paths or not all(isinstance(p, str) for p in paths):
+            raise HTTPException(400, f"map entry {field_name!r} must be a non-empty list of paths")
         for path in paths:
             _place(operations, path, files[field_name])
     unmapped = set(files) - set(files_map)

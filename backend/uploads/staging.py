@@ -53,6 +53,12 @@ class StagedFile(UploadedFile):
         self.sha256 = sha256
         self.head = head
 
+    def close(self) -> None:
+        # Django's multipart parser closes every file it collected when the request is refused
+        # part-way (too many files, say), including ones never opened.
+        if self.file is not None:
+            super().close()
+
     def open(self, mode: str | None = None, *args: Any, **kwargs: Any) -> StagedFile:
         self.file = open(self.path, mode or "rb")  # noqa: SIM115 - closed by UploadedFile.close
         return self
