@@ -113,6 +113,7 @@ class Stack:
     root: Path
     server: Any = None
     workers: list[Any] = field(default_factory=list)
+    cron: Any = None
 
     @property
     def url(self) -> str:
@@ -130,7 +131,16 @@ class Stack:
         self.workers.append(worker)
         return worker
 
+    def start_cron(self) -> Any:
+        """Run the periodic-jobs scheduler (reaper, sweep) for this stack."""
+        from tests.support.processes import Cron
+
+        self.cron = Cron(env=self.env, log=self.root / "cron.log").start()
+        return self.cron
+
     def stop(self) -> None:
+        if self.cron is not None:
+            self.cron.stop()
         for worker in self.workers:
             worker.stop()
         if self.server is not None:
@@ -138,14 +148,20 @@ class Stack:
 
 
 def _new_stack(
-    session_root: Path, *, env: dict[str, str] | None, workers: int, faults: dict[str, Any] | None, server: str
+    session_root: Path,
+    *,
+    env: dict[str, str] | None,
+    workers: int,
+    faults: dict[str, Any] | None,
+    server: str,
+    redis_url: str | None = None,
 ) -> Stack:
     from tests.support.processes import Server
 
     db = next(_REDIS_DBS)
     root = session_root / f"stack-{db}"
     root.mkdir()
-    stack_env = {**os.environ, "REDIS_URL": f"{_SESSION['redis_base']}/{db}", **(env or {})}
+    stack_env = {**os.environ, "REDIS_URL": redis_url or f"{_SESSION['redis_base']}/{db}", **(env or {})}
     stack = Stack(env=stack_env, root=root)
     stack.server = Server(env=stack_env, log=root / "server.log", server=server).start()
     for _ in range(workers):
@@ -163,7 +179,10 @@ def stack(session_root: Path) -> Iterator[Stack]:
 
 @pytest.fixture
 def make_stack(session_root: Path) -> Iterator[Callable[..., Stack]]:
-    """A private stack with its own settings, workers and storage faults; stopped after the test."""
+    """A private stack with its own settings, workers and storage faults; stopped after the test.
+
+    `redis_url` gives it a Redis of its own (a test that stops Redis must not stop everyone's).
+    """
     made: list[Stack] = []
 
     def make(
@@ -171,8 +190,9 @@ def make_stack(session_root: Path) -> Iterator[Callable[..., Stack]]:
         workers: int = 1,
         faults: dict[str, Any] | None = None,
         server: str = "uvicorn",
+        redis_url: str | None = None,
     ) -> Stack:
-        new = _new_stack(session_root, env=env, workers=workers, faults=faults, server=server)
+        new = _new_stack(session_root, env=env, workers=workers, faults=faults, server=server, redis_url=redis_url)
         made.append(new)
         return new
 

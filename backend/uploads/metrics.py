@@ -9,11 +9,16 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from functools import cache
 
 import django_rq
+import redis
+from django.conf import settings
 from django.db.models import Count
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from backend.uploads.models import FileUpload, UploadStatus
 
@@ -28,10 +33,18 @@ COUNTERS = {
 }
 
 
+@cache
+def _counters() -> redis.Redis:
+    """A client of its own that fails at once: a part must not wait on Redis retries for a metric."""
+    return redis.Redis.from_url(
+        settings.REDIS_URL, retry=Retry(NoBackoff(), 0), socket_connect_timeout=1, socket_timeout=1
+    )
+
+
 def metrics_count(name: str, amount: int = 1) -> None:
     """Add `amount` to the shared counter `name` (one of COUNTERS)."""
     try:
-        django_rq.get_connection("default").incrby(_KEY + name, amount)
+        _counters().incrby(_KEY + name, amount)
     except Exception:
         logger.debug("metrics counter %s not updated", name, exc_info=True)
 
@@ -43,10 +56,13 @@ class UploadCollector(Collector):
         for status in UploadStatus:
             uploads.add_metric([status.value], by_status.get(status.value, 0))
         yield uploads
-        connection = django_rq.get_connection("default")
-        values = connection.mget([_KEY + name for name in COUNTERS])
+        try:
+            values = _counters().mget([_KEY + name for name in COUNTERS])
+            depth = django_rq.get_queue("default", connection=_counters()).count
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
+            # Redis is away: the scrape still answers, without what only Redis knows.
+            logger.warning("metrics: Redis unreachable; counters and queue depth left out")
+            return
         for (name, description), value in zip(COUNTERS.items(), values, strict=True):
             yield CounterMetricFamily(f"uploads_{name}", description, value=int(value or 0))
-        yield GaugeMetricFamily(
-            "uploads_queue_depth", "Jobs waiting in the queue", value=django_rq.get_queue("default").count
-        )
+        yield GaugeMetricFamily("uploads_queue_depth", "Jobs waiting in the queue", value=depth)

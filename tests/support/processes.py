@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 import httpx
 import psutil
 
-from backend.stack import free_port
+from backend.stack import free_port, redis_embedded_start
 
 ROOT = Path(__file__).resolve().parents[2]
 T = TypeVar("T")
@@ -121,6 +121,46 @@ class Worker:
 
     def stop(self) -> None:
         _stop(self.process)
+
+
+@dataclass
+class Cron:
+    """The periodic-jobs scheduler (the reaper and the sweep), as `make run` starts it."""
+
+    env: dict[str, str]
+    log: Path
+    process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Cron:
+        self.process = _spawn([sys.executable, "manage.py", "rqcron", "backend.uploads.cron"], self.env, self.log)
+        return self
+
+    def stop(self) -> None:
+        _stop(self.process)
+
+
+@dataclass
+class RedisServer:
+    """A redis-server of a test's own, which the test may stop and start again on the same port."""
+
+    directory: Path
+    persistent: bool = True
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> RedisServer:
+        self.process, _ = redis_embedded_start(self.directory, port=self.port, persistent=self.persistent)
+        return self
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        """Stop it with `sig`: SIGTERM lets it write its files, SIGKILL does not."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(sig)
+            self.process.wait(10)
 
 
 def _stop(process: subprocess.Popen[bytes] | None) -> None:
