@@ -16,7 +16,9 @@ from rq import cron
 from backend.uploads.jobs import uploads_reap, uploads_sweep
 from backend.uploads.worker import MAINTENANCE_QUEUE
 
-cron.register(uploads_reap, queue_name=MAINTENANCE_QUEUE, interval=max(5, int(settings.UPLOAD_STALE_AFTER_SECONDS // 4)))
+cron.register(
+    uploads_reap, queue_name=MAINTENANCE_QUEUE, interval=max(5, int(settings.UPLOAD_STALE_AFTER_SECONDS // 4))
+)
 cron.register(
     uploads_sweep,
     queue_name=MAINTENANCE_QUEUE,

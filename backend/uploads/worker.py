@@ -57,7 +57,7 @@ class UploadWorker(Worker):
     max_connection_wait_time = 2.0
 
     def __init__(self, queues: Any, *args: Any, **kwargs: Any) -> None:
-        listed = [queues] if isinstance(queues, (str, Queue)) else list(queues)
+        listed: list[Any] = [queues] if isinstance(queues, (str, Queue)) else list(queues)
         if MAINTENANCE_QUEUE not in {getattr(q, "name", q) for q in listed}:
             listed.insert(0, MAINTENANCE_QUEUE)  # first: RQ dequeues from its queues in order
         super().__init__(listed, *args, **kwargs)
@@ -100,7 +100,9 @@ class UploadWorker(Worker):
         A connection error before the fork leaves the job unstarted (the reaper queues its upload
         again); after the horse ended, only RQ's record of the result is lost.
         """
-        _unless_redis_away(f"bookkeeping of job {job.id}", lambda: super(UploadWorker, self).execute_job(job, queue), None)
+        _unless_redis_away(
+            f"bookkeeping of job {job.id}", lambda: super(UploadWorker, self).execute_job(job, queue), None
+        )
 
     def teardown(self) -> None:
         _unless_redis_away("worker deregistration", super().teardown, None)
@@ -132,13 +134,19 @@ class UploadCronScheduler(DjangoCronScheduler):
     def save(self, pipeline: Any = None) -> None:
         _unless_redis_away("cron scheduler state", lambda: super(UploadCronScheduler, self).save(pipeline), None)
 
+    def register_birth(self) -> None:
+        # Started while Redis is away: the first heartbeat that reaches it registers the scheduler.
+        _unless_redis_away("cron registration", super().register_birth, None)
+
     def heartbeat(self) -> None:
         _unless_redis_away("cron heartbeat", super().heartbeat, None)
 
     def register_death(self, pipeline: Any = None) -> None:
-        _unless_redis_away("cron deregistration", lambda: super(UploadCronScheduler, self).register_death(pipeline), None)
+        _unless_redis_away(
+            "cron deregistration", lambda: super(UploadCronScheduler, self).register_death(pipeline), None
+        )
 
     def calculate_sleep_interval(self) -> float:
-        interval = float(super().calculate_sleep_interval())
-        return max(interval, CRON_RETRY_SECONDS) if self._redis_away else interval
-
+        # While Redis is away RQ's interval may be its 60 s default (a job that never ran has no
+        # next time): try again soon instead, the due jobs are still due.
+        return CRON_RETRY_SECONDS if self._redis_away else float(super().calculate_sleep_interval())
