@@ -131,6 +131,15 @@ class Stack:
         self.workers.append(worker)
         return worker
 
+    def add_worker_pool(self, workers: int) -> Any:
+        """`rqworker-pool` with `workers` UploadWorkers, as `make run` starts them (no fault hooks)."""
+        from tests.support.processes import WORKER_POOL, Worker
+
+        command = [*WORKER_POOL, "--num-workers", str(workers)]
+        pool = Worker(env=self.env, log=self.root / f"worker-{len(self.workers)}.log", command=command).start()
+        self.workers.append(pool)
+        return pool
+
     def start_cron(self) -> Any:
         """Run the periodic-jobs scheduler (reaper, sweep) for this stack."""
         from tests.support.processes import Cron

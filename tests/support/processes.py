@@ -20,6 +20,7 @@ import psutil
 from backend.stack import free_port, redis_embedded_start
 
 ROOT = Path(__file__).resolve().parents[2]
+UPLOAD_WORKER = "backend.uploads.worker.UploadWorker"
 T = TypeVar("T")
 
 
@@ -93,20 +94,28 @@ class Server:
         _stop(self.process)
 
 
+# What `make run` starts: a pool that respawns a worker that dies (no fault hooks in it).
+WORKER_POOL = [sys.executable, "manage.py", "rqworker-pool", "default", "--worker-class", UPLOAD_WORKER]
+
+
 @dataclass
 class Worker:
-    """One real RQ worker process (forking a work horse per job), optionally with storage faults."""
+    """One real RQ worker process (forking a work horse per job), optionally with storage faults.
+
+    `command` may instead run a whole worker pool (WORKER_POOL plus `--num-workers N`).
+    """
 
     env: dict[str, str]
     log: Path
     faults: dict[str, Any] | None = None
     process: subprocess.Popen[bytes] | None = None
+    command: list[str] = field(default_factory=lambda: [sys.executable, "-m", "tests.support.worker"])
 
     def start(self) -> Worker:
         env = dict(self.env)
         if self.faults:
             env["TEST_STORAGE_FAULTS"] = json.dumps(self.faults)
-        self.process = _spawn([sys.executable, "-m", "tests.support.worker"], env, self.log)
+        self.process = _spawn(self.command, env, self.log)
         return self
 
     def kill(self) -> None:
