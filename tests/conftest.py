@@ -29,7 +29,7 @@ def pytest_configure(config: pytest.Config) -> None:
     if "DJANGO_SETTINGS_MODULE" in _SESSION:
         return
     root = Path(tempfile.mkdtemp(prefix="upload-tests-"))
-    redis_process, redis_url = redis_embedded_start(root / "redis", databases=REDIS_DATABASES)
+    redis_process, redis_url = redis_embedded_start(root / "redis", databases=REDIS_DATABASES, persistent=False)
     base = redis_url.rsplit("/", 1)[0]
     os.environ.update(
         {

@@ -99,7 +99,9 @@ def test_uploads_and_subscribers_come_through_a_redis_restart(
         assert status == 503 and body["redis"] != "ok" and body["database"] == "ok", body
         metrics = await asyncio.to_thread(httpx.get, f"{stack.url}/metrics", timeout=30)
         assert metrics.status_code == 200 and "uploads{" in metrics.text, metrics.text
+        sent_at = time.monotonic()
         during = await asyncio.to_thread(send, 99)
+        print(f"uploadFile while Redis is down answered QUEUED in {time.monotonic() - sent_at:.1f}s")
         await asyncio.sleep(OUTAGE_SECONDS - (time.monotonic() - timeline["down"]))
         rows = await asyncio.to_thread(_rows, ids)
         not_started = {upload_id for upload_id, row in rows.items() if row.parts_uploaded == 0}
