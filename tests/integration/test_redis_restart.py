@@ -21,6 +21,7 @@ from typing import Any
 
 import httpx
 import pytest
+import websockets
 
 from backend.uploads.models import FileUpload, UploadStatus
 from tests.support.client import data_of, subscriber, upload_file
@@ -85,6 +86,17 @@ def test_uploads_and_subscribers_come_through_a_redis_restart(
         contents[upload["id"]] = _content(n)
         return upload["id"]
 
+    async def new_subscription_while_down(upload_id: str) -> str:
+        """A websocket opened while Redis is down is refused or closed, or its subscription errs."""
+        try:
+            async with subscriber(stack.ws_url, api_user.token) as late:
+                await late.subscribe(upload_id)
+                return str((await asyncio.wait_for(late.receive(), timeout=8))["type"])
+        except websockets.exceptions.InvalidStatus:
+            return "refused"
+        except websockets.exceptions.ConnectionClosed:
+            return "closed"
+
     async def outage(ids: list[str]) -> tuple[str, set[str]]:
         """Stop Redis once two transfers are under way; send an upload and probe /readyz meanwhile."""
         await asyncio.to_thread(
@@ -99,6 +111,9 @@ def test_uploads_and_subscribers_come_through_a_redis_restart(
         assert status == 503 and body["redis"] != "ok" and body["database"] == "ok", body
         metrics = await asyncio.to_thread(httpx.get, f"{stack.url}/metrics", timeout=30)
         assert metrics.status_code == 200 and "uploads{" in metrics.text, metrics.text
+        late = await new_subscription_while_down(ids[0])
+        print(f"a new subscription while Redis is down: {late}")
+        assert late in ("refused", "closed", "error"), late
         sent_at = time.monotonic()
         during = await asyncio.to_thread(send, 99)
         print(f"uploadFile while Redis is down answered QUEUED in {time.monotonic() - sent_at:.1f}s")
