@@ -67,10 +67,11 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "corsheaders",
     "channels",
-    "django_rq",
+    # Before django_rq: its `rqcron` command replaces django-rq's (backend/uploads/management).
     "backend.tokens",
     "backend.uploads",
     "backend.web",
+    "django_rq",
 ]
 
 MIDDLEWARE = [
@@ -141,7 +142,8 @@ else:
 # Unset REDIS_URL means "development": `make run` starts an embedded Redis and exports its URL.
 
 REDIS_URL = env.str("REDIS_URL", default="redis://127.0.0.1:6379/0")
-RQ_QUEUES = {"default": {"URL": REDIS_URL, "DEFAULT_TIMEOUT": 3600}}
+# "maintenance" holds the periodic jobs (reaper, sweep); every UploadWorker drains it first.
+RQ_QUEUES = {name: {"URL": REDIS_URL, "DEFAULT_TIMEOUT": 3600} for name in ("default", "maintenance")}
 RQ = {"COMMIT_MODE": "on_db_commit"}
 CHANNEL_LAYERS = {
     "default": {

@@ -41,10 +41,17 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def redis_embedded_start(directory: Path, *, databases: int = 16) -> tuple[subprocess.Popen[bytes], str]:
-    """A private redis-server on a free port with its files under `directory`; returns (process, URL)."""
+def redis_embedded_start(
+    directory: Path, *, databases: int = 16, port: int | None = None, persistent: bool = True
+) -> tuple[subprocess.Popen[bytes], str]:
+    """A private redis-server with its files under `directory`; returns (process, URL).
+
+    On a free port unless `port` is given (a restart on the same port). `persistent` keeps an
+    append-only file, as a production Redis should: queued jobs then survive a restart. Without
+    it nothing is saved and a restart starts empty (the reaper re-enqueues what was lost).
+    """
     directory.mkdir(parents=True, exist_ok=True)
-    port = free_port()
+    port = port or free_port()
     process = subprocess.Popen(
         [
             redis_server_binary(),
@@ -55,15 +62,16 @@ def redis_embedded_start(directory: Path, *, databases: int = 16) -> tuple[subpr
             "--dir",
             str(directory),
             "--save",
-            "60 1",
+            "60 1" if persistent else "",
             "--appendonly",
-            "no",
+            "yes" if persistent else "no",
             "--logfile",
             str(directory / "redis.log"),
             "--databases",
             str(databases),
         ],
         stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,  # it writes to its logfile
     )
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:

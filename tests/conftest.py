@@ -36,7 +36,7 @@ def pytest_configure(config: pytest.Config) -> None:
     database = os.environ.get("TEST_DATABASE", "sqlite")
     if database not in ("sqlite", "postgres"):
         raise pytest.UsageError(f"TEST_DATABASE must be sqlite or postgres, not {database!r}")
-    redis_process, redis_url = redis_embedded_start(root / "redis", databases=REDIS_DATABASES)
+    redis_process, redis_url = redis_embedded_start(root / "redis", databases=REDIS_DATABASES, persistent=False)
     _SESSION.update(root=root, redis=redis_process)
     base = redis_url.rsplit("/", 1)[0]
     database_url = f"sqlite:///{root / 'db.sqlite3'}"
@@ -160,17 +160,25 @@ class Stack:
         self.servers.append(server)
         return server
 
-    def start_cron(self) -> None:
-        """The periodic jobs' scheduler (`manage.py rqcron backend.uploads.cron`), as `make run` runs it."""
-        from tests.support.processes import _spawn
+    def add_worker_pool(self, workers: int) -> Any:
+        """`rqworker-pool` with `workers` UploadWorkers, as `make run` starts them (no fault hooks)."""
+        from tests.support.processes import WORKER_POOL, Worker
 
-        command = [sys.executable, "manage.py", "rqcron", "backend.uploads.cron"]
-        self.cron = _spawn(command, self.env, self.root / "cron.log")
+        command = [*WORKER_POOL, "--num-workers", str(workers)]
+        pool = Worker(env=self.env, log=self.root / f"worker-{len(self.workers)}.log", command=command).start()
+        self.workers.append(pool)
+        return pool
+
+    def start_cron(self) -> Any:
+        """Run the periodic-jobs scheduler (reaper, sweep) for this stack."""
+        from tests.support.processes import Cron
+
+        self.cron = Cron(env=self.env, log=self.root / "cron.log").start()
+        return self.cron
 
     def stop(self) -> None:
-        from tests.support.processes import _stop
-
-        _stop(self.cron)
+        if self.cron is not None:
+            self.cron.stop()
         for worker in self.workers:
             worker.stop()
         for server in self.servers:
@@ -178,14 +186,20 @@ class Stack:
 
 
 def _new_stack(
-    session_root: Path, *, env: dict[str, str] | None, workers: int, faults: dict[str, Any] | None, server: str
+    session_root: Path,
+    *,
+    env: dict[str, str] | None,
+    workers: int,
+    faults: dict[str, Any] | None,
+    server: str,
+    redis_url: str | None = None,
 ) -> Stack:
     from tests.support.processes import Server
 
     db = next(_REDIS_DBS)
     root = session_root / f"stack-{db}"
     root.mkdir()
-    stack_env = {**os.environ, "REDIS_URL": f"{_SESSION['redis_base']}/{db}", **(env or {})}
+    stack_env = {**os.environ, "REDIS_URL": redis_url or f"{_SESSION['redis_base']}/{db}", **(env or {})}
     stack = Stack(env=stack_env, root=root)
     stack.server = Server(env=stack_env, log=root / "server.log", server=server).start()
     stack.servers.append(stack.server)
@@ -204,7 +218,10 @@ def stack(session_root: Path) -> Iterator[Stack]:
 
 @pytest.fixture
 def make_stack(session_root: Path) -> Iterator[Callable[..., Stack]]:
-    """A private stack with its own settings, workers and storage faults; stopped after the test."""
+    """A private stack with its own settings, workers and storage faults; stopped after the test.
+
+    `redis_url` gives it a Redis of its own (a test that stops Redis must not stop everyone's).
+    """
     made: list[Stack] = []
 
     def make(
@@ -212,8 +229,9 @@ def make_stack(session_root: Path) -> Iterator[Callable[..., Stack]]:
         workers: int = 1,
         faults: dict[str, Any] | None = None,
         server: str = "uvicorn",
+        redis_url: str | None = None,
     ) -> Stack:
-        new = _new_stack(session_root, env=env, workers=workers, faults=faults, server=server)
+        new = _new_stack(session_root, env=env, workers=workers, faults=faults, server=server, redis_url=redis_url)
         made.append(new)
         return new
 

@@ -3,7 +3,9 @@
 Each runs once when the scheduler starts, then every interval. The reaper's interval follows
 UPLOAD_STALE_AFTER_SECONDS so a silent transfer is picked up soon after it goes stale; the sweep's
 follows UPLOAD_STAGING_TTL (a quarter of it, between a minute and ten) so expired bytes do not
-linger long past their time.
+linger long past their time. Both go to the maintenance queue, which workers drain before the
+transfers. `rqcron` here is this project's command (`UploadCronScheduler`, which outlives a Redis
+outage), not django-rq's.
 """
 
 from __future__ import annotations
@@ -12,11 +14,14 @@ from django.conf import settings
 from rq import cron
 
 from backend.uploads.jobs import uploads_reap, uploads_sweep
+from backend.uploads.worker import MAINTENANCE_QUEUE
 
-cron.register(uploads_reap, queue_name="default", interval=max(5, int(settings.UPLOAD_STALE_AFTER_SECONDS // 4)))
+cron.register(
+    uploads_reap, queue_name=MAINTENANCE_QUEUE, interval=max(5, int(settings.UPLOAD_STALE_AFTER_SECONDS // 4))
+)
 cron.register(
     uploads_sweep,
-    queue_name="default",
+    queue_name=MAINTENANCE_QUEUE,
     interval=min(600, max(60, int(settings.UPLOAD_STAGING_TTL // 4))),
     job_timeout=3600,
 )

@@ -19,14 +19,18 @@ import os
 import socket
 import uuid
 from collections.abc import Iterator
+from functools import cache
 from typing import Any
 
 import django_rq
+import redis
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db.models import Count
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from backend.uploads.models import FileUpload, UploadStatus
 
@@ -42,10 +46,18 @@ COUNTERS = {
 }
 
 
+@cache
+def _counters() -> redis.Redis:
+    """A client of its own that fails at once: a part must not wait on Redis retries for a metric."""
+    return redis.Redis.from_url(
+        settings.REDIS_URL, retry=Retry(NoBackoff(), 0), socket_connect_timeout=1, socket_timeout=1
+    )
+
+
 def metrics_count(name: str, amount: int = 1) -> None:
     """Add `amount` to the shared counter `name` (one of COUNTERS)."""
     try:
-        django_rq.get_connection("default").incrby(_KEY + name, amount)
+        _counters().incrby(_KEY + name, amount)
     except Exception:
         logger.debug("metrics counter %s not updated", name, exc_info=True)
 
@@ -62,7 +74,7 @@ def metrics_observe_transfer(*, seconds: float, outcome: str) -> None:
     """Record one transfer run of `seconds` that ended `outcome` (one of DURATION_OUTCOMES)."""
     bucket = next((str(b) for b in DURATION_BUCKETS if seconds <= b), "+Inf")
     try:
-        pipe = django_rq.get_connection("default").pipeline(transaction=True)
+        pipe = _counters().pipeline(transaction=True)
         key = _DURATION_KEY + outcome
         pipe.hincrby(key, bucket, 1)
         pipe.hincrby(key, "count", 1)
@@ -191,16 +203,22 @@ class UploadCollector(Collector):
         for status in UploadStatus:
             uploads.add_metric([status.value], by_status.get(status.value, 0))
         yield uploads
-        connection = django_rq.get_connection("default")
-        values = connection.mget([_KEY + name for name in COUNTERS])
+        try:
+            connection = _counters()
+            values = connection.mget([_KEY + name for name in COUNTERS])
+            depth = django_rq.get_queue("default", connection=connection).count
+            durations = _duration_histogram(connection)
+            subscriptions = _subscriptions_active(connection)
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
+            # Redis is away: the scrape still answers, without what only Redis knows.
+            logger.warning("metrics: Redis unreachable; counters, durations, queue depth and subscriptions left out")
+            return
         for (name, description), value in zip(COUNTERS.items(), values, strict=True):
             yield CounterMetricFamily(f"uploads_{name}", description, value=int(value or 0))
-        yield _duration_histogram(connection)
-        yield GaugeMetricFamily(
-            "uploads_queue_depth", "Jobs waiting in the queue", value=django_rq.get_queue("default").count
-        )
+        yield durations
+        yield GaugeMetricFamily("uploads_queue_depth", "Jobs waiting in the queue", value=depth)
         yield GaugeMetricFamily(
             "uploads_subscriptions_active",
             "Open uploadProgress subscriptions, summed over the server processes alive",
-            value=_subscriptions_active(connection),
+            value=subscriptions,
         )

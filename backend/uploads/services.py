@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import django_rq
+import redis
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import IntegrityError, transaction
@@ -107,27 +108,35 @@ def upload_create(*, user: AbstractBaseUser, file: StagedFile, sha256: str | Non
             staged_at=timezone.now(),
         )
         file.path.rename(staging_path(upload_id))
-        try:
-            _upload_enqueue(upload)
-        except Exception:
-            staging_path(upload_id).rename(file.path)
-            raise
+        _upload_enqueue(upload)
     metrics_count("bytes_received", upload.size)
     logger.info("upload %s accepted: %s, %d bytes", upload.id, upload.filename, upload.size)
     return upload
 
 
 def _upload_enqueue(upload: FileUpload, *, redelivery: bool = False) -> None:
-    """Queue the transfer job once the surrounding transaction commits."""
-    from backend.uploads.jobs import upload_transfer
+    """Queue the transfer job once the surrounding transaction commits.
 
+    If Redis cannot take the job (it is down or restarting), the upload stays QUEUED with its
+    job missing and the reaper queues it again (`upload_requeue_lost`) once Redis is back: the
+    row, not the queue, is the record that the upload is owed a transfer.
+    """
     job_id = f"transfer-{upload.id}-{upload.sequence}"
     if redelivery:
         # The lost job keeps its id in RQ's registries; the new one must not share it.
         job_id += f"-{uuid.uuid4().hex[:8]}"
     FileUpload.objects.filter(id=upload.id).update(job_id=job_id)
     timeout = 600 + upload.size // (1024 * 1024) + upload.parts_total * settings.UPLOAD_PART_DELAY_MS // 1000 * 2
-    django_rq.get_queue("default").enqueue(upload_transfer, str(upload.id), job_id=job_id, job_timeout=timeout)
+    transaction.on_commit(partial(_job_enqueue, upload_id=upload.id, job_id=job_id, timeout=timeout))
+
+
+def _job_enqueue(*, upload_id: uuid.UUID, job_id: str, timeout: int) -> None:
+    from backend.uploads.jobs import upload_transfer
+
+    try:
+        django_rq.get_queue("default").enqueue(upload_transfer, str(upload_id), job_id=job_id, job_timeout=timeout)
+    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+        logger.warning("upload %s: Redis unreachable, the reaper will queue job %s: %s", upload_id, job_id, exc)
 
 
 # --- moving through the state table -----------------------------------------------------------

@@ -1,4 +1,4 @@
-"""The RQ worker class for transfers: a warm shutdown stops a transfer between parts.
+"""The RQ processes: the transfer worker and the periodic-jobs scheduler.
 
 RQ's warm shutdown (SIGTERM) waits for the whole job, and its work horse dies on SIGTERM with no
 clean-up. Here the worker passes SIGTERM on to the horse, whose handler only sets a flag: the
@@ -7,24 +7,70 @@ upload back to the queue, where another worker resumes it from the confirmed par
 
 The worker closes its database connections before each fork: a work horse must never use (or,
 closing it, terminate) a connection that belongs to its parent.
+
+Both processes outlive a Redis outage. RQ's worker retries only its dequeue: a connection error
+in any other bookkeeping write (its heartbeat while a horse transfers, its state) ends the worker,
+and RQ's cron scheduler stops on the first one. Here that bookkeeping is skipped while Redis is
+away (it only feeds RQ's registries and dashboards; the upload row is the truth), the horse goes
+on transferring, and both carry on once Redis answers again. Jobs a Redis without persistence lost
+are queued again by the reaper (`services.upload_requeue_lost`).
 """
 
 from __future__ import annotations
 
+import logging
 import signal
+from collections.abc import Callable
 from types import FrameType
+from typing import Any, TypeVar
 
+import redis
 from django.db import connections
+from django_rq.cron import DjangoCronScheduler
 from rq import Queue, Worker
+from rq.cron import CronJob
 from rq.job import Job
 
 from backend.uploads.transfer import stop_requested
 
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# The periodic jobs (reaper, sweep) have a queue of their own that every UploadWorker drains
+# before the transfers, so a backlog of transfers never delays the reaper behind it.
+MAINTENANCE_QUEUE = "maintenance"
+
+REDIS_UNREACHABLE = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+# How long the scheduler waits before trying Redis again after a failed round.
+CRON_RETRY_SECONDS = 2.0
+
+
+def _unless_redis_away(what: str, call: Callable[[], T], default: T) -> T:
+    """Run a bookkeeping call; while Redis is unreachable, log it and answer `default`."""
+    try:
+        return call()
+    except REDIS_UNREACHABLE as exc:
+        logger.warning("Redis unreachable, %s skipped: %s", what, exc)
+        return default
+
 
 class UploadWorker(Worker):
+    # While Redis is away the dequeue is retried at most every 2 s (RQ's default backs off to 60 s,
+    # leaving a worker idle for up to a minute after Redis is back).
+    max_connection_wait_time = 2.0
+
+    def __init__(self, queues: Any, *args: Any, **kwargs: Any) -> None:
+        listed: list[Any] = [queues] if isinstance(queues, (str, Queue)) else list(queues)
+        if MAINTENANCE_QUEUE not in {getattr(q, "name", q) for q in listed}:
+            listed.insert(0, MAINTENANCE_QUEUE)  # first: RQ dequeues from its queues in order
+        super().__init__(listed, *args, **kwargs)
+
     def fork_work_horse(self, job: Job, queue: Queue) -> None:
-        connections.close_all()
+        connections.close_all()  # the horse opens its own; it must not inherit (and close) ours
         super().fork_work_horse(job, queue)
+
+    # --- graceful stop -------------------------------------------------------------------------
 
     def setup_work_horse_signals(self) -> None:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -38,6 +84,77 @@ class UploadWorker(Worker):
             )
             self.kill_horse(sig=signal.SIGTERM)
 
+    # --- riding out a Redis outage -------------------------------------------------------------
+
+    def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> None:
+        _unless_redis_away("worker heartbeat", lambda: super(UploadWorker, self).heartbeat(timeout, pipeline), None)
+
+    def maintain_heartbeats(self, job: Job, execution: Any) -> None:
+        # Called while the horse transfers: a failure here must not abandon the horse.
+        _unless_redis_away("job heartbeat", lambda: super(UploadWorker, self).maintain_heartbeats(job, execution), None)
+
+    def set_state(self, state: str, pipeline: Any = None) -> None:
+        _unless_redis_away("worker state", lambda: super(UploadWorker, self).set_state(state, pipeline), None)
+
+    def check_for_suspension(self, burst: bool) -> None:
+        _unless_redis_away("suspension check", lambda: super(UploadWorker, self).check_for_suspension(burst), None)
+
+    def run_maintenance_tasks(self) -> None:
+        _unless_redis_away("registry maintenance", super().run_maintenance_tasks, None)
+
+    def execute_job(self, job: Job, queue: Queue) -> None:
+        """Run `job` in a horse; RQ's record of it may be lost to an outage, the upload row is not.
+
+        A connection error before the fork leaves the job unstarted (the reaper queues its upload
+        again); after the horse ended, only RQ's record of the result is lost.
+        """
+        _unless_redis_away(
+            f"bookkeeping of job {job.id}", lambda: super(UploadWorker, self).execute_job(job, queue), None
+        )
+
+    def teardown(self) -> None:
+        _unless_redis_away("worker deregistration", super().teardown, None)
+
 
 def _horse_stop(signum: int, frame: FrameType | None) -> None:
     stop_requested.set()
+
+
+class UploadCronScheduler(DjangoCronScheduler):
+    """RQ's cron scheduler, carrying on through a Redis outage instead of exiting.
+
+    A round that cannot reach Redis enqueues nothing (a due job stays due and is enqueued as soon
+    as Redis answers) and the next round comes CRON_RETRY_SECONDS later.
+    """
+
+    _redis_away = False
+
+    def enqueue_jobs(self) -> list[CronJob]:
+        try:
+            enqueued = super().enqueue_jobs()
+        except REDIS_UNREACHABLE as exc:
+            self._redis_away = True
+            logger.warning("cron: Redis unreachable, due jobs wait for it: %s", exc)
+            return []
+        self._redis_away = False
+        return enqueued
+
+    def save(self, pipeline: Any = None) -> None:
+        _unless_redis_away("cron scheduler state", lambda: super(UploadCronScheduler, self).save(pipeline), None)
+
+    def register_birth(self) -> None:
+        # Started while Redis is away: the first heartbeat that reaches it registers the scheduler.
+        _unless_redis_away("cron registration", super().register_birth, None)
+
+    def heartbeat(self) -> None:
+        _unless_redis_away("cron heartbeat", super().heartbeat, None)
+
+    def register_death(self, pipeline: Any = None) -> None:
+        _unless_redis_away(
+            "cron deregistration", lambda: super(UploadCronScheduler, self).register_death(pipeline), None
+        )
+
+    def calculate_sleep_interval(self) -> float:
+        # While Redis is away RQ's interval may be its 60 s default (a job that never ran has no
+        # next time): try again soon instead, the due jobs are still due.
+        return CRON_RETRY_SECONDS if self._redis_away else float(super().calculate_sleep_interval())

@@ -6,7 +6,6 @@ import hashlib
 import json
 import os
 import signal
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -16,7 +15,7 @@ from rq import Queue
 
 from backend.uploads.models import FileUpload, UploadStatus
 from tests.support.client import data_of, upload_file
-from tests.support.processes import _spawn, _stop, wait_until
+from tests.support.processes import wait_until
 
 MIB = 1024 * 1024
 
@@ -75,21 +74,18 @@ def test_sigkilled_worker_is_reaped_and_resumed_by_the_cron(make_stack, api_user
         "TEST_STORAGE_LOG": str(log),
     }
     stack = make_stack(env=env)
-    cron = _spawn([sys.executable, "manage.py", "rqcron", "backend.uploads.cron"], stack.env, stack.root / "cron.log")
-    try:
-        content = os.urandom(12 * MIB)
-        upload_id = data_of(upload_file(stack.url, content, headers=api_user.headers))["uploadFile"]["id"]
-        wait_until(lambda: _row(upload_id).parts_uploaded >= 2, timeout=30, what="two confirmed parts")
-        stack.workers[0].kill()
-        confirmed = _row(upload_id).parts_uploaded
-        stack.add_worker()
-        wait_until(lambda: _row(upload_id).status == UploadStatus.COMPLETED, timeout=90, what="reaped and resumed")
-        _assert_stored(upload_id, content)
-        sent = _parts_sent(log)
-        assert all(sent[n] == 1 for n in range(1, confirmed + 1)), f"confirmed parts sent again: {sent}"
-        assert _row(upload_id).attempts == 2
-    finally:
-        _stop(cron)
+    stack.start_cron()
+    content = os.urandom(12 * MIB)
+    upload_id = data_of(upload_file(stack.url, content, headers=api_user.headers))["uploadFile"]["id"]
+    wait_until(lambda: _row(upload_id).parts_uploaded >= 2, timeout=30, what="two confirmed parts")
+    stack.workers[0].kill()
+    confirmed = _row(upload_id).parts_uploaded
+    stack.add_worker()
+    wait_until(lambda: _row(upload_id).status == UploadStatus.COMPLETED, timeout=90, what="reaped and resumed")
+    _assert_stored(upload_id, content)
+    sent = _parts_sent(log)
+    assert all(sent[n] == 1 for n in range(1, confirmed + 1)), f"confirmed parts sent again: {sent}"
+    assert _row(upload_id).attempts == 2
 
 
 def test_a_job_delivered_twice_transfers_once(make_stack, api_user, tmp_path) -> None:

@@ -27,6 +27,7 @@ from django.core.management import call_command
 from django.test import override_settings
 
 from backend.uploads.models import FileUpload, UploadStatus
+from backend.uploads.staging import staging_path
 from backend.uploads.storage import StorageError
 from backend.uploads.storage.s3 import (
     LIFECYCLE_RULE_ID,
@@ -418,3 +419,50 @@ def test_s3_setup_creates_the_bucket_and_keeps_other_lifecycle_rules(moto, monke
     assert rules[LIFECYCLE_RULE_ID]["AbortIncompleteMultipartUpload"] == {"DaysAfterInitiation": 2}
     assert rules[LIFECYCLE_RULE_ID]["Filter"] == {"Prefix": "uploads/"}
     assert client.get_bucket_location(Bucket=name)["LocationConstraint"] == "eu-west-1"
+
+
+@pytest.mark.parametrize("kind", ["503", "timeout"])
+def test_store_outage_fails_the_upload_and_retry_after_it_sends_only_the_missing_parts(
+    make_stack, api_user, moto, bucket, tmp_path, kind
+):
+    log, outage = tmp_path / "s3.jsonl", tmp_path / "store-down"
+    faults = {"outage_while": str(outage), "outage_kind": kind}
+    env = s3_env(
+        moto,
+        bucket,
+        UPLOAD_PART_CONCURRENCY="1",
+        UPLOAD_PART_RETRIES="3",
+        UPLOAD_PART_DELAY_MS="100",
+        TEST_S3_FAULTS=json.dumps(faults),
+        TEST_S3_LOG=str(log),
+    )
+    stack = make_stack(env=env)
+    content = os.urandom(5 * PART + 11)
+    upload_id = data_of(upload_file(stack.url, content, headers=api_user.headers))["uploadFile"]["id"]
+    wait_until(lambda: _row(upload_id).parts_uploaded >= 2, timeout=30, what="two confirmed parts")
+    outage.touch()  # every request to the store now fails
+
+    row = _wait_status(upload_id, UploadStatus.FAILED, UploadStatus.COMPLETED)
+    assert row.status == UploadStatus.FAILED
+    cause = "503 SlowDown" if kind == "503" else "Read timeout"
+    assert "failed 3 times" in row.error and cause in row.error, row.error
+    confirmed = set(row.parts.values_list("part_number", flat=True))
+    assert len(confirmed) == row.parts_uploaded >= 2
+    failing = [r for r in _requests(log) if r["fault"] == kind]
+    assert len(failing) == 3 and len({r["part"] for r in failing}) == 1, failing
+    # A FAILED upload keeps its multipart upload and its staged bytes, so a retry can resume.
+    assert [u["UploadId"] for u in _open_uploads(moto, bucket)] == [row.storage_upload_id]
+    assert staging_path(row.id).exists()
+    sent_before = len(_requests(log))
+
+    outage.unlink()  # the store is back
+    assert data_of(graphql(stack.url, RETRY, {"id": upload_id}, api_user.headers))["retryUpload"]["status"] == "QUEUED"
+    row = _wait_status(upload_id, UploadStatus.COMPLETED, UploadStatus.FAILED)
+    assert row.status == UploadStatus.COMPLETED, row.error
+    resent = _requests(log)[sent_before:]
+    assert sorted(r["part"] for r in resent) == sorted(set(range(1, 7)) - confirmed), "only the missing parts"
+    assert all(r["status"] == 200 for r in resent)
+    assert (row.attempts, row.parts_uploaded) == (2, 6)
+    _assert_object_is(moto, bucket, upload_id, content)
+    assert _open_uploads(moto, bucket) == []
+    assert not staging_path(row.id).exists()

@@ -12,12 +12,15 @@ from pathlib import Path
 
 import httpx
 import redis
+from django.conf import settings
 from django.test import override_settings
 from django.utils import timezone
 from rq.job import Job, JobStatus
 
 from backend.uploads.models import FileUpload, UploadPart
 from backend.uploads.services import upload_requeue_stale
+from backend.uploads.staging import staging_path
+from backend.uploads.storage.local import LocalStorage
 from tests.support.client import data_of, graphql, upload_file
 from tests.support.processes import wait_until
 from tests.support.uploads import put_part_counts, put_part_log, upload_wait_for_status
@@ -125,3 +128,43 @@ def test_a_crashed_transfer_resumes_without_resending_confirmed_parts(make_stack
     assert put_part_counts(log) == {1: 1, 2: 1, 3: 1, 4: 1, 5: 1}
     assert (done["attempts"], done["partsUploaded"], done["bytesUploaded"]) == (2, 5, len(content))
     assert hashlib.sha256(_download(done["downloadUrl"])).hexdigest() == hashlib.sha256(content).hexdigest()
+
+
+def test_a_store_outage_longer_than_the_retries_fails_and_retry_resumes_after_it(
+    make_stack, api_user, tmp_path
+) -> None:
+    log, outage = tmp_path / "puts.jsonl", tmp_path / "store-down"
+    env = {"TEST_STORAGE_LOG": str(log), "UPLOAD_PART_RETRIES": "3", "UPLOAD_PART_DELAY_MS": "100"}
+    stack = make_stack(faults={"outage_while": str(outage)}, env=env)
+    content = os.urandom(10 * MIB + 3)
+    upload = data_of(upload_file(stack.url, content, headers=api_user.headers))["uploadFile"]
+    wait_until(lambda: FileUpload.objects.get(id=upload["id"]).parts_uploaded >= 3, what="three confirmed parts")
+    outage.touch()  # the store stops storing anything
+
+    failed = upload_wait_for_status(stack.url, api_user.headers, upload["id"], TERMINAL)
+    assert failed["status"] == "FAILED", failed
+    assert "failed 3 times" in failed["error"] and "injected store outage" in failed["error"], failed["error"]
+    row = FileUpload.objects.get(id=upload["id"])
+    confirmed = set(row.parts.values_list("part_number", flat=True))
+    assert len(confirmed) == row.parts_uploaded >= 3
+    # Per contract a FAILED upload keeps its staged bytes and its open object, for retryUpload.
+    assert staging_path(row.id).exists()
+    assert [e.handle for e in LocalStorage(root=settings.LOCAL_STORAGE_ROOT).temporary_entries()].count(
+        row.storage_upload_id
+    ) == 1
+    sent_before = len(put_part_log(log))
+
+    outage.unlink()  # the store is back
+    assert (
+        data_of(graphql(stack.url, RETRY, {"id": upload["id"]}, api_user.headers))["retryUpload"]["status"] == "QUEUED"
+    )
+    done = upload_wait_for_status(stack.url, api_user.headers, upload["id"], TERMINAL)
+    assert done["status"] == "COMPLETED", done
+    resent = [e["part"] for e in put_part_log(log)[sent_before:]]
+    assert sorted(resent) == sorted(set(range(1, 12)) - confirmed), "only the parts the store never confirmed"
+    assert (done["attempts"], done["partsUploaded"], done["bytesUploaded"]) == (2, 11, len(content))
+    assert _download(done["downloadUrl"]) == content
+    assert not staging_path(row.id).exists(), "COMPLETED leaves no staged bytes"
+    assert row.storage_upload_id not in {
+        e.handle for e in LocalStorage(root=settings.LOCAL_STORAGE_ROOT).temporary_entries()
+    }

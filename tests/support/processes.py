@@ -20,9 +20,10 @@ import redis
 from rq import Worker as RQWorker
 from rq.job import Job
 
-from backend.stack import free_port
+from backend.stack import free_port, redis_embedded_start
 
 ROOT = Path(__file__).resolve().parents[2]
+UPLOAD_WORKER = "backend.uploads.worker.UploadWorker"
 T = TypeVar("T")
 
 
@@ -107,20 +108,28 @@ class Server:
         return self.start()
 
 
+# What `make run` starts: a pool that respawns a worker that dies (no fault hooks in it).
+WORKER_POOL = [sys.executable, "manage.py", "rqworker-pool", "default", "--worker-class", UPLOAD_WORKER]
+
+
 @dataclass
 class Worker:
-    """One real RQ worker process (forking a work horse per job), optionally with storage faults."""
+    """One real RQ worker process (forking a work horse per job), optionally with storage faults.
+
+    `command` may instead run a whole worker pool (WORKER_POOL plus `--num-workers N`).
+    """
 
     env: dict[str, str]
     log: Path
     faults: dict[str, Any] | None = None
     process: subprocess.Popen[bytes] | None = None
+    command: list[str] = field(default_factory=lambda: [sys.executable, "-m", "tests.support.worker"])
 
     def start(self) -> Worker:
         env = dict(self.env)
         if self.faults:
             env["TEST_STORAGE_FAULTS"] = json.dumps(self.faults)
-        self.process = _spawn([sys.executable, "-m", "tests.support.worker"], env, self.log)
+        self.process = _spawn(self.command, env, self.log)
         return self
 
     def current_job(self) -> Job | None:
@@ -144,6 +153,46 @@ class Worker:
 
     def stop(self) -> None:
         _stop(self.process)
+
+
+@dataclass
+class Cron:
+    """The periodic-jobs scheduler (the reaper and the sweep), as `make run` starts it."""
+
+    env: dict[str, str]
+    log: Path
+    process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Cron:
+        self.process = _spawn([sys.executable, "manage.py", "rqcron", "backend.uploads.cron"], self.env, self.log)
+        return self
+
+    def stop(self) -> None:
+        _stop(self.process)
+
+
+@dataclass
+class RedisServer:
+    """A redis-server of a test's own, which the test may stop and start again on the same port."""
+
+    directory: Path
+    persistent: bool = True
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> RedisServer:
+        self.process, _ = redis_embedded_start(self.directory, port=self.port, persistent=self.persistent)
+        return self
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        """Stop it with `sig`: SIGTERM lets it write its files, SIGKILL does not."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(sig)
+            self.process.wait(10)
 
 
 def _stop(process: subprocess.Popen[bytes] | None) -> None:

@@ -6,6 +6,8 @@ TEST_STORAGE_FAULTS (JSON) sets the plan; every put_part call is appended to TES
   {"always_fail_part": 3}     part 3 fails every attempt
   {"fatal_part": 1}           part 1 fails with a non-retryable error
   {"crash_after_parts": 2}    the work horse dies (os._exit) when a 3rd put_part starts
+  {"outage_while": PATH}      every put_part fails (retryable) while the file PATH exists: a store
+                              outage the test starts and ends by creating and removing PATH
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import django
 from botocore.awsrequest import AWSResponse
-from botocore.exceptions import ConnectionClosedError
+from botocore.exceptions import ConnectionClosedError, ReadTimeoutError
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "backend.settings")
 django.setup()
@@ -59,6 +61,8 @@ class FaultyStorage:
             if self.log_path:
                 with open(self.log_path, "a") as log:
                     log.write(json.dumps({"part": part_number, "attempt": attempt, "pid": os.getpid()}) + "\n")
+        if self.plan.get("outage_while") and os.path.exists(self.plan["outage_while"]):
+            raise StorageError(f"injected store outage: part {part_number} not stored", retryable=True)
         if attempt <= int(self.plan.get("fail_part", {}).get(str(part_number), 0)):
             raise StorageError(f"injected failure of part {part_number} attempt {attempt}", retryable=True)
         if self.plan.get("always_fail_part") == part_number:
@@ -111,6 +115,10 @@ def progress_drops_install(plan: dict[str, Any], log_path: str | None) -> None:
 #   {"status": 403, "parts": [3]}  UploadPart of part 3 (every part without "parts") answers 403
 #   {"crash_after": 3}             the work horse dies (os._exit) as soon as the store has confirmed
 #                                  3 UploadPart requests, before the ledger hears of the 3rd
+#   {"outage_while": PATH, "outage_kind": "503"}  while the file PATH exists, every S3 request
+#                                  (any operation) fails: "500"/"503" answers, or "timeout" raises
+#                                  botocore's ReadTimeoutError, as a store that never answered
+#   "kinds" may also name "timeout" (a read timeout on that request).
 
 _S3_ERROR_ANSWERS = {
     403: ("AccessDenied", "Access Denied"),
@@ -147,6 +155,8 @@ def s3_faults_install(storage: Any, plan: dict[str, Any], log_path: str | None) 
     status = plan.get("status")
     status_parts = {int(n) for n in plan.get("parts", [])}
     crash_after = plan.get("crash_after")
+    outage_flag = plan.get("outage_while")
+    outage_kind = str(plan.get("outage_kind", "503"))
     lock = threading.Lock()
     counts = {"requests": 0, "confirmed": 0}
     current = threading.local()
@@ -163,7 +173,9 @@ def s3_faults_install(storage: Any, plan: dict[str, Any], log_path: str | None) 
             counts["requests"] += 1
             number = counts["requests"]
         fault = None
-        if status is not None and (not status_parts or part in status_parts):
+        if outage_flag and os.path.exists(outage_flag):
+            fault = outage_kind
+        elif status is not None and (not status_parts or part in status_parts):
             fault = str(status)
         elif every and (number - 1) % every == 0:
             fault = kinds[((number - 1) // every) % len(kinds)]
@@ -186,7 +198,18 @@ def s3_faults_install(storage: Any, plan: dict[str, Any], log_path: str | None) 
         elif fault == "reset":
             record(None)
             raise ConnectionClosedError(endpoint_url=request.url)
+        elif fault == "timeout":
+            record(None)
+            raise ReadTimeoutError(endpoint_url=request.url)
         return None
+
+    def before_send_other(request: Any, **kwargs: Any) -> AWSResponse | None:
+        """The outage for every operation but UploadPart (which `before_send` handles and logs)."""
+        if not outage_flag or not os.path.exists(outage_flag) or "partNumber=" in request.url:
+            return None
+        if outage_kind == "timeout":
+            raise ReadTimeoutError(endpoint_url=request.url)
+        return _s3_error_answer(request.url, int(outage_kind))
 
     def after_call(http_response: Any, **kwargs: Any) -> None:
         if current.request["fault"] == "lost":
@@ -203,6 +226,7 @@ def s3_faults_install(storage: Any, plan: dict[str, Any], log_path: str | None) 
     events = storage.client.meta.events
     events.register("before-send.s3.UploadPart", before_send)
     events.register("after-call.s3.UploadPart", after_call)
+    events.register("before-send.s3", before_send_other)
 
 
 def main() -> None:

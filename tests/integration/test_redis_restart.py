@@ -1,0 +1,193 @@
+"""Redis stopped for ten seconds while uploads run, then started again on the same port.
+
+The stack (server, two workers, the cron scheduler) has a redis-server of its own. Web, workers and
+the scheduler must reconnect by themselves; every upload must end COMPLETED, each part sent once;
+a subscriber opened before the outage must receive the terminal state and its `complete`; an
+upload sent while Redis is down is accepted and transferred once Redis is back.
+
+With persistence (append-only file, stopped with SIGTERM) the queued jobs survive. Without it
+(SIGKILL, nothing saved) they vanish, and the reaper queues their uploads again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import websockets
+
+from backend.uploads.models import FileUpload, UploadStatus
+from tests.support.client import data_of, subscriber, upload_file
+from tests.support.processes import RedisServer, wait_until
+from tests.support.uploads import put_part_log
+
+MIB = 1024 * 1024
+OUTAGE_SECONDS = 10  # the scenario itself, not a synchronisation: Redis stays down this long
+PARTS = 8
+STALE_AFTER_SECONDS = 4
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[RedisServer]:
+    server = RedisServer(directory=tmp_path / "redis", persistent=request.param).start()
+    yield server
+    server.stop(signal.SIGKILL)
+
+
+def _rows(ids: list[str]) -> dict[str, FileUpload]:
+    return {str(row.id): row for row in FileUpload.objects.filter(id__in=ids)}
+
+
+def _ready(url: str) -> tuple[int, dict[str, Any]]:
+    response = httpx.get(f"{url}/readyz", timeout=30)
+    return response.status_code, response.json()
+
+
+def _content(n: int) -> bytes:
+    return hashlib.sha256(str(n).encode()).digest() * (PARTS * MIB // 32)
+
+
+@pytest.mark.parametrize(
+    ("own_redis", "stop_signal", "pool"),
+    [
+        pytest.param(True, signal.SIGTERM, False, id="persistent-workers"),
+        pytest.param(False, signal.SIGKILL, True, id="no-persistence-worker-pool"),
+    ],
+    indirect=["own_redis"],
+)
+def test_uploads_and_subscribers_come_through_a_redis_restart(
+    make_stack, api_user, tmp_path: Path, own_redis: RedisServer, stop_signal: int, pool: bool
+) -> None:
+    log = tmp_path / "parts.jsonl"
+    env = {
+        "UPLOAD_PART_DELAY_MS": "250",
+        "UPLOAD_PART_CONCURRENCY": "1",
+        "UPLOAD_STALE_AFTER_SECONDS": str(STALE_AFTER_SECONDS),
+        "TEST_STORAGE_LOG": str(log),
+    }
+    # Two test workers (which log every part they put), or the worker pool `make run` starts.
+    stack = make_stack(env=env, workers=0 if pool else 2, redis_url=own_redis.url)
+    if pool:
+        stack.add_worker_pool(2)
+    stack.start_cron()
+    contents = {}
+    timeline: dict[str, float] = {}
+
+    def send(n: int) -> str:
+        upload = data_of(upload_file(stack.url, _content(n), headers=api_user.headers))["uploadFile"]
+        assert upload["status"] == "QUEUED", upload
+        contents[upload["id"]] = _content(n)
+        return upload["id"]
+
+    async def new_subscription_while_down(upload_id: str) -> str:
+        """A websocket opened while Redis is down is refused or closed, or its subscription errs."""
+        try:
+            async with subscriber(stack.ws_url, api_user.token) as late:
+                await late.subscribe(upload_id)
+                return str((await asyncio.wait_for(late.receive(), timeout=8))["type"])
+        except websockets.exceptions.InvalidStatus:
+            return "refused"
+        except websockets.exceptions.ConnectionClosed:
+            return "closed"
+
+    async def outage(ids: list[str]) -> tuple[str, set[str]]:
+        """Stop Redis once two transfers are under way; send an upload and probe /readyz meanwhile."""
+        await asyncio.to_thread(
+            wait_until,
+            lambda: sum(r.parts_uploaded > 0 for r in _rows(ids).values()) >= 2,
+            timeout=30,
+            what="two transfers under way",
+        )
+        own_redis.stop(stop_signal)
+        timeline["down"] = time.monotonic()
+        status, body = await asyncio.to_thread(_ready, stack.url)
+        assert status == 503 and body["redis"] != "ok" and body["database"] == "ok", body
+        metrics = await asyncio.to_thread(httpx.get, f"{stack.url}/metrics", timeout=30)
+        assert metrics.status_code == 200 and "uploads{" in metrics.text, metrics.text
+        late = await new_subscription_while_down(ids[0])
+        print(f"a new subscription while Redis is down: {late}")
+        assert late in ("refused", "closed", "error"), late
+        sent_at = time.monotonic()
+        during = await asyncio.to_thread(send, 99)
+        print(f"uploadFile while Redis is down answered QUEUED in {time.monotonic() - sent_at:.1f}s")
+        await asyncio.sleep(OUTAGE_SECONDS - (time.monotonic() - timeline["down"]))
+        rows = await asyncio.to_thread(_rows, ids)
+        not_started = {upload_id for upload_id, row in rows.items() if row.parts_uploaded == 0}
+        own_redis.start()
+        timeline["up"] = time.monotonic()
+        return during, not_started
+
+    async def scenario() -> tuple[dict[str, list[dict[str, Any]]], str, set[str]]:
+        async with subscriber(stack.ws_url, api_user.token) as session:
+            ids = [await asyncio.to_thread(send, n) for n in range(4)]
+            subs = {await session.subscribe(upload_id): upload_id for upload_id in ids}
+            events: dict[str, list[dict[str, Any]]] = {upload_id: [] for upload_id in ids}
+            outage_task = asyncio.create_task(outage(ids))
+            while len(subs) > sum(1 for e in events.values() if e and e[-1].get("complete")):
+                if outage_task.done():
+                    outage_task.result()  # raises what went wrong in it
+                message = await asyncio.wait_for(session.receive(), timeout=90)
+                upload_id = subs[message["id"]]
+                if message["type"] == "complete":
+                    events[upload_id].append({"complete": True})
+                    continue
+                assert message["type"] == "next" and not message["payload"].get("errors"), message
+                events[upload_id].append(message["payload"]["data"]["uploadProgress"])
+            timeline["subscribers_done"] = time.monotonic()
+            during, not_started = await outage_task
+            return {k: v[:-1] for k, v in events.items()}, during, not_started
+
+    try:
+        events, during, not_started = asyncio.run(asyncio.wait_for(scenario(), timeout=150))
+        wait_until(
+            lambda: _rows([during])[during].status == UploadStatus.COMPLETED,
+            timeout=60,
+            what="the upload sent during the outage",
+        )
+        timeline["all_done"] = time.monotonic()
+        print(
+            f"Redis back -> subscribers complete {timeline['subscribers_done'] - timeline['up']:.1f}s, "
+            f"-> all uploads COMPLETED {timeline['all_done'] - timeline['up']:.1f}s"
+        )
+        # Lost jobs wait for the reaper: stale after STALE_AFTER_SECONDS, a round every 5 s.
+        assert timeline["all_done"] - timeline["up"] < 30
+    except BaseException:
+        for each in [stack.server.log, *(w.log for w in stack.workers), stack.cron.log]:
+            lines = [line for line in each.read_text(errors="replace").splitlines() if "unreachable" not in line]
+            print(f"--- {each.name}\n" + "\n".join(lines[-40:]))
+        raise
+
+    rows = _rows(list(contents))
+    for upload_id, content in contents.items():
+        row = rows[upload_id]
+        assert row.status == UploadStatus.COMPLETED, (row.status, row.error)
+        assert row.attempts == 1, "a transfer that lived through the outage was never run twice"
+        assert row.parts.count() == row.parts_uploaded == PARTS
+        stored = (Path(stack.env["LOCAL_STORAGE_ROOT"]) / row.storage_key).read_bytes()
+        assert hashlib.sha256(stored).digest() == hashlib.sha256(content).digest()
+    if not pool:
+        # One run (work horse) per upload, and each part put by that run alone: none sent again.
+        puts = {(e["pid"], e["part"]) for e in put_part_log(log)}
+        assert len(puts) == PARTS * len(contents) and len({pid for pid, _ in puts}) == len(contents), puts
+
+    for upload_id, stream in events.items():
+        sequences = [e["sequence"] for e in stream]
+        assert sequences == sorted(set(sequences)), sequences
+        assert stream[-1]["status"] == "COMPLETED", stream[-1]
+        if upload_id in not_started:
+            # Transferred after Redis came back: once the server's subscription to the upload's
+            # group is renewed (within a second or two), each part arrives live. The resync alone
+            # (every 2 s) could not report the last parts, 250 ms apart, one by one.
+            reported = {e["partNumber"] for e in stream if e["partNumber"] is not None}
+            assert set(range(PARTS // 2 + 1, PARTS + 1)) <= reported, stream
+    status, body = _ready(stack.url)
+    assert status == 200, body
+    metrics = httpx.get(f"{stack.url}/metrics", timeout=30).text
+    assert "uploads_parts_confirmed_total" in metrics and "uploads_queue_depth" in metrics, metrics
