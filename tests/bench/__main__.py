@@ -18,6 +18,7 @@ def _figures() -> dict[str, Callable[[Bench], list[Figure]]]:
         event_gap,
         local_throughput,
         progress_latency,
+        s3_throughput,
         server_memory,
         small_uploads,
         upload_answer,
@@ -31,6 +32,7 @@ def _figures() -> dict[str, Callable[[Bench], list[Figure]]]:
         "event_gap": event_gap.run,
         "worker_rss": worker_memory.run,
         "local_throughput": local_throughput.run,
+        "s3_throughput": s3_throughput.run,
         "progress_latency": progress_latency.run,
         "small_uploads": small_uploads.run,
     }

@@ -16,19 +16,16 @@ import sys
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
-import boto3
 import httpx
 import pytest
 from botocore.awsrequest import AWSResponse
 from django.core.management import call_command
 from django.test import override_settings
 
-from backend.stack import free_port
 from backend.uploads.models import FileUpload, UploadStatus
 from backend.uploads.storage import StorageError
 from backend.uploads.storage.s3 import (
@@ -37,8 +34,8 @@ from backend.uploads.storage.s3 import (
     content_disposition,
     multipart_etag,
 )
-from backend.uploads.storage.s3_client import s3_client_create
 from tests.support.client import UPLOAD_FIELDS, data_of, graphql, upload_file
+from tests.support.moto import Moto, moto_start, moto_stop
 from tests.support.processes import ROOT, wait_until
 
 MIB = 1024 * 1024
@@ -48,58 +45,11 @@ CANCEL = f"mutation($id: ID!) {{ cancelUpload(id: $id) {{ {UPLOAD_FIELDS} }} }}"
 RETRY = f"mutation($id: ID!) {{ retryUpload(id: $id) {{ {UPLOAD_FIELDS} }} }}"
 
 
-@dataclass
-class Moto:
-    url: str
-    process: subprocess.Popen[bytes]
-    log: Path
-
-    def client(self, **credentials: str) -> Any:
-        session = boto3.session.Session(
-            aws_access_key_id=credentials.get("key", "test"), aws_secret_access_key=credentials.get("secret", "test")
-        )
-        return s3_client_create(endpoint_url=self.url, region="us-east-1", session=session)
-
-
-def _moto_start(root: Path, name: str, env: dict[str, str] | None = None) -> Moto:
-    port = free_port()
-    log = root / f"{name}.log"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        cwd=ROOT,
-        env={**os.environ, **(env or {})},
-        stdout=log.open("ab"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-
-    def up() -> bool:
-        if process.poll() is not None:
-            raise AssertionError(f"moto exited with {process.returncode}; see {log}")
-        try:
-            return httpx.get(f"{url}/moto-api/", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    wait_until(up, timeout=30, what=f"moto server on {url}")
-    return Moto(url=url, process=process, log=log)
-
-
-def _moto_stop(moto: Moto) -> None:
-    moto.process.terminate()
-    try:
-        moto.process.wait(10)
-    except subprocess.TimeoutExpired:
-        moto.process.kill()
-        moto.process.wait(10)
-
-
 @pytest.fixture(scope="module")
 def moto(session_root: Path) -> Iterator[Moto]:
-    server = _moto_start(session_root, "moto")
+    server = moto_start(session_root, "moto")
     yield server
-    _moto_stop(server)
+    moto_stop(server)
 
 
 @pytest.fixture
@@ -292,7 +242,7 @@ def test_refused_part_fails_at_once_and_retry_resumes_with_the_missing_parts(
 
 def test_wrong_credentials_fail_fast_with_a_clear_error(make_stack, api_user, session_root, tmp_path):
     # This moto checks credentials after its first request (the bucket's creation).
-    strict = _moto_start(session_root, f"moto-auth-{uuid.uuid4().hex[:6]}", {"INITIAL_NO_AUTH_ACTION_COUNT": "1"})
+    strict = moto_start(session_root, f"moto-auth-{uuid.uuid4().hex[:6]}", {"INITIAL_NO_AUTH_ACTION_COUNT": "1"})
     try:
         name = f"uploads-{uuid.uuid4().hex[:12]}"
         strict.client().create_bucket(Bucket=name)
@@ -308,7 +258,7 @@ def test_wrong_credentials_fail_fast_with_a_clear_error(make_stack, api_user, se
         ready = httpx.get(f"{stack.url}/readyz", timeout=30)
         assert ready.status_code == 503 and "403" in ready.json()["storage"]
     finally:
-        _moto_stop(strict)
+        moto_stop(strict)
 
 
 def test_crashed_transfer_resumes_from_what_the_store_lists(make_stack, api_user, moto, bucket, tmp_path):
