@@ -15,6 +15,7 @@ from tests.bench.stack import Bench
 
 def _figures() -> dict[str, Callable[[Bench], list[Figure]]]:
     from tests.bench import (
+        concurrent_uploads,
         event_gap,
         local_throughput,
         progress_latency,
@@ -35,6 +36,7 @@ def _figures() -> dict[str, Callable[[Bench], list[Figure]]]:
         "s3_throughput": s3_throughput.run,
         "progress_latency": progress_latency.run,
         "small_uploads": small_uploads.run,
+        "concurrent_uploads": concurrent_uploads.run,
     }
 
 
