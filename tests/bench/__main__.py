@@ -17,6 +17,7 @@ def _figures() -> dict[str, Callable[[Bench], list[Figure]]]:
     from tests.bench import (
         concurrent_uploads,
         event_gap,
+        fanout,
         local_throughput,
         progress_latency,
         s3_throughput,
@@ -36,6 +37,7 @@ def _figures() -> dict[str, Callable[[Bench], list[Figure]]]:
         "s3_throughput": s3_throughput.run,
         "progress_latency": progress_latency.run,
         "small_uploads": small_uploads.run,
+        "fanout": fanout.run,
         "concurrent_uploads": concurrent_uploads.run,
     }
 
