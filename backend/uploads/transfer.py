@@ -22,7 +22,7 @@ from typing import TypeVar
 from django.conf import settings
 
 from backend.uploads import services
-from backend.uploads.metrics import metrics_count
+from backend.uploads.metrics import metrics_add, metrics_count
 from backend.uploads.models import FileUpload, UploadPart, UploadStatus
 from backend.uploads.parts import backoff_delay, part_range
 from backend.uploads.staging import staging_path
@@ -172,8 +172,7 @@ def _send_part(*, upload: FileUpload, storage: Storage, handle: str, fd: int, nu
                 raise TransferFailed(f"part {number} failed {attempts} times; last error: {exc}") from exc
             logger.info("upload %s part %d attempt %d failed: %s", upload.id, number, attempt, exc)
         else:
-            metrics_count("parts_confirmed")
-            metrics_count("bytes_transferred", receipt.size)
+            metrics_add({"parts_confirmed": 1, "bytes_transferred": receipt.size})
             return receipt
         time.sleep(backoff_delay(attempt=attempt))
     raise AssertionError("unreachable")
