@@ -29,13 +29,15 @@ def upload_transfer(upload_id: str) -> None:
 def _upload_transfer(upload_id: str) -> None:
     # A forked work horse inherits the parent's database connections; never share them.
     close_old_connections()
-    claimed = services.upload_claim(upload_id=uuid.UUID(upload_id))
-    if claimed is None:
-        logger.info("upload %s is not queued any more; nothing to do", upload_id)
-        return
-    upload, claim = claimed
-    started = time.monotonic()
+    # The claim's event goes through the job's publisher too: outside it, one event costs a new
+    # event loop and a new Redis connection.
     with progress_publisher():
+        claimed = services.upload_claim(upload_id=uuid.UUID(upload_id))
+        if claimed is None:
+            logger.info("upload %s is not queued any more; nothing to do", upload_id)
+            return
+        upload, claim = claimed
+        started = time.monotonic()
         try:
             transfer_upload(upload=upload, claim=claim, storage=get_storage())
             services.upload_complete(upload_id=upload.id, claim=claim)

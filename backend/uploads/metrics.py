@@ -7,7 +7,8 @@ each server process and published to Redis under the process's own name with a h
 (`SubscriptionGauge`): a scrape sums the processes heard from within METRICS_PROCESS_TTL_SECONDS,
 so several processes never count one subscription twice, and a crashed process's count stops
 counting once its heartbeat is that old. Losing a metric write when Redis is briefly down costs
-a metric, never an upload.
+a metric, never an upload. Each process keeps one cached client for them: `django_rq.get_connection` builds a new client,
+and so a new connection, on every call (a connect and a handshake per counted part).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import logging
 import os
 import socket
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from functools import cache
 from typing import Any
 
@@ -56,10 +57,18 @@ def _counters() -> redis.Redis:
 
 def metrics_count(name: str, amount: int = 1) -> None:
     """Add `amount` to the shared counter `name` (one of COUNTERS)."""
+    metrics_add({name: amount})
+
+
+def metrics_add(amounts: Mapping[str, int]) -> None:
+    """Add to several shared counters (names from COUNTERS) in one round trip."""
     try:
-        _counters().incrby(_KEY + name, amount)
+        pipeline = _counters().pipeline(transaction=False)
+        for name, amount in amounts.items():
+            pipeline.incrby(_KEY + name, amount)
+        pipeline.execute()
     except Exception:
-        logger.debug("metrics counter %s not updated", name, exc_info=True)
+        logger.debug("metrics counters %s not updated", ", ".join(amounts), exc_info=True)
 
 
 # --- transfer durations -----------------------------------------------------------------------

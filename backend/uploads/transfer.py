@@ -23,11 +23,11 @@ from typing import TypeVar
 from django.conf import settings
 
 from backend.uploads import services
-from backend.uploads.metrics import metrics_count
+from backend.uploads.metrics import metrics_add, metrics_count
 from backend.uploads.models import FileUpload, UploadPart, UploadStatus
 from backend.uploads.parts import backoff_delay, part_range
 from backend.uploads.staging import staging_path
-from backend.uploads.storage import PartReceipt, Storage, StorageError, storage_call_with_retries
+from backend.uploads.storage import PartFromFile, PartReceipt, Storage, StorageError, storage_call_with_retries
 
 logger = logging.getLogger(__name__)
 
@@ -173,20 +173,14 @@ def _still_ours(upload_id: uuid.UUID, claim: uuid.UUID) -> bool:
 
 
 def _send_part(*, upload: FileUpload, storage: Storage, handle: str, fd: int, number: int) -> PartReceipt:
-    """Read one part from staging and put it, trying up to UPLOAD_PART_RETRIES times."""
-    offset, length = part_range(part_number=number, size=upload.size, part_size=upload.part_size)
+    """Put one part from staging, trying up to UPLOAD_PART_RETRIES times."""
     attempts = max(1, settings.UPLOAD_PART_RETRIES)
     for attempt in range(1, attempts + 1):
         if settings.UPLOAD_PART_DELAY_MS:
             time.sleep(settings.UPLOAD_PART_DELAY_MS / 1000)
-        data = os.pread(fd, length, offset)
-        if len(data) != length:
-            raise TransferFailed(f"staged file is shorter than part {number} needs")
         metrics_count("part_attempts")
         try:
-            receipt = storage.put_part(
-                key=upload.storage_key, handle=handle, part_number=number, offset=offset, data=data
-            )
+            receipt = _put_part(storage=storage, upload=upload, handle=handle, number=number, fd=fd)
         except StorageError as exc:
             metrics_count("part_failures")
             if not exc.retryable:
@@ -195,12 +189,23 @@ def _send_part(*, upload: FileUpload, storage: Storage, handle: str, fd: int, nu
                 raise TransferFailed(f"part {number} failed {attempts} times; last error: {exc}") from exc
             logger.info("upload %s part %d attempt %d failed: %s", upload.id, number, attempt, exc)
         else:
-            metrics_count("parts_confirmed")
-            metrics_count("bytes_transferred", receipt.size)
+            metrics_add({"parts_confirmed": 1, "bytes_transferred": receipt.size})
             return receipt
-        del data
         time.sleep(backoff_delay(attempt=attempt))
     raise AssertionError("unreachable")
+
+
+def _put_part(*, storage: Storage, upload: FileUpload, handle: str, number: int, fd: int) -> PartReceipt:
+    """One attempt at part `number`: straight from the staged file if the store can, else its bytes."""
+    offset, length = part_range(part_number=number, size=upload.size, part_size=upload.part_size)
+    if isinstance(storage, PartFromFile):
+        return storage.put_part_from_file(
+            key=upload.storage_key, handle=handle, part_number=number, offset=offset, length=length, source_fd=fd
+        )
+    data = os.pread(fd, length, offset)
+    if len(data) != length:
+        raise StorageError(f"the staged file ends before part {number} does", retryable=False)
+    return storage.put_part(key=upload.storage_key, handle=handle, part_number=number, offset=offset, data=data)
 
 
 def _call_store(call: Callable[[], T]) -> T:

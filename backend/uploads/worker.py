@@ -14,6 +14,12 @@ and RQ's cron scheduler stops on the first one. Here that bookkeeping is skipped
 away (it only feeds RQ's registries and dashboards; the upload row is the truth), the horse goes
 on transferring, and both carry on once Redis answers again. Jobs a Redis without persistence lost
 are queued again by the reaper (`services.upload_requeue_lost`).
+
+RQ forks a fresh work horse for every job, and whatever the worker has not imported each horse
+imports again: the channel layer (channels_redis, msgpack, cryptography) and the storage backend
+cost tens of milliseconds per job, more than a small file's whole transfer. The worker imports
+them once, before its first fork (`transfer_modules_preload`); it opens no connection, so the
+horses share nothing but code.
 """
 
 from __future__ import annotations
@@ -21,11 +27,14 @@ from __future__ import annotations
 import logging
 import signal
 from collections.abc import Callable
+from importlib import import_module
 from types import FrameType
 from typing import Any, TypeVar
 
 import redis
+from django.conf import settings
 from django.db import connections
+from django.utils.module_loading import import_string
 from django_rq.cron import DjangoCronScheduler
 from rq import Queue, Worker
 from rq.cron import CronJob
@@ -55,6 +64,15 @@ def _unless_redis_away(what: str, call: Callable[[], T], default: T) -> T:
         return default
 
 
+def transfer_modules_preload() -> None:
+    """Import (only import: no client, no connection) what every transfer job needs."""
+    import_module("backend.uploads.jobs")
+    backend = "s3" if settings.STORAGE_BACKEND == "s3" else "local"
+    import_module(f"backend.uploads.storage.{backend}")
+    for layer in settings.CHANNEL_LAYERS.values():
+        import_string(str(layer["BACKEND"]))
+
+
 class UploadWorker(Worker):
     # While Redis is away the dequeue is retried at most every 2 s (RQ's default backs off to 60 s,
     # leaving a worker idle for up to a minute after Redis is back).
@@ -65,6 +83,7 @@ class UploadWorker(Worker):
         if MAINTENANCE_QUEUE not in {getattr(q, "name", q) for q in listed}:
             listed.insert(0, MAINTENANCE_QUEUE)  # first: RQ dequeues from its queues in order
         super().__init__(listed, *args, **kwargs)
+        transfer_modules_preload()
 
     def fork_work_horse(self, job: Job, queue: Queue) -> None:
         connections.close_all()  # the horse opens its own; it must not inherit (and close) ours

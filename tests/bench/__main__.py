@@ -15,9 +15,12 @@ from tests.bench.stack import Bench
 
 def _figures() -> dict[str, Callable[[Bench], list[Figure]]]:
     from tests.bench import (
+        concurrent_uploads,
         event_gap,
+        fanout,
         local_throughput,
         progress_latency,
+        s3_throughput,
         server_memory,
         small_uploads,
         upload_answer,
@@ -31,8 +34,11 @@ def _figures() -> dict[str, Callable[[Bench], list[Figure]]]:
         "event_gap": event_gap.run,
         "worker_rss": worker_memory.run,
         "local_throughput": local_throughput.run,
+        "s3_throughput": s3_throughput.run,
         "progress_latency": progress_latency.run,
         "small_uploads": small_uploads.run,
+        "fanout": fanout.run,
+        "concurrent_uploads": concurrent_uploads.run,
     }
 
 

@@ -9,10 +9,8 @@ Baseline: a Python loop reading and writing the same file in the same part size,
 
 from __future__ import annotations
 
-import hashlib
 import os
 import time
-import uuid
 from pathlib import Path
 
 from tests.bench.results import Figure, figure, median
@@ -22,40 +20,15 @@ SIZE = 1024 * MiB
 ROUNDS = 3
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as source:
-        while chunk := source.read(8 * MiB):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _transfer_once(bench: Bench, path: Path, sha256: str) -> tuple[float, int]:
     """Seconds the transfer job takes for one upload of `path`, and its part size."""
-    from backend.uploads import jobs, services
-    from backend.uploads.models import FileUpload, UploadStatus
-    from backend.uploads.sniffing import SNIFF_BYTES
-    from backend.uploads.staging import INCOMING, StagedFile, staging_dir
-
-    incoming = staging_dir() / INCOMING
-    incoming.mkdir(parents=True, exist_ok=True)
-    staged = incoming / f"{uuid.uuid4().hex}.part"
-    os.link(path, staged)
-    with path.open("rb") as source:
-        head = source.read(SNIFF_BYTES)
-    file = StagedFile(
-        path=staged, name=path.name, size=SIZE, sha256=sha256, head=head, content_type="application/octet-stream"
-    )
-    upload = services.upload_create(user=bench.user, file=file, sha256=None)
-    started = time.perf_counter()
-    jobs.upload_transfer(str(upload.id))
-    elapsed = time.perf_counter() - started
-    row = FileUpload.objects.get(id=upload.id)
-    if row.status != UploadStatus.COMPLETED:
-        raise RuntimeError(f"transfer ended {row.status}: {row.error}")
     from backend.uploads.storage import get_storage
+    from backend.uploads.storage.local import LocalStorage
 
-    get_storage().object_path(row.storage_key).unlink()
+    elapsed, row = bench.transfer_in_process(path, sha256=sha256)
+    storage = get_storage()
+    assert isinstance(storage, LocalStorage)
+    storage.object_path(row.storage_key).unlink()
     return elapsed, row.part_size
 
 
@@ -72,7 +45,7 @@ def _copy_once(path: Path, target: Path, part_size: int) -> float:
 
 def run(bench: Bench) -> list[Figure]:
     path = bench.file(SIZE)
-    sha256 = _sha256(path)
+    sha256 = bench.sha256(path)
     target = bench.root / "copy.bin"
     ours, copy = [], []
     part_size = 0

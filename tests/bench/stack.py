@@ -8,11 +8,14 @@ figure's queue is private. Nothing already running on the machine is used.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
+import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -150,3 +153,41 @@ class Bench:
             for entry in staging.iterdir():
                 if entry.is_file():
                     entry.unlink(missing_ok=True)
+
+    def sha256(self, path: Path) -> str:
+        digest = hashlib.sha256()
+        with path.open("rb") as source:
+            while chunk := source.read(8 * MiB):
+                digest.update(chunk)
+        return digest.hexdigest()
+
+    def transfer_in_process(self, path: Path, *, sha256: str) -> tuple[float, Any]:
+        """Run the real transfer job for `path` here, with the storage backend settings name.
+
+        The file is staged as a hard link (staging costs nothing) and accepted with `upload_create`;
+        `jobs.upload_transfer` then does everything a worker does (claim, ledger, progress events,
+        parts, completion). Returns (seconds the job took, the COMPLETED row).
+        """
+        from backend.uploads import jobs, services
+        from backend.uploads.models import FileUpload, UploadStatus
+        from backend.uploads.sniffing import SNIFF_BYTES
+        from backend.uploads.staging import INCOMING, StagedFile, staging_dir
+
+        incoming = staging_dir() / INCOMING
+        incoming.mkdir(parents=True, exist_ok=True)
+        staged = incoming / f"{uuid.uuid4().hex}.part"
+        os.link(path, staged)
+        with path.open("rb") as source:
+            head = source.read(SNIFF_BYTES)
+        size = path.stat().st_size
+        file = StagedFile(
+            path=staged, name=path.name, size=size, sha256=sha256, head=head, content_type="application/octet-stream"
+        )
+        upload = services.upload_create(user=self.user, file=file, sha256=None)
+        started = time.perf_counter()
+        jobs.upload_transfer(str(upload.id))
+        elapsed = time.perf_counter() - started
+        row = FileUpload.objects.get(id=upload.id)
+        if row.status != UploadStatus.COMPLETED:
+            raise RuntimeError(f"transfer ended {row.status}: {row.error}")
+        return elapsed, row

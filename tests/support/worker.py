@@ -1,6 +1,6 @@
 """A real RQ worker for the tests, with optional faults injected around the storage backend.
 
-TEST_STORAGE_FAULTS (JSON) sets the plan; every put_part call is appended to TEST_STORAGE_LOG
+TEST_STORAGE_FAULTS (JSON) sets the plan; every put_part (or put_part_from_file) call is appended to TEST_STORAGE_LOG
 (one JSON line each) so a test can count which parts were sent, and how often.
   {"fail_part": {"2": 2}}     part 2 fails its first 2 attempts with a retryable error
   {"always_fail_part": 3}     part 3 fails every attempt
@@ -49,9 +49,24 @@ class FaultyStorage:
         self.started = 0
 
     def __getattr__(self, name: str) -> Any:
+        if name == "put_part_from_file":
+            # The same faults on the path the engine takes when the backend has it (local disk);
+            # a backend without it (S3) stays without it here too.
+            put_part_from_file = self.inner.put_part_from_file
+
+            def faulty(*, part_number: int, **kwargs: Any) -> PartReceipt:
+                self._inject(part_number)
+                return put_part_from_file(part_number=part_number, **kwargs)
+
+            return faulty
         return getattr(self.inner, name)
 
     def put_part(self, *, key: str, handle: str, part_number: int, offset: int, data: bytes) -> PartReceipt:
+        self._inject(part_number)
+        return self.inner.put_part(key=key, handle=handle, part_number=part_number, offset=offset, data=data)
+
+    def _inject(self, part_number: int) -> None:
+        """Log the attempt, then fail it, or kill the process, as the plan says."""
         with self.lock:
             self.started += 1
             attempt = self.attempts[part_number] = self.attempts.get(part_number, 0) + 1
@@ -69,7 +84,6 @@ class FaultyStorage:
             raise StorageError(f"injected permanent failure of part {part_number}", retryable=True)
         if self.plan.get("fatal_part") == part_number:
             raise StorageError("injected refusal: access denied", retryable=False)
-        return self.inner.put_part(key=key, handle=handle, part_number=part_number, offset=offset, data=data)
 
 
 # --- dropped progress events ------------------------------------------------------------------

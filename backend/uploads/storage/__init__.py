@@ -88,6 +88,23 @@ def storage_call_with_retries(call: Callable[[], T], *, attempts: int) -> T:
 
 
 @runtime_checkable
+class PartFromFile(Protocol):
+    """Optional: a store that takes a part straight from the staged file, its bytes never in Python.
+
+    The local disk copies the range inside the kernel (`os.copy_file_range`); S3 has no such call
+    for a file on this machine and takes `put_part`'s bytes. The engine uses this when a backend has it.
+    """
+
+    def put_part_from_file(
+        self, *, key: str, handle: str, part_number: int, offset: int, length: int, source_fd: int
+    ) -> PartReceipt:
+        """`put_part` (same contract) of the `length` bytes at `offset` in `source_fd`, stored at `offset`.
+
+        Raises StorageError(retryable=False) if the source ends before the part does.
+        """
+
+
+@runtime_checkable
 class Presigner(Protocol):
     def download_url(self, *, key: str, filename: str, ttl: int, base_url: str | None) -> str:
         """An absolute URL that serves the object's bytes for `ttl` seconds without other credentials."""
