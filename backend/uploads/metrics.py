@@ -7,8 +7,8 @@ each server process and published to Redis under the process's own name with a h
 (`SubscriptionGauge`): a scrape sums the processes heard from within METRICS_PROCESS_TTL_SECONDS,
 so several processes never count one subscription twice, and a crashed process's count stops
 counting once its heartbeat is that old. Losing a metric write when Redis is briefly down costs
-a metric, never an upload. Each process keeps one cached client for them: `django_rq.get_connection` builds a new client,
-and so a new connection, on every call (a connect and a handshake per counted part).
+a metric, never an upload. Each process keeps one cached client for them (`_counters`):
+`django_rq.get_connection` builds a new client, and so a new connection, on every call.
 """
 
 from __future__ import annotations
