@@ -6,11 +6,13 @@ from functools import partial
 
 import strawberry
 from django.conf import settings
+from strawberry.schema.config import StrawberryConfig
 
 from schema.errors import ErrorCodes
 from schema.mutations import Mutation
 from schema.queries import Query
 from schema.subscriptions import Subscription
+from schema.types import SCALAR_MAP
 from schema.validation import QueryLimits, SuggestionFreeExecutor
 
 schema = strawberry.Schema(
@@ -28,4 +30,5 @@ schema = strawberry.Schema(
         ErrorCodes,
     ],
     execution_context_class=None if settings.GRAPHIQL else SuggestionFreeExecutor,
+    config=StrawberryConfig(scalar_map=SCALAR_MAP),
 )

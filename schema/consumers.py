@@ -109,7 +109,7 @@ class UploadGraphQLWSConsumer(GraphQLWSConsumer):
         hostname = urlsplit(origin).hostname
         if hostname and ":" in hostname:
             hostname = f"[{hostname}]"  # ALLOWED_HOSTS spells IPv6 hosts with brackets
-        return bool(hostname) and validate_host(hostname, settings.ALLOWED_HOSTS)
+        return bool(hostname and validate_host(hostname, settings.ALLOWED_HOSTS))
 
 
 async def _session_user(scope: dict[str, Any], *, reload: bool = False) -> Any:

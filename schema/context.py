@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import strawberry
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.http import HttpRequest, HttpResponse
 
 
@@ -14,7 +14,7 @@ from django.http import HttpRequest, HttpResponse
 class Context:
     request: HttpRequest | Any
     response: HttpResponse | None = None
-    user: AbstractBaseUser | None = None
+    user: User | None = None
     base_url: str | None = None
     connection_params: dict[str, Any] = field(default_factory=dict)
     ws: Any = None

@@ -6,19 +6,29 @@ from datetime import datetime
 from typing import Any, NewType
 
 import strawberry
+from strawberry.types.scalar import ScalarDefinition
 
 from backend.uploads import models
 from backend.uploads.parts import progress_fraction
 from backend.uploads.selectors import UploadPage, upload_download_url
 
-BigInt = strawberry.scalar(
-    NewType("BigInt", int),
-    serialize=int,
-    parse_value=int,
-    description="Byte counts as a JSON number (exact up to 2^53)",
-)
+BigInt = NewType("BigInt", int)
 
-UploadStatus = strawberry.enum(models.UploadStatus, name="UploadStatus")
+# The schema maps BigInt to this definition (StrawberryConfig.scalar_map, strawberry's typed way:
+# a wrapped NewType is not a type to mypy).
+SCALAR_MAP: dict[object, ScalarDefinition] = {
+    BigInt: strawberry.scalar(
+        name="BigInt",
+        serialize=int,
+        parse_value=int,
+        description="Byte counts as a JSON number (exact up to 2^53)",
+    )
+}
+
+# strawberry.enum registers the GraphQL enum on the class itself and returns that class; the
+# plain alias keeps UploadStatus a type to mypy.
+UploadStatus = models.UploadStatus
+strawberry.enum(UploadStatus, name="UploadStatus")
 
 
 @strawberry.type(name="FileUpload")

@@ -33,7 +33,9 @@ class InvalidToken(Exception):
 class UploadGraphQLView(AsyncGraphQLView[Context, None]):
     """strawberry's async Django view, with the request handling the contract asks for."""
 
-    async def dispatch(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
+    # django-stubs declares View.dispatch synchronous only, but Django runs an async one for an
+    # async view (View.view_is_async); strawberry's own AsyncGraphQLView.dispatch is async too.
+    async def dispatch(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:  # type: ignore[override]
         try:
             return await self._dispatch(request)
         except HTTPException as exc:
@@ -106,9 +108,9 @@ async def _authenticate(request: HttpRequest) -> tuple[Any, bool]:
         if user is None:
             raise InvalidToken
         return user, False
-    user = await request.auser()
-    if user.is_authenticated:
-        return user, True
+    session_user = await request.auser()
+    if session_user.is_authenticated:
+        return session_user, True
     return None, False
 
 

@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from datetime import timedelta
 
 from django.contrib.auth import get_user_model
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.db.models import Q
 from django.utils import timezone
 
@@ -19,12 +19,12 @@ def _token_hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def token_create(*, user: AbstractBaseUser, expires_in_days: float | None = None) -> str:
+def token_create(*, user: User, expires_in_days: float | None = None) -> str:
     """Issue a new token for `user` and return it; this is the only time it is seen in clear."""
     return token_issue(user=user, expires_in_days=expires_in_days)[1]
 
 
-def token_issue(*, user: AbstractBaseUser, expires_in_days: float | None = None) -> tuple[ApiToken, str]:
+def token_issue(*, user: User, expires_in_days: float | None = None) -> tuple[ApiToken, str]:
     """Issue a new token for `user`: its row and the token itself, seen in clear only here."""
     token = secrets.token_urlsafe(32)
     expires_at = timezone.now() + timedelta(days=expires_in_days) if expires_in_days else None
@@ -32,7 +32,7 @@ def token_issue(*, user: AbstractBaseUser, expires_in_days: float | None = None)
     return row, token
 
 
-def token_user(*, token: str) -> AbstractBaseUser | None:
+def token_user(*, token: str) -> User | None:
     """The active user a token belongs to, or None if it is unknown, expired or revoked."""
     if not token or len(token) > 256:
         return None
@@ -64,7 +64,7 @@ def token_revoke_for_user(*, username: str) -> int:
     return ApiToken.objects.filter(user__username=username, revoked_at__isnull=True).update(revoked_at=timezone.now())
 
 
-def user_get_or_create(*, username: str, create: bool) -> AbstractBaseUser | None:
+def user_get_or_create(*, username: str, create: bool) -> User | None:
     user_model = get_user_model()
     user = user_model.objects.filter(username=username).first()
     if user is None and create:

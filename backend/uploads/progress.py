@@ -166,11 +166,12 @@ async def progress_stream(*, upload_id: uuid.UUID, resync_seconds: float) -> Asy
         last = event["sequence"]
         while event["status"] not in TERMINAL:
             try:
-                candidate: dict[str, Any] | None = await asyncio.wait_for(inbox.get(), timeout=resync_seconds)
+                candidate = await asyncio.wait_for(inbox.get(), timeout=resync_seconds)
             except TimeoutError:
-                candidate = await _snapshot(upload_id)
-                if candidate is None:
+                snapshot = await _snapshot(upload_id)
+                if snapshot is None:
                     return
+                candidate = snapshot
             if candidate["sequence"] <= last:
                 continue
             event, last = candidate, candidate["sequence"]

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from django.conf import settings
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.db.models import Q
 
 from backend.uploads.errors import BadUserInput, NotFound
@@ -27,7 +27,7 @@ def upload_id_parse(raw: str) -> uuid.UUID:
         raise BadUserInput(f"{raw!r} is not an upload id") from exc
 
 
-def upload_get_for_user(*, user: AbstractBaseUser, upload_id: uuid.UUID) -> FileUpload:
+def upload_get_for_user(*, user: User, upload_id: uuid.UUID) -> FileUpload:
     """The caller's upload; NOT_FOUND when it is missing or someone else's (never saying which)."""
     upload = FileUpload.objects.filter(id=upload_id, owner_id=user.pk).first()
     if upload is None:
@@ -57,7 +57,7 @@ def _cursor_decode(cursor: str) -> tuple[datetime, uuid.UUID]:
 
 
 def upload_list_for_user(
-    *, user: AbstractBaseUser, first: int = 20, after: str | None = None, status: str | None = None
+    *, user: User, first: int = 20, after: str | None = None, status: str | None = None
 ) -> UploadPage:
     """The caller's uploads, newest first, `first` at a time after the cursor `after`."""
     if first < 0 or first > MAX_PAGE:

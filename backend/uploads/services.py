@@ -22,7 +22,7 @@ from typing import Any
 import django_rq
 import redis
 from django.conf import settings
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.db import IntegrityError, transaction
 from django.db.models import F, Q
 from django.utils import timezone
@@ -69,7 +69,7 @@ class ClaimLost(Exception):
 # --- creating ---------------------------------------------------------------------------------
 
 
-def upload_create(*, user: AbstractBaseUser, file: StagedFile, sha256: str | None) -> FileUpload:
+def upload_create(*, user: User, file: StagedFile, sha256: str | None) -> FileUpload:
     """Accept a staged file: validate it, create the row, queue the transfer after commit.
 
     On any refusal the staged bytes are left in `incoming/` for the caller's clean-up, so nothing
@@ -272,7 +272,7 @@ def upload_release(*, upload_id: uuid.UUID, claim: uuid.UUID) -> FileUpload:
 # --- what a client asks for -------------------------------------------------------------------
 
 
-def upload_cancel(*, user: AbstractBaseUser, upload_id: uuid.UUID) -> FileUpload:
+def upload_cancel(*, user: User, upload_id: uuid.UUID) -> FileUpload:
     """QUEUED/UPLOADING -> CANCELLED; INVALID_STATE from any other status.
 
     From QUEUED the queued job is removed and an open store object kept from an earlier run is
@@ -302,7 +302,7 @@ def upload_cancel(*, user: AbstractBaseUser, upload_id: uuid.UUID) -> FileUpload
     return upload
 
 
-def upload_retry(*, user: AbstractBaseUser, upload_id: uuid.UUID) -> FileUpload:
+def upload_retry(*, user: User, upload_id: uuid.UUID) -> FileUpload:
     """FAILED -> QUEUED resuming from the confirmed parts; CANCELLED -> QUEUED starting over from 0.
 
     INVALID_STATE from any other status, and once the staged bytes are gone (the sweep expired
@@ -337,7 +337,7 @@ def upload_retry(*, user: AbstractBaseUser, upload_id: uuid.UUID) -> FileUpload:
     return upload
 
 
-def upload_delete(*, user: AbstractBaseUser, upload_id: uuid.UUID) -> bool:
+def upload_delete(*, user: User, upload_id: uuid.UUID) -> bool:
     """Remove an upload for good; afterwards its id answers NOT_FOUND.
 
     Cancels it if active, then removes its object, its open store object, its staged bytes, its

@@ -93,6 +93,8 @@ class Sha256Overlapped:
 class StagedFile(UploadedFile):
     """A file part already on disk in staging, with the digest of its bytes and its first bytes."""
 
+    size: int  # always known here: counted while the part was staged (UploadedFile allows None)
+
     def __init__(self, *, path: Path, name: str, size: int, sha256: str, head: bytes, content_type: str) -> None:
         super().__init__(file=None, name=name, content_type=content_type, size=size)
         self.path = path
