@@ -162,9 +162,14 @@ def test_uploads_and_subscribers_come_through_a_redis_restart(
             ids = [await asyncio.to_thread(send, n) for n in range(4)]
             subs = {await session.subscribe(upload_id): upload_id for upload_id in ids}
             events: dict[str, list[dict[str, Any]]] = {upload_id: [] for upload_id in ids}
-            outage_task = asyncio.create_task(outage(ids))
+            outage_task: asyncio.Task[tuple[str, set[str]]] | None = None
             while len(subs) > sum(1 for e in events.values() if e and e[-1].get("complete")):
-                if outage_task.done():
+                if outage_task is None and all(events.values()):
+                    # Each subscription sent its snapshot, so the server has set it up (its channel
+                    # on the layer, its group joined): only now are they opened before the outage.
+                    # On a loaded machine that can come after the transfers have started.
+                    outage_task = asyncio.create_task(outage(ids))
+                if outage_task is not None and outage_task.done():
                     outage_task.result()  # raises what went wrong in it
                 message = await asyncio.wait_for(session.receive(), timeout=90)
                 upload_id = subs[message["id"]]
@@ -174,6 +179,7 @@ def test_uploads_and_subscribers_come_through_a_redis_restart(
                 assert message["type"] == "next" and not message["payload"].get("errors"), message
                 events[upload_id].append(message["payload"]["data"]["uploadProgress"])
             timeline["subscribers_done"] = time.monotonic()
+            assert outage_task is not None, "every upload completed before its subscription's snapshot"
             during, not_started = await outage_task
             return {k: v[:-1] for k, v in events.items()}, during, not_started
 
