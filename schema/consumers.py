@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from importlib import import_module
 from typing import Any
 from urllib.parse import urlsplit
 
+import redis
 from asgiref.sync import sync_to_async
 from channels.auth import get_user
 from django.conf import settings
@@ -20,6 +22,11 @@ from strawberry.subscriptions.protocols.graphql_ws.handlers import BaseGraphQLWS
 from backend.tokens.services import token_user
 from schema.context import Context
 from schema.validation import json_decode
+
+logger = logging.getLogger(__name__)
+
+# How long a client refused while Redis is away is asked to wait before it connects again.
+RETRY_AFTER_SECONDS = 2
 
 
 class TransportWSHandler(BaseGraphQLTransportWSHandler[Any, Any]):
@@ -49,6 +56,44 @@ class UploadGraphQLWSConsumer(GraphQLWSConsumer):
 
     graphql_transport_ws_handler_class = TransportWSHandler
     graphql_ws_handler_class = LegacyWSHandler
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        """Serve one socket; while the channel layer's Redis is unreachable, refuse it cleanly.
+
+        Channels gives every socket a channel on the layer before the handshake: with Redis down
+        that raises, and the ASGI server would answer the handshake with a 500. Instead the
+        handshake is answered 503 with Retry-After (ASGI's `websocket.http.response` extension:
+        uvicorn), or, on a server without it (daphne), accepted and closed at once with 1000
+        (daphne's websocket library allows no other standard code, 1013 "try again later"
+        included). Either way the client may reconnect, and succeeds once Redis is back.
+        """
+        try:
+            await super().__call__(scope, receive, send)
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+            if hasattr(self, "channel_receive"):
+                raise  # the socket got its channel: a later failure is not the handshake's
+            logger.warning("websocket refused: the channel layer's Redis is unreachable: %s", exc)
+            await self._refuse_until_redis(scope=scope, receive=receive, send=send)
+
+    async def _refuse_until_redis(self, *, scope: Any, receive: Any, send: Any) -> None:
+        message = await receive()
+        if message["type"] != "websocket.connect":
+            return  # the client went away first
+        if "websocket.http.response" in scope.get("extensions", {}):
+            body = b"the service is starting or restarting; try again later"
+            headers = [
+                (b"content-type", b"text/plain; charset=utf-8"),
+                (b"content-length", str(len(body)).encode()),
+                (b"retry-after", str(RETRY_AFTER_SECONDS).encode()),
+            ]
+            await send({"type": "websocket.http.response.start", "status": 503, "headers": headers})
+            await send({"type": "websocket.http.response.body", "body": body})
+            return
+        # The subprotocol the client asked for is echoed: a browser fails a handshake without it,
+        # and would report 1006 (abnormal) instead of this close.
+        subprotocol = await self.pick_websocket_subprotocol(self)
+        await send({"type": "websocket.accept", "subprotocol": subprotocol})
+        await send({"type": "websocket.close", "code": 1000, "reason": "try again later"})
 
     def decode_json(self, data: str | bytes) -> object:
         return json_decode(data)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import signal
 from collections import Counter
@@ -16,6 +15,7 @@ from rq import Queue
 from backend.uploads.models import FileUpload, UploadStatus
 from tests.support.client import data_of, upload_file
 from tests.support.processes import wait_until
+from tests.support.uploads import put_part_counts
 
 MIB = 1024 * 1024
 
@@ -24,10 +24,9 @@ def _row(upload_id: str) -> FileUpload:
     return FileUpload.objects.get(id=upload_id)
 
 
-def _parts_sent(log: Path) -> Counter[int]:
-    if not log.exists():
-        return Counter()
-    return Counter(json.loads(line)["part"] for line in log.read_text().splitlines())
+def _parts_sent(log: Path, upload_id: str) -> Counter[int]:
+    """How often each part of `upload_id` was put (a reaper may transfer earlier tests' uploads too)."""
+    return put_part_counts(log, key=_row(upload_id).storage_key)
 
 
 def _assert_stored(upload_id: str, content: bytes) -> None:
@@ -58,7 +57,7 @@ def test_sigterm_stops_between_parts_and_the_upload_resumes(make_stack, api_user
     stack.add_worker()
     wait_until(lambda: _row(upload_id).status == UploadStatus.COMPLETED, timeout=60, what="the resumed transfer")
     _assert_stored(upload_id, content)
-    sent = _parts_sent(log)
+    sent = _parts_sent(log, upload_id)
     assert set(sent) == set(range(1, 25))
     assert all(count == 1 for count in sent.values()), f"parts sent twice: {sent}"
     assert _row(upload_id).attempts == 2
@@ -83,7 +82,7 @@ def test_sigkilled_worker_is_reaped_and_resumed_by_the_cron(make_stack, api_user
     stack.add_worker()
     wait_until(lambda: _row(upload_id).status == UploadStatus.COMPLETED, timeout=90, what="reaped and resumed")
     _assert_stored(upload_id, content)
-    sent = _parts_sent(log)
+    sent = _parts_sent(log, upload_id)
     assert all(sent[n] == 1 for n in range(1, confirmed + 1)), f"confirmed parts sent again: {sent}"
     assert _row(upload_id).attempts == 2
 
@@ -98,7 +97,7 @@ def test_a_job_delivered_twice_transfers_once(make_stack, api_user, tmp_path) ->
     wait_until(lambda: _row(upload_id).status == UploadStatus.COMPLETED, timeout=60, what="completion")
     wait_until(lambda: queue.count == 0 and len(queue.started_job_registry) == 0, timeout=30, what="queue drained")
     _assert_stored(upload_id, content)
-    sent = _parts_sent(log)
+    sent = _parts_sent(log, upload_id)
     assert sent == Counter({n: 1 for n in range(1, 9)}), sent
     assert _row(upload_id).attempts == 1
 

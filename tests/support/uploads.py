@@ -56,13 +56,19 @@ def open_staging_files(pid: int, staging: Path | None = None) -> list[str]:
     return held
 
 
-def put_part_log(path: Path) -> list[dict[str, Any]]:
-    """The put_part calls a fault-injecting worker logged (TEST_STORAGE_LOG), in call order."""
+def put_part_log(path: Path, *, key: str | None = None) -> list[dict[str, Any]]:
+    """The put_part calls a fault-injecting worker logged (TEST_STORAGE_LOG), in call order.
+
+    With `key`, only those for that object. A stack running the reaper (`start_cron`) needs it:
+    the database is the session's, so the reaper also queues uploads earlier tests left QUEUED
+    (their jobs were in another Redis database) and this stack's workers put their parts too.
+    """
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    entries = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [e for e in entries if key is None or e["key"] == key]
 
 
-def put_part_counts(path: Path) -> Counter[int]:
-    """How many times each part number was put."""
-    return Counter(entry["part"] for entry in put_part_log(path))
+def put_part_counts(path: Path, *, key: str | None = None) -> Counter[int]:
+    """How many times each part number was put (of object `key` only, if given)."""
+    return Counter(entry["part"] for entry in put_part_log(path, key=key))

@@ -1,7 +1,8 @@
 """A real RQ worker for the tests, with optional faults injected around the storage backend.
 
 TEST_STORAGE_FAULTS (JSON) sets the plan; every put_part (or put_part_from_file) call is appended to TEST_STORAGE_LOG
-(one JSON line each) so a test can count which parts were sent, and how often.
+(one JSON line each: part, attempt, pid, the object's key, time) so a test can count which parts of
+which upload were sent, by which work horse, and how often.
   {"fail_part": {"2": 2}}     part 2 fails its first 2 attempts with a retryable error
   {"always_fail_part": 3}     part 3 fails every attempt
   {"fatal_part": 1}           part 1 fails with a non-retryable error
@@ -54,18 +55,18 @@ class FaultyStorage:
             # a backend without it (S3) stays without it here too.
             put_part_from_file = self.inner.put_part_from_file
 
-            def faulty(*, part_number: int, **kwargs: Any) -> PartReceipt:
-                self._inject(part_number)
-                return put_part_from_file(part_number=part_number, **kwargs)
+            def faulty(*, key: str, part_number: int, **kwargs: Any) -> PartReceipt:
+                self._inject(key, part_number)
+                return put_part_from_file(key=key, part_number=part_number, **kwargs)
 
             return faulty
         return getattr(self.inner, name)
 
     def put_part(self, *, key: str, handle: str, part_number: int, offset: int, data: bytes) -> PartReceipt:
-        self._inject(part_number)
+        self._inject(key, part_number)
         return self.inner.put_part(key=key, handle=handle, part_number=part_number, offset=offset, data=data)
 
-    def _inject(self, part_number: int) -> None:
+    def _inject(self, key: str, part_number: int) -> None:
         """Log the attempt, then fail it, or kill the process, as the plan says."""
         with self.lock:
             self.started += 1
@@ -75,7 +76,8 @@ class FaultyStorage:
                 os._exit(17)
             if self.log_path:
                 with open(self.log_path, "a") as log:
-                    log.write(json.dumps({"part": part_number, "attempt": attempt, "pid": os.getpid()}) + "\n")
+                    entry = {"part": part_number, "attempt": attempt, "pid": os.getpid(), "key": key, "at": time.time()}
+                    log.write(json.dumps(entry) + "\n")
         if self.plan.get("outage_while") and os.path.exists(self.plan["outage_while"]):
             raise StorageError(f"injected store outage: part {part_number} not stored", retryable=True)
         if attempt <= int(self.plan.get("fail_part", {}).get(str(part_number), 0)):
