@@ -80,9 +80,24 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
         connections.close_all()
         cluster.stop()
+    _leftover_processes_stop()
     root = _SESSION.get("root")
     if root is not None:
         shutil.rmtree(root, ignore_errors=True)
+
+
+def _leftover_processes_stop() -> None:
+    """Stop servers, workers or schedulers a test forgot, so none outlives the run; name them."""
+    import psutil
+
+    leftovers = psutil.Process().children(recursive=True)
+    for process in leftovers:
+        try:
+            print(f"\nleft running by a test, now killed: {' '.join(process.cmdline())[:160]}")
+            process.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(leftovers, timeout=10)
 
 
 @pytest.fixture(scope="session")

@@ -18,7 +18,7 @@ from backend.client.api import UPLOAD_FIELDS
 from backend.stack import free_port
 from backend.uploads.models import FileUpload
 from tests.support.client import data_of, upload_file
-from tests.support.processes import Server, wait_until
+from tests.support.processes import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 MIB = 1024 * 1024
@@ -292,7 +292,7 @@ def test_progress_survives_a_server_restart(make_stack, api_user, tmp_path) -> N
     slow.server.stop()
     upload = FileUpload.objects.get(owner=api_user.user)
     assert upload.status == "UPLOADING"
-    slow.server = Server(env=slow.env, log=slow.root / "server-again.log", port=slow.server.port).start()
+    slow.server.start()  # the same port, and still the stack's: its teardown stops it
 
     assert client.finish() == 0, client.out
     # Only a progress event says this: the stream was followed again after the restart.
