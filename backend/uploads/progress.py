@@ -9,6 +9,7 @@ one thread and one Redis connection pool, events sent in the order they were com
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import uuid
@@ -18,6 +19,7 @@ from typing import Any
 
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
+from redis.exceptions import RedisError
 
 from backend.uploads.metrics import subscription_gauge
 from backend.uploads.models import FileUpload, UploadStatus
@@ -143,22 +145,14 @@ async def progress_stream(*, upload_id: uuid.UUID, resync_seconds: float) -> Asy
     missed; drops events not newer than the last one yielded; re-reads the row whenever
     `resync_seconds` pass without news, so a lost message never leaves the stream hanging.
     Each stream has its own channel on the layer: streams never share a group membership.
+    While the layer's Redis is unreachable the stream runs on the re-reads alone and tries to
+    join again at each one, so a subscription opened during an outage still converges.
     """
-    layer = get_channel_layer()
-    channel = await layer.new_channel()
-    group = progress_group(upload_id)
     inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-
-    async def pump() -> None:
-        while True:
-            message = await layer.receive(channel)
-            if message.get("type") == MESSAGE_TYPE:
-                inbox.put_nowait(message["event"])
-
-    reader = asyncio.create_task(pump())
+    membership = _GroupMembership(group=progress_group(upload_id), inbox=inbox)
     subscription_gauge.opened()
     try:
-        await layer.group_add(group, channel)
+        await membership.join()
         event = await _snapshot(upload_id)
         if event is None:
             return
@@ -168,6 +162,7 @@ async def progress_stream(*, upload_id: uuid.UUID, resync_seconds: float) -> Asy
             try:
                 candidate = await asyncio.wait_for(inbox.get(), timeout=resync_seconds)
             except TimeoutError:
+                await membership.join()
                 snapshot = await _snapshot(upload_id)
                 if snapshot is None:
                     return
@@ -178,11 +173,52 @@ async def progress_stream(*, upload_id: uuid.UUID, resync_seconds: float) -> Asy
             yield event
     finally:
         subscription_gauge.closed()
-        reader.cancel()
+        await membership.leave()
+
+
+class _GroupMembership:
+    """One stream's channel in an upload's progress group, relaying its events into `inbox`."""
+
+    def __init__(self, *, group: str, inbox: asyncio.Queue[dict[str, Any]]) -> None:
+        self.layer = get_channel_layer()
+        self.group = group
+        self.inbox = inbox
+        self.channel: str | None = None
+        self.reader: asyncio.Task[None] | None = None
+
+    async def join(self) -> None:
+        """Join the group unless already in it; with Redis unreachable, stay out until the next try."""
+        if self.channel is not None:
+            return
+        channel = None
         try:
-            await layer.group_discard(group, channel)
+            channel = await self.layer.new_channel()
+            await self.layer.group_add(self.group, channel)
+        except (RedisError, OSError) as exc:
+            logger.warning("progress group %s not joined (Redis unreachable: %s); re-reading the row", self.group, exc)
+            if channel is not None:
+                # Locally in the group but never subscribed: take it out, or it would collect events.
+                with contextlib.suppress(RedisError, OSError):
+                    await self.layer.group_discard(self.group, channel)
+            return
+        self.channel = channel
+        self.reader = asyncio.create_task(self._pump(channel))
+
+    async def _pump(self, channel: str) -> None:
+        while True:
+            message = await self.layer.receive(channel)
+            if message.get("type") == MESSAGE_TYPE:
+                self.inbox.put_nowait(message["event"])
+
+    async def leave(self) -> None:
+        if self.reader is not None:
+            self.reader.cancel()
+        if self.channel is None:
+            return
+        try:
+            await self.layer.group_discard(self.group, self.channel)
         except Exception:
-            logger.debug("leaving progress group %s failed", group, exc_info=True)
+            logger.debug("leaving progress group %s failed", self.group, exc_info=True)
 
 
 async def _snapshot(upload_id: uuid.UUID) -> dict[str, Any] | None:

@@ -94,6 +94,42 @@ def test_a_new_websocket_while_redis_is_down_is_refused_cleanly(
     assert cancelled["status"] == "CANCELLED", cancelled
 
 
+@pytest.mark.parametrize("own_redis", [False], indirect=True)
+def test_a_subscription_opened_while_redis_is_down_converges_and_goes_live_again(
+    make_stack, api_user, own_redis: RedisServer
+) -> None:
+    """On a socket opened before the outage: the snapshot from the row, re-reads, then live parts."""
+    stack = make_stack(env={"UPLOAD_PART_DELAY_MS": "1000", "UPLOAD_PART_CONCURRENCY": "1"}, redis_url=own_redis.url)
+    upload_id = data_of(upload_file(stack.url, _content(2), headers=api_user.headers))["uploadFile"]["id"]
+
+    async def scenario() -> list[dict[str, Any]]:
+        async with subscriber(stack.ws_url, api_user.token) as session:
+            await asyncio.to_thread(
+                wait_until, lambda: _rows([upload_id])[upload_id].parts_uploaded >= 1, timeout=30, what="a part"
+            )
+            own_redis.stop(signal.SIGKILL)
+            await session.subscribe(upload_id)
+            first = await asyncio.wait_for(session.receive(), timeout=10)
+            assert first["type"] == "next" and not first["payload"].get("errors"), first
+            events = [first["payload"]["data"]["uploadProgress"]]
+            assert events[0]["status"] == "UPLOADING" and events[0]["partNumber"] is None, events[0]
+            own_redis.start()
+            while True:
+                message = await asyncio.wait_for(session.receive(), timeout=60)
+                if message["type"] == "complete":
+                    return events
+                assert message["type"] == "next" and not message["payload"].get("errors"), message
+                events.append(message["payload"]["data"]["uploadProgress"])
+
+    events = asyncio.run(scenario())
+    sequences = [e["sequence"] for e in events]
+    assert sequences == sorted(set(sequences)), sequences
+    assert events[-1]["status"] == "COMPLETED", events[-1]
+    # A part event (not a re-read snapshot) after Redis came back: the stream joined its group again.
+    assert any(e["partNumber"] is not None for e in events), events
+    assert "not joined (Redis unreachable" in stack.server.log.read_text()
+
+
 @pytest.mark.parametrize(
     ("own_redis", "stop_signal", "pool"),
     [
