@@ -122,7 +122,7 @@ _HEARTBEATS = _KEY + "subscriptions:heartbeat"
 
 
 def _subscriptions_write(*, process: str, count: int) -> None:
-    connection = django_rq.get_connection("default")
+    connection = _counters()
     seconds, micros = connection.time()
     pipe = connection.pipeline(transaction=True)
     pipe.hset(_SUBSCRIPTIONS, process, count)

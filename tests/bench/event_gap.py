@@ -88,12 +88,12 @@ async def _measure(bench: Bench, url: str, ws_url: str) -> tuple[list[float], li
         ticker.start()
         with http_client() as client:
             for _ in range(ROUNDS):
-                await asyncio.sleep(QUIET_SECONDS)  # a quiet window to measure, not synchronisation
+                await asyncio.sleep(QUIET_SECONDS)  # sync-ok: a quiet window to measure, not synchronisation
                 started = time.perf_counter()
                 await asyncio.to_thread(upload_ours, client, url, bench.file(SIZE), headers=bench.headers)
                 windows.append((started, time.perf_counter()))
                 bench.clear_staging()
-            await asyncio.sleep(QUIET_SECONDS)
+            await asyncio.sleep(QUIET_SECONDS)  # sync-ok: the quiet window between measured uploads
         stop.set()
         receiver.cancel()
     ticker.join(10)
