@@ -24,7 +24,7 @@ def error_code_for(error: GraphQLError) -> GraphQLError:
     """
     original = error.original_error
     if isinstance(original, UploadError):
-        return _with_code(error, original.code, original.message)
+        return _with_code(error, original.code, original.message, original.extensions)
     if isinstance(original, GraphQLError) and original.extensions and "code" in original.extensions:
         return _with_code(error, str(original.extensions["code"]), original.message)
     if error.extensions and "code" in error.extensions:
@@ -44,7 +44,7 @@ def error_code_for(error: GraphQLError) -> GraphQLError:
     return _with_code(error, "INTERNAL_SERVER_ERROR", message or "Internal server error")
 
 
-def _with_code(error: GraphQLError, code: str, message: str) -> GraphQLError:
+def _with_code(error: GraphQLError, code: str, message: str, extra: dict[str, object] | None = None) -> GraphQLError:
     return GraphQLError(
         message,
         nodes=error.nodes,
@@ -52,7 +52,7 @@ def _with_code(error: GraphQLError, code: str, message: str) -> GraphQLError:
         positions=error.positions,
         path=error.path,
         original_error=None,
-        extensions={**(error.extensions or {}), "code": code},
+        extensions={**(error.extensions or {}), **(extra or {}), "code": code},
     )
 
 
