@@ -9,6 +9,7 @@ from django.conf import settings
 from strawberry.schema.config import StrawberryConfig
 
 from schema.errors import ErrorCodes
+from schema.fanout import FanoutExecutor
 from schema.mutations import Mutation
 from schema.queries import Query
 from schema.subscriptions import Subscription
@@ -29,6 +30,6 @@ schema = strawberry.Schema(
         ),
         ErrorCodes,
     ],
-    execution_context_class=None if settings.GRAPHIQL else SuggestionFreeExecutor,
+    execution_context_class=FanoutExecutor if settings.GRAPHIQL else SuggestionFreeExecutor,
     config=StrawberryConfig(scalar_map=SCALAR_MAP),
 )
