@@ -25,6 +25,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from backend.logs import upload_log_bind
+from backend.quotas.services import quota_reserve
 from backend.uploads import services
 from backend.uploads.errors import (
     BadUserInput,
@@ -111,6 +112,8 @@ def resumable_create(
     upload_log_bind(upload_id)
     known = size if size is not None else 0
     with transaction.atomic():
+        # A deferred length reserves nothing yet: its size is reserved when it becomes known.
+        quota_reserve(user=user, size=known)
         upload = FileUpload.objects.create(
             id=upload_id,
             owner=user,
@@ -153,10 +156,11 @@ def resumable_set_length(*, upload: FileUpload, size: int) -> FileUpload:
     if size > settings.UPLOAD_MAX_BYTES:
         raise UploadTooLarge(f"uploads are limited to {settings.UPLOAD_MAX_BYTES} bytes")
     fields = {"size": size, "length_deferred": False, **_sizing(size)}
-    if not FileUpload.objects.filter(id=upload.id, length_deferred=True, status=UploadStatus.RECEIVING).update(
-        **fields
-    ):
-        raise InvalidState("the length of this upload was set meanwhile")
+    with transaction.atomic():
+        quota_reserve(user=upload.owner, size=size)
+        rows = FileUpload.objects.filter(id=upload.id, length_deferred=True, status=UploadStatus.RECEIVING)
+        if not rows.update(**fields):
+            raise InvalidState("the length of this upload was set meanwhile")
     for name, value in fields.items():
         setattr(upload, name, value)
     return upload
@@ -256,6 +260,7 @@ def resumable_concatenate(
         if piece.status != UploadStatus.RECEIVING or piece.length_deferred or piece.bytes_received != piece.size:
             raise BadUserInput(f"partial upload {piece.id} is not complete")
     size = sum(rows[i].size for i in partial_ids)
+    # No quota to reserve: the partial uploads reserved these bytes, and they go as the final comes.
     _check_room(user=user, size=size, counted=True)
     locks = [WriterLock(i) for i in dict.fromkeys(partial_ids)]
     try:
