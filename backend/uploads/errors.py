@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+
 
 class UploadError(Exception):
     code = "INTERNAL_SERVER_ERROR"
@@ -78,3 +80,8 @@ class ServiceUnavailable(UploadError):
     """A dependency the request needs (Redis, for the upload lock) cannot be reached; try again."""
 
     code = "SERVICE_UNAVAILABLE"
+
+
+# What a full disk answers a write: no space left, or the disk quota reached. Staging (507 for the
+# request) and the local bucket (the transfer fails, naming the disk) both tell it apart this way.
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
