@@ -262,12 +262,11 @@ async def _stream(append: ChunkAppend, guard: BodyGuard) -> bool:
     try:
         while True:
             message = await guard.receive()
-            if message["type"] == "http.disconnect":
-                return False
+            cut_off = message["type"] == "http.disconnect"
             if chunk := message.get("body", b""):
                 buffered.append(chunk)
                 size += len(chunk)
-            more = message.get("more_body", False)
+            more = message.get("more_body", False) and not cut_off
             if buffered and (size >= FLUSH_BYTES or not more):
                 data = b"".join(buffered)
                 buffered, size = [], 0
@@ -275,7 +274,8 @@ async def _stream(append: ChunkAppend, guard: BodyGuard) -> bool:
                     await pending
                 pending = asyncio.ensure_future(_run(append.write, data))
             if not more:
-                return True
+                # What arrived before a cut is written too: `abort` then commits it.
+                return not cut_off
     finally:
         if pending is not None:
             await pending
