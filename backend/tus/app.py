@@ -135,6 +135,7 @@ class TusApplication:
 
     async def _create(self, request: ASGIRequest, user: User, guard: BodyGuard) -> Answer | None:
         headers = request.headers
+        base_url = _base_url(request)  # a Host this server does not serve is refused before anything is made
         concat = concat_parse(headers.get("Upload-Concat"))
         metadata = metadata_parse(headers.get("Upload-Metadata"))
         for key in ("filename", "name", "sha256"):
@@ -160,7 +161,7 @@ class TusApplication:
                 sha256=sha256,
                 **common,
             )
-            return self._created(request, upload)
+            return self._created(base_url, upload)
         if (length is None) == (deferred is None):
             raise HeaderError("send exactly one of Upload-Length and Upload-Defer-Length: 1")
         if has_body and _content_type(request) != OFFSET_OCTET_STREAM:
@@ -188,10 +189,10 @@ class TusApplication:
             if isinstance(result, Answer) or result is None:
                 return result
             upload = result
-        return self._created(request, upload)
+        return self._created(base_url, upload)
 
-    def _created(self, request: ASGIRequest, upload: FileUpload) -> Answer:
-        headers = {"Location": f"{_base_url(request)}{PATH_PREFIX}/{upload.id}", **_offset_headers(upload)}
+    def _created(self, base_url: str, upload: FileUpload) -> Answer:
+        headers = {"Location": f"{base_url}{PATH_PREFIX}/{upload.id}", **_offset_headers(upload)}
         return Answer(201, headers)
 
     async def _head(self, user: User, upload_id: Any) -> Answer:
