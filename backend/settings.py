@@ -74,6 +74,8 @@ INSTALLED_APPS = [
     "backend.webhooks",
     "backend.web",
     "django_rq",
+    # Static files only: GraphiQL, React and the explorer plugin for backend/templates/graphql/graphiql.html.
+    "graphene_django_graphiql_static",
 ]
 
 MIDDLEWARE = [
