@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+
 
 class UploadError(Exception):
     code = "INTERNAL_SERVER_ERROR"
@@ -37,3 +39,8 @@ class InvalidState(UploadError):
 
 class Unauthenticated(UploadError):
     code = "UNAUTHENTICATED"
+
+
+# What a full disk answers a write: no space left, or the disk quota reached. Staging (507 for the
+# request) and the local bucket (the transfer fails, naming the disk) both tell it apart this way.
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
