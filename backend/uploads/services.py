@@ -42,7 +42,7 @@ from backend.uploads.models import ACTIVE_STATUSES, TERMINAL_STATUSES, FileUploa
 from backend.uploads.naming import filename_sanitise, storage_key_for
 from backend.uploads.parts import part_count, part_size_for
 from backend.uploads.progress import progress_publish
-from backend.uploads.selectors import upload_get_for_user
+from backend.uploads.selectors import upload_active_count, upload_get_for_user
 from backend.uploads.signals import upload_finished
 from backend.uploads.sniffing import content_type_allowed, content_type_sniff
 from backend.uploads.staging import INCOMING, StagedFile, staging_delete, staging_dir, staging_path
@@ -54,6 +54,7 @@ SHA256_RE = re.compile(r"^[0-9a-fA-F]{64}$")
 
 # The state table of CONTRACT section 3: which status each status may move to.
 ALLOWED_MOVES: dict[str, frozenset[str]] = {
+    UploadStatus.RECEIVING: frozenset({UploadStatus.QUEUED, UploadStatus.FAILED, UploadStatus.CANCELLED}),
     UploadStatus.QUEUED: frozenset({UploadStatus.UPLOADING, UploadStatus.CANCELLED}),
     UploadStatus.UPLOADING: frozenset(
         {UploadStatus.COMPLETED, UploadStatus.FAILED, UploadStatus.CANCELLED, UploadStatus.QUEUED}
@@ -91,9 +92,9 @@ def upload_create(*, user: User, file: StagedFile, sha256: str | None) -> FileUp
     upload_id = uuid.uuid4()
     upload_log_bind(upload_id)
     with transaction.atomic():
-        active = FileUpload.objects.filter(owner=user, status__in=ACTIVE_STATUSES).count()
+        active = upload_active_count(user=user)
         if active >= settings.UPLOAD_MAX_ACTIVE_PER_USER:
-            raise TooManyActiveUploads(f"you already have {active} uploads queued or uploading")
+            raise TooManyActiveUploads(f"you already have {active} uploads receiving, queued or uploading")
         quota_reserve(user=user, size=file.size)
         upload = FileUpload.objects.create(
             id=upload_id,
@@ -103,6 +104,7 @@ def upload_create(*, user: User, file: StagedFile, sha256: str | None) -> FileUp
             size=file.size,
             sha256=file.sha256,
             status=UploadStatus.QUEUED,
+            bytes_received=file.size,
             part_size=part_size,
             parts_total=part_count(size=file.size, part_size=part_size),
             storage_backend=storage.name,
@@ -287,6 +289,13 @@ def upload_cancel(*, user: User, upload_id: uuid.UUID) -> FileUpload:
     `upload_retry` can start over.
     """
     upload = upload_get_for_user(user=user, upload_id=upload_id)
+    if upload.status == UploadStatus.RECEIVING:
+        from backend.uploads.resumable.services import resumable_cancel
+
+        try:
+            return resumable_cancel(upload=upload)
+        except InvalidState:
+            pass  # every byte came in meanwhile: cancel it as QUEUED
     now = timezone.now()
     # One source status at a time, so we know which move won if a worker claims it meanwhile.
     try:
@@ -525,6 +534,7 @@ def upload_sweep(
     """
     ttl = settings.UPLOAD_STAGING_TTL if ttl_seconds is None else ttl_seconds
     report = SweepReport(dry_run=dry_run)
+    _sweep_receiving(report=report, dry_run=dry_run)
     storage = get_storage()
     expired = _sweep_expired(
         report=report, storage=storage, cutoff=timezone.now() - timedelta(seconds=ttl), dry_run=dry_run
@@ -535,6 +545,18 @@ def upload_sweep(
         _sweep_store_temporary(report=report, storage=storage, grace_seconds=grace_seconds, dry_run=dry_run)
     logger.info("sweep%s: %d items, %d bytes", " (dry run)" if dry_run else "", len(report.items), report.freed_bytes)
     return report
+
+
+def _sweep_receiving(*, report: SweepReport, dry_run: bool) -> None:
+    """RECEIVING uploads with no new byte for UPLOAD_RECEIVING_TTL: FAILED "expired", bytes removed."""
+    from backend.uploads.resumable.services import resumable_expire
+
+    due = FileUpload.objects.filter(status=UploadStatus.RECEIVING, expires_at__lt=timezone.now())
+    for upload in due:
+        size = _size_of(staging_path(upload.id))
+        if dry_run or resumable_expire(upload=upload):
+            reason = f"upload {upload.id} expired while receiving"
+            report.items.append(SweepItem(kind="staged", target=str(staging_path(upload.id)), reason=reason, size=size))
 
 
 def _sweep_expired(*, report: SweepReport, storage: Storage, cutoff: datetime, dry_run: bool) -> set[uuid.UUID]:

@@ -61,7 +61,7 @@ def transfer_upload(*, upload: FileUpload, claim: uuid.UUID, storage: Storage) -
         # The web process that accepted the upload staged it; a worker that cannot see it is most
         # likely not sharing the staging directory. Say so, without naming the server's paths.
         raise TransferFailed(STAGED_BYTES_MISSING)
-    metadata = {"sha256": upload.sha256, "filename": upload.filename}
+    metadata = {"sha256": upload.sha256 or "", "filename": upload.filename}
     if upload.size == 0:
         _call_store(
             lambda: storage.put_object(
