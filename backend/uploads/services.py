@@ -38,11 +38,12 @@ from backend.uploads.errors import (
     UnsupportedMediaType,
 )
 from backend.uploads.metrics import metrics_count
-from backend.uploads.models import ACTIVE_STATUSES, FileUpload, UploadPart, UploadStatus
+from backend.uploads.models import ACTIVE_STATUSES, TERMINAL_STATUSES, FileUpload, UploadPart, UploadStatus
 from backend.uploads.naming import filename_sanitise, storage_key_for
 from backend.uploads.parts import part_count, part_size_for
 from backend.uploads.progress import progress_publish
 from backend.uploads.selectors import upload_active_count, upload_get_for_user
+from backend.uploads.signals import upload_finished
 from backend.uploads.sniffing import content_type_allowed, content_type_sniff
 from backend.uploads.staging import INCOMING, StagedFile, staging_delete, staging_dir, staging_path
 from backend.uploads.storage import PartReceipt, Storage, StorageError, TemporaryArea, get_storage
@@ -178,6 +179,8 @@ def upload_transition(
             raise InvalidState(f"an upload in this state cannot become {to}")
         upload = FileUpload.objects.get(id=upload_id)
         transaction.on_commit(lambda: progress_publish(upload, part_number=part_number))
+        if to in TERMINAL_STATUSES:
+            upload_finished.send(sender=FileUpload, upload=upload)
     return upload
 
 
