@@ -37,3 +37,10 @@ class InvalidState(UploadError):
 
 class Unauthenticated(UploadError):
     code = "UNAUTHENTICATED"
+
+
+class ClaimLost(Exception):
+    """The transfer no longer owns the upload: it was cancelled, or another run took it.
+
+    Not a contract error (no client ever sees it): the ledger raises it to stop a transfer.
+    """
