@@ -4,8 +4,9 @@ Django's ASGI handler spools the whole body before any upload handler runs, so t
 enforced here (CONTRACT section 4):
 
 - a multipart body needs a Content-Length (411 `LENGTH_REQUIRED`), is refused from it when it is over
-  `UPLOAD_MAX_BYTES` plus the envelope allowance (413 `FILE_TOO_LARGE`) or when staging is short of
-  space (507 `INSUFFICIENT_STORAGE`);
+  `UPLOAD_MAX_BYTES` plus the envelope allowance (413 `FILE_TOO_LARGE`), when staging is short of
+  space (507 `INSUFFICIENT_STORAGE`), or when it is over the sender's free quota plus the envelope
+  allowance (413 `QUOTA_EXCEEDED`, backend/quotas/requests.py);
 - any other body is at most `GRAPHQL_MAX_OPERATIONS_BYTES` (400 `BAD_REQUEST`), refused from its
   Content-Length or, without one (chunked), as soon as more bytes arrive;
 - a body that stalls for `REQUEST_IDLE_TIMEOUT_SECONDS` is cut off (408 `REQUEST_TIMEOUT`).
@@ -21,9 +22,11 @@ import asyncio
 import shutil
 from typing import Any
 
+from asgiref.sync import sync_to_async
 from django.conf import settings
 
 from backend.http_errors import error_body
+from backend.quotas.requests import quota_room_for_request
 
 ENVELOPE_ALLOWANCE = 1024 * 1024
 
@@ -40,7 +43,7 @@ class RequestLimits:
             await self.app(scope, receive, send)
             return
         headers = {k.decode("latin1").lower(): v.decode("latin1") for k, v in scope["headers"]}
-        refusal = _refusal_from_headers(headers)
+        refusal = _refusal_from_headers(headers) or await _quota_refusal(headers)
         if refusal is not None:
             await _respond(send, refusal)
             return
@@ -157,6 +160,16 @@ def _refusal_from_headers(headers: dict[str, str]) -> Refusal | None:
     settings.UPLOAD_STAGING_DIR.mkdir(parents=True, exist_ok=True)
     if shutil.disk_usage(settings.UPLOAD_STAGING_DIR).free < settings.UPLOAD_STAGING_MIN_FREE_BYTES:
         return 507, "INSUFFICIENT_STORAGE", "the server is short of staging space; try again later"
+    return None
+
+
+async def _quota_refusal(headers: dict[str, str]) -> Refusal | None:
+    """413 QUOTA_EXCEEDED for a multipart body that could not fit in its sender's quota."""
+    if not headers.get("content-type", "").lower().startswith("multipart/"):
+        return None
+    room = await sync_to_async(quota_room_for_request)(headers=headers)
+    if room is not None and int(headers["content-length"]) > room + ENVELOPE_ALLOWANCE:
+        return 413, "QUOTA_EXCEEDED", f"this upload would pass your quota: {room} bytes are free"
     return None
 
 

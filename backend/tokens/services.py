@@ -64,6 +64,31 @@ def token_revoke_for_user(*, username: str) -> int:
     return ApiToken.objects.filter(user__username=username, revoked_at__isnull=True).update(revoked_at=timezone.now())
 
 
+def dev_user_ensure(*, username: str, password: str, token: str | None) -> str:
+    """Make `username` an active superuser with `password` in the database in use, and return a
+    token of theirs that this database accepts: `token` itself when it does, else a new one.
+
+    For `make run`'s development login, which must work whatever database it now runs on (a new
+    SQLite file, another `DATABASE_URL`): a missing user is created, a changed password, a
+    deactivated user or a revoked, expired or unknown token are repaired.
+    """
+    user_model = get_user_model()
+    user, _ = user_model.objects.get_or_create(username=username)
+    repaired = not user.check_password(password)
+    if repaired:
+        user.set_password(password)
+    if not (user.is_active and user.is_staff and user.is_superuser):
+        user.is_active = user.is_staff = user.is_superuser = True
+        repaired = True
+    if repaired:
+        user.save()
+    if token:
+        owner = token_user(token=token)
+        if owner is not None and owner.pk == user.pk:
+            return token
+    return token_create(user=user)
+
+
 def user_get_or_create(*, username: str, create: bool) -> User | None:
     user_model = get_user_model()
     user = user_model.objects.filter(username=username).first()

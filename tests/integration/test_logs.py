@@ -67,3 +67,47 @@ def test_json_logs_put_the_upload_id_on_every_line_about_it(make_stack, api_user
     assert has(worker, kept, "rq.worker", "upload_transfer")
     assert has(worker, kept, "backend.uploads.transfer", "part 2 attempt 1 failed")
     assert has(worker, kept, "backend.uploads.services", "completed")
+
+
+def test_answers_the_contract_names_are_logged_as_one_line_without_a_traceback(make_stack, api_user) -> None:
+    """Malformed ids, unknown uploads, missing credentials and bad documents, over HTTP and over a
+    websocket: each is one INFO line with its code on the server, never ERROR, never a traceback."""
+    import asyncio
+    import uuid
+
+    from tests.support.client import UPLOAD_QUERY, error_codes, subscriber
+
+    stack = make_stack(env={"LOG_FORMAT": "json", "LOG_LEVEL": "INFO"}, workers=0)
+    for bad_id in range(30):
+        assert error_codes(graphql(stack.url, UPLOAD_QUERY, {"id": f"bad-{bad_id}"}, api_user.headers)) == [
+            "BAD_USER_INPUT"
+        ]
+    assert error_codes(graphql(stack.url, UPLOAD_QUERY, {"id": str(uuid.uuid4())}, api_user.headers)) == ["NOT_FOUND"]
+    assert error_codes(graphql(stack.url, UPLOAD_QUERY, {"id": str(uuid.uuid4())})) == ["UNAUTHENTICATED"]
+    assert error_codes(graphql(stack.url, "{ uploads(", {}, api_user.headers)) == ["GRAPHQL_PARSE_FAILED"]
+    assert error_codes(graphql(stack.url, "{ nope }", {}, api_user.headers)) == ["GRAPHQL_VALIDATION_FAILED"]
+
+    async def subscribe_to_a_malformed_id() -> dict[str, Any]:
+        async with subscriber(stack.ws_url, api_user.token) as sub:
+            await sub.subscribe("not-an-id")
+            return await asyncio.wait_for(sub.receive(), 30)
+
+    answer = asyncio.run(subscribe_to_a_malformed_id())
+    assert answer["type"] == "next" and answer["payload"]["errors"][0]["extensions"]["code"] == "BAD_USER_INPUT", answer
+
+    def coded_lines() -> list[dict[str, Any]]:
+        return [r for r in _lines(stack.root / "server.log") if r["message"].startswith("GraphQL error ")]
+
+    def error_lines() -> list[dict[str, Any]]:
+        return [
+            r for r in _lines(stack.root / "server.log") if r["logger"] in ("schema.errors", "strawberry.execution")
+        ]
+
+    wait_until(lambda: len(error_lines()) >= 35, timeout=10, what="the server's log lines for the errors")
+    records = _lines(stack.root / "server.log")
+    assert not [r for r in records if r["level"] in ("ERROR", "CRITICAL")], records
+    assert not [r for r in records if "Traceback" in json.dumps(r) or r.get("exc_info")], records
+    codes = [r["message"].split()[2] for r in coded_lines()]
+    assert codes.count("BAD_USER_INPUT") == 31 and {"NOT_FOUND", "UNAUTHENTICATED"} <= set(codes), codes
+    assert {"GRAPHQL_PARSE_FAILED", "GRAPHQL_VALIDATION_FAILED"} <= set(codes), codes
+    assert {r["level"] for r in coded_lines()} == {"INFO"}
