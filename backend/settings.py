@@ -73,6 +73,8 @@ INSTALLED_APPS = [
     "backend.quotas",
     "backend.web",
     "django_rq",
+    # Static files only: GraphiQL, React and the explorer plugin for backend/templates/graphql/graphiql.html.
+    "graphene_django_graphiql_static",
 ]
 
 MIDDLEWARE = [

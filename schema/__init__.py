@@ -11,6 +11,7 @@ from strawberry.schema.config import StrawberryConfig
 from strawberry.types import ExecutionContext
 
 from schema.errors import ErrorCodes, errors_log
+from schema.fanout import FanoutExecutor
 from schema.mutations import Mutation
 from schema.queries import Query
 from schema.subscriptions import Subscription
@@ -38,6 +39,6 @@ schema = UploadSchema(
         ),
         ErrorCodes,
     ],
-    execution_context_class=None if settings.GRAPHIQL else SuggestionFreeExecutor,
+    execution_context_class=FanoutExecutor if settings.GRAPHIQL else SuggestionFreeExecutor,
     config=StrawberryConfig(scalar_map=SCALAR_MAP),
 )

@@ -21,6 +21,7 @@ from strawberry.subscriptions.protocols.graphql_ws.handlers import BaseGraphQLWS
 
 from backend.tokens.services import token_user
 from schema.context import Context
+from schema.fanout import shared_message_json
 from schema.validation import json_decode
 
 logger = logging.getLogger(__name__)
@@ -97,6 +98,11 @@ class UploadGraphQLWSConsumer(GraphQLWSConsumer):
 
     def decode_json(self, data: str | bytes) -> object:
         return json_decode(data)
+
+    def encode_json(self, data: object) -> str | bytes:
+        """A `next`/`data` message of a shared subscription result reuses its serialized payload."""
+        shared = shared_message_json(data)
+        return shared if shared is not None else super().encode_json(data)
 
     async def get_context(self, request: Any, response: Any) -> Context:  # type: ignore[override]
         return Context(request=request, ws=request)

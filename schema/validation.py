@@ -15,9 +15,10 @@ from typing import Any
 
 from graphql import ASTValidationRule, GraphQLError, NoSchemaIntrospectionCustomRule, validate
 from strawberry.extensions import MaxAliasesLimiter, QueryDepthLimiter, SchemaExtension
-from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
 from strawberry.schema.validation_rules.maybe_null import MaybeNullValidationRule
 from strawberry.schema.validation_rules.one_of import OneOfInputValidationRule
+
+from schema.fanout import FanoutExecutor
 
 QUERY_TOO_COMPLEX = "QUERY_TOO_COMPLEX"
 
@@ -67,8 +68,8 @@ class QueryLimits(SchemaExtension):
         yield
 
 
-class SuggestionFreeExecutor(StrawberryGraphQLCoreExecutionContext):
-    """strawberry's graphql-core executor with suggestions hidden in request errors (e.g. an unknown enum value
+class SuggestionFreeExecutor(FanoutExecutor):
+    """The executor (schema/fanout.py) with suggestions hidden in request errors (e.g. an unknown enum value
     in the variables), for schemas that are not public."""
 
     @classmethod

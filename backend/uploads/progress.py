@@ -4,6 +4,8 @@ Events carry absolute state (bytes, parts, status, sequence), never deltas, so a
 misses one loses nothing: the next one, or its periodic re-read of the row, tells it everything.
 A transfer job publishes through one `ProgressPublisher` for its whole life: one event loop in
 one thread and one Redis connection pool, events sent in the order they were committed.
+A server process follows them through one `ProgressHub` (below): one group membership per upload
+however many subscribers it has there, each subscriber fed from its own bounded mailbox.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import contextlib
 import logging
 import threading
 import uuid
+import weakref
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -24,6 +27,7 @@ from redis.exceptions import RedisError
 from backend.uploads.metrics import subscription_gauge
 from backend.uploads.models import FileUpload, UploadStatus
 from backend.uploads.parts import progress_fraction
+from backend.uploads.progress_mailbox import ProgressMailbox
 
 logger = logging.getLogger(__name__)
 
@@ -135,92 +139,203 @@ def progress_publish(upload: FileUpload, *, part_number: int | None = None) -> N
         logger.warning("progress publish failed for upload %s", upload.id, exc_info=True)
 
 
+# --- subscribing ------------------------------------------------------------------------------
+# One ProgressHub per server process (per event loop) holds ONE channel on the layer and, per
+# upload with subscribers here, ONE membership of that upload's group, one periodic re-read of
+# the row, and the mailboxes of the upload's subscribers. An event from the layer is handed to
+# every mailbox as the same ProgressEvent object, without waiting for any subscriber; each
+# subscriber's own task (strawberry's operation task) drains its mailbox into its socket.
+
 TERMINAL = {UploadStatus.COMPLETED, UploadStatus.FAILED, UploadStatus.CANCELLED}
 
 
-async def progress_stream(*, upload_id: uuid.UUID, resync_seconds: float) -> AsyncIterator[dict[str, Any]]:
+class ProgressEvent(dict[str, Any]):
+    """An event as the hub hands it out: one object shared by every subscriber of this process.
+
+    `renders` is for work a subscriber's protocol layer does per event and may share with the
+    other subscribers (schema/fanout.py keeps one GraphQL execution per document there).
+    """
+
+    __slots__ = ("renders",)
+
+    def __init__(self, event: dict[str, Any]) -> None:
+        super().__init__(event)
+        self.renders: dict[Any, Any] = {}
+
+
+class _Feed:
+    """One upload as this process follows it: its group membership, re-reads and mailboxes."""
+
+    def __init__(self, *, upload_id: uuid.UUID, period: float) -> None:
+        self.upload_id = upload_id
+        self.group = progress_group(upload_id)
+        self.period = period
+        self.mailboxes: set[ProgressMailbox[ProgressEvent]] = set()
+        self.joined = False
+        self.last_sequence: int | None = None
+        self.news_at = asyncio.get_running_loop().time()
+        self.resync: asyncio.Task[None] | None = None
+
+
+class ProgressHub:
+    """This process's subscriber side of the progress groups (see the banner above)."""
+
+    def __init__(self) -> None:
+        self.layer = get_channel_layer()
+        self.channel: str | None = None
+        self.reader: asyncio.Task[None] | None = None
+        self.feeds: dict[str, _Feed] = {}
+        # Serialises joining and leaving groups, so a leave in flight never undoes a new join.
+        self._membership = asyncio.Lock()
+
+    def subscribe(
+        self, *, upload_id: uuid.UUID, mailbox: ProgressMailbox[ProgressEvent], resync_seconds: float
+    ) -> _Feed:
+        """Register `mailbox` for the upload's events (from now on); `join` before reading a snapshot."""
+        key = str(upload_id)
+        feed = self.feeds.get(key)
+        if feed is None:
+            feed = self.feeds[key] = _Feed(upload_id=upload_id, period=resync_seconds)
+            feed.resync = asyncio.create_task(self._resync(feed))
+        feed.period = min(feed.period, resync_seconds)
+        feed.mailboxes.add(mailbox)
+        return feed
+
+    async def join(self, feed: _Feed) -> None:
+        """Make sure this process is in the upload's group; with Redis unreachable, stay out until a re-read."""
+        if feed.joined:
+            return
+        async with self._membership:
+            if feed.joined or self.feeds.get(str(feed.upload_id)) is not feed:
+                return
+            try:
+                if self.channel is None:
+                    channel = await self.layer.new_channel()
+                    self.channel, self.reader = channel, asyncio.create_task(self._read(channel))
+                await self.layer.group_add(feed.group, self.channel)
+            except (RedisError, OSError) as exc:
+                logger.warning(
+                    "progress group %s not joined (Redis unreachable: %s); re-reading the row", feed.group, exc
+                )
+                if self.channel is not None:
+                    # Locally in the group but never subscribed: take it out, or it would count as joined.
+                    with contextlib.suppress(RedisError, OSError):
+                        await self.layer.group_discard(feed.group, self.channel)
+                return
+            feed.joined = True
+
+    async def release(self, feed: _Feed, mailbox: ProgressMailbox[ProgressEvent]) -> None:
+        """Take `mailbox` out; the upload's last subscriber here takes the process out of its group."""
+        feed.mailboxes.discard(mailbox)
+        if feed.mailboxes:
+            return
+        async with self._membership:
+            key = str(feed.upload_id)
+            if feed.mailboxes or self.feeds.get(key) is not feed:
+                return  # subscribed again meanwhile, or already released
+            del self.feeds[key]
+            if feed.resync is not None:
+                feed.resync.cancel()
+            if feed.joined and self.channel is not None:
+                feed.joined = False
+                try:
+                    await self.layer.group_discard(feed.group, self.channel)
+                except Exception:
+                    logger.debug("leaving progress group %s failed", feed.group, exc_info=True)
+
+    def deliver(self, feed: _Feed, event: dict[str, Any]) -> None:
+        """Hand `event` to every mailbox of the upload, unless the feed already had it or a newer one."""
+        if feed.last_sequence is not None and event["sequence"] <= feed.last_sequence:
+            return
+        feed.last_sequence = event["sequence"]
+        feed.news_at = asyncio.get_running_loop().time()
+        shared = event if isinstance(event, ProgressEvent) else ProgressEvent(event)
+        for mailbox in feed.mailboxes:
+            mailbox.put(shared)
+
+    async def _read(self, channel: str) -> None:
+        while True:
+            try:
+                message = await self.layer.receive(channel)
+            except (RedisError, OSError):
+                logger.warning("progress channel read failed; reading on", exc_info=True)
+                await asyncio.sleep(1)  # the layer reconnects on its own; do not spin meanwhile
+                continue
+            if message.get("type") != MESSAGE_TYPE:
+                continue
+            event = message["event"]
+            feed = self.feeds.get(event.get("upload_id", ""))
+            if feed is not None:
+                self.deliver(feed, event)
+                # The layer hands over a burst without suspending: let every woken subscriber send
+                # this event before the next is delivered, so a burst coalesces nobody who keeps up.
+                await asyncio.sleep(0)
+
+    async def _resync(self, feed: _Feed) -> None:
+        """Re-read the row whenever `feed.period` passes without news, joining the group again if out."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(max(0.0, feed.news_at + feed.period - loop.time()))
+            if loop.time() - feed.news_at < feed.period:
+                continue  # news arrived while asleep
+            feed.news_at = loop.time()
+            try:
+                await self.join(feed)
+                snapshot = await _snapshot(feed.upload_id)
+            except Exception:
+                logger.warning("re-reading upload %s failed; trying again later", feed.upload_id, exc_info=True)
+                continue
+            if snapshot is None:
+                for mailbox in feed.mailboxes:
+                    mailbox.end()  # deleted: its streams end
+                return
+            self.deliver(feed, snapshot)
+
+
+_hubs: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, ProgressHub] = weakref.WeakKeyDictionary()
+
+
+def progress_hub() -> ProgressHub:
+    """The hub of the running event loop (one per server process; a test's loop gets its own)."""
+    loop = asyncio.get_running_loop()
+    hub = _hubs.get(loop)
+    if hub is None:
+        hub = _hubs[loop] = ProgressHub()
+    return hub
+
+
+async def progress_stream(*, upload_id: uuid.UUID, resync_seconds: float) -> AsyncIterator[ProgressEvent]:
     """The snapshot of an upload, then each newer event, until a terminal status.
 
-    Joins the upload's group before reading the snapshot, so nothing published in between is
-    missed; drops events not newer than the last one yielded; re-reads the row whenever
-    `resync_seconds` pass without news, so a lost message never leaves the stream hanging.
-    Each stream has its own channel on the layer: streams never share a group membership.
-    While the layer's Redis is unreachable the stream runs on the re-reads alone and tries to
-    join again at each one, so a subscription opened during an outage still converges.
+    The process joins the upload's group (once, whatever its number of subscribers) before the
+    snapshot is read, so nothing published in between is missed. Events come in strictly
+    increasing `sequence`; a subscriber that falls behind gets them coalesced (ProgressMailbox),
+    never missing a status change. The hub re-reads the row whenever `resync_seconds` pass without
+    news, so a lost message never leaves the stream hanging; while the layer's Redis is
+    unreachable the stream runs on those re-reads and the hub joins again at each one.
     """
-    inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-    membership = _GroupMembership(group=progress_group(upload_id), inbox=inbox)
+    hub = progress_hub()
+    mailbox: ProgressMailbox[ProgressEvent] = ProgressMailbox()
     subscription_gauge.opened()
+    feed = hub.subscribe(upload_id=upload_id, mailbox=mailbox, resync_seconds=resync_seconds)
     try:
-        await membership.join()
+        await hub.join(feed)
         event = await _snapshot(upload_id)
         if event is None:
             return
+        mailbox.start_after(event)
         yield event
-        last = event["sequence"]
         while event["status"] not in TERMINAL:
-            try:
-                candidate = await asyncio.wait_for(inbox.get(), timeout=resync_seconds)
-            except TimeoutError:
-                await membership.join()
-                snapshot = await _snapshot(upload_id)
-                if snapshot is None:
-                    return
-                candidate = snapshot
-            if candidate["sequence"] <= last:
-                continue
-            event, last = candidate, candidate["sequence"]
+            news = await mailbox.get()
+            if news is None:
+                return
+            event = news
             yield event
     finally:
         subscription_gauge.closed()
-        await membership.leave()
+        await hub.release(feed, mailbox)
 
 
-class _GroupMembership:
-    """One stream's channel in an upload's progress group, relaying its events into `inbox`."""
-
-    def __init__(self, *, group: str, inbox: asyncio.Queue[dict[str, Any]]) -> None:
-        self.layer = get_channel_layer()
-        self.group = group
-        self.inbox = inbox
-        self.channel: str | None = None
-        self.reader: asyncio.Task[None] | None = None
-
-    async def join(self) -> None:
-        """Join the group unless already in it; with Redis unreachable, stay out until the next try."""
-        if self.channel is not None:
-            return
-        channel = None
-        try:
-            channel = await self.layer.new_channel()
-            await self.layer.group_add(self.group, channel)
-        except (RedisError, OSError) as exc:
-            logger.warning("progress group %s not joined (Redis unreachable: %s); re-reading the row", self.group, exc)
-            if channel is not None:
-                # Locally in the group but never subscribed: take it out, or it would collect events.
-                with contextlib.suppress(RedisError, OSError):
-                    await self.layer.group_discard(self.group, channel)
-            return
-        self.channel = channel
-        self.reader = asyncio.create_task(self._pump(channel))
-
-    async def _pump(self, channel: str) -> None:
-        while True:
-            message = await self.layer.receive(channel)
-            if message.get("type") == MESSAGE_TYPE:
-                self.inbox.put_nowait(message["event"])
-
-    async def leave(self) -> None:
-        if self.reader is not None:
-            self.reader.cancel()
-        if self.channel is None:
-            return
-        try:
-            await self.layer.group_discard(self.group, self.channel)
-        except Exception:
-            logger.debug("leaving progress group %s failed", self.group, exc_info=True)
-
-
-async def _snapshot(upload_id: uuid.UUID) -> dict[str, Any] | None:
+async def _snapshot(upload_id: uuid.UUID) -> ProgressEvent | None:
     upload = await FileUpload.objects.filter(id=upload_id).afirst()
-    return progress_event(upload) if upload is not None else None
+    return ProgressEvent(progress_event(upload)) if upload is not None else None

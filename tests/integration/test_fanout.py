@@ -1,0 +1,199 @@
+"""Subscriptions at scale, end to end: a real server over TCP, real websocket clients, real Redis.
+
+The uploads' moves are driven from this process through the real services and the job's
+publisher (tests/support/progress_driver.py), on a stack without workers: a test decides how many
+events there are and when, and the server relays them as it would a worker's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from backend.uploads.models import FileUpload
+from tests.support.client import Subscriber, data_of, subscriber, upload_file
+from tests.support.progress_driver import drive_parts, publishing_to
+from tests.support.stalled import stalled_subscriber
+
+NARROW_SUBSCRIPTION = "subscription Narrow($id: ID!) { uploadProgress(id: $id) { sequence status } }"
+FULL_FIELDS = {
+    "uploadId",
+    "sequence",
+    "status",
+    "partNumber",
+    "partsUploaded",
+    "partsTotal",
+    "bytesUploaded",
+    "bytesTotal",
+    "progress",
+    "error",
+    "at",
+}
+PART = 100
+
+
+def run(coroutine: Any, on: Any, timeout: float = 120) -> Any:
+    try:
+        return asyncio.run(asyncio.wait_for(coroutine, timeout=timeout))
+    except BaseException:
+        print("--- server log (last lines)\n" + "\n".join(on.server.log.read_text(errors="replace").splitlines()[-40:]))
+        raise
+
+
+def new_upload(stack: Any, headers: dict[str, str], parts: int) -> str:
+    return str(data_of(upload_file(stack.url, b"x" * (parts * PART), headers=headers))["uploadFile"]["id"])
+
+
+async def first_event(session: Subscriber, sub_id: str) -> dict[str, Any]:
+    message = await session.receive()
+    assert (message["id"], message["type"]) == (sub_id, "next"), message
+    return message["payload"]["data"]["uploadProgress"]
+
+
+async def drive(stack: Any, upload_ids: list[str], parts: int, **options: Any) -> dict[str, int]:
+    def work() -> dict[str, int]:
+        with publishing_to(stack.env["REDIS_URL"]):
+            return drive_parts(upload_ids, parts=parts, part_size=PART, **options)
+
+    return await asyncio.to_thread(work)
+
+
+def assert_in_order(events: list[dict[str, Any]], final_sequence: int) -> None:
+    sequences = [e["sequence"] for e in events]
+    assert sequences == sorted(set(sequences)), sequences
+    assert events[-1]["status"] == "COMPLETED", events[-1]
+    assert events[-1]["sequence"] == final_sequence
+    assert all(e["status"] != "COMPLETED" for e in events[:-1])
+
+
+def test_two_selection_sets_on_one_upload_each_get_their_own_shape(make_stack, api_user) -> None:
+    """Two sockets share one document, a third asks for two fields: each gets its shape, all the
+    same events."""
+    idle = make_stack(workers=0)
+    parts = 5
+    upload_id = new_upload(idle, api_user.headers, parts)
+
+    async def scenario() -> tuple[list[list[dict]], list[dict], int]:
+        async with (
+            subscriber(idle.ws_url, api_user.token) as one,
+            subscriber(idle.ws_url, api_user.token) as two,
+            subscriber(idle.ws_url, api_user.token) as narrow,
+        ):
+            full_ids = [await one.subscribe(upload_id), await two.subscribe(upload_id)]
+            narrow_id = await narrow.subscribe(upload_id, NARROW_SUBSCRIPTION)
+            snapshots = [await first_event(one, full_ids[0]), await first_event(two, full_ids[1])]
+            narrow_snapshot = await first_event(narrow, narrow_id)
+            driving = asyncio.create_task(drive(idle, [upload_id], parts))
+            full = [
+                [snapshots[0], *await one.events_until_complete(full_ids[0])],
+                [snapshots[1], *await two.events_until_complete(full_ids[1])],
+            ]
+            narrowed = [narrow_snapshot, *await narrow.events_until_complete(narrow_id)]
+            final = (await driving)[upload_id]
+            return full, narrowed, final
+
+    full, narrowed, final = run(scenario(), idle)
+    for events in full:
+        assert all(set(e) == FULL_FIELDS for e in events), events[0]
+        assert_in_order(events, final)
+        assert [e["partNumber"] for e in events if e["partNumber"]] == list(range(1, parts + 1))
+    assert full[0] == full[1]
+    assert all(set(e) == {"sequence", "status"} for e in narrowed), narrowed
+    assert_in_order(narrowed, final)
+    assert [(e["sequence"], e["status"]) for e in narrowed] == [(e["sequence"], e["status"]) for e in full[0]]
+
+
+@pytest.mark.slow
+def test_a_thousand_subscribers_on_one_upload_all_end_on_the_final_sequence_in_order(make_stack, api_user) -> None:
+    idle = make_stack(workers=0)
+    parts = 10
+    upload_id = new_upload(idle, api_user.headers, parts)
+    count = 1000
+    gate = asyncio.Semaphore(50)  # connecting at most 50 at once, as a crowd of browsers would
+
+    async def follow(ready: asyncio.Event, streams: list[list[dict]]) -> None:
+        async with gate, subscriber(idle.ws_url, api_user.token) as session:
+            sub_id = await session.subscribe(upload_id)
+            events = [await first_event(session, sub_id)]
+            ready.set()
+            gate.release()  # connected and live: let the next one in
+            try:
+                streams.append(await session.events_until_complete(sub_id, events))
+            finally:
+                await gate.acquire()
+
+    async def scenario() -> tuple[list[list[dict]], int]:
+        streams: list[list[dict]] = []
+        readiness = [asyncio.Event() for _ in range(count)]
+        followers = [asyncio.create_task(follow(ready, streams)) for ready in readiness]
+        await asyncio.gather(*(ready.wait() for ready in readiness))
+        final = (await drive(idle, [upload_id], parts))[upload_id]
+        await asyncio.gather(*followers)
+        return streams, final
+
+    streams, final = run(scenario(), idle, timeout=240)
+    assert len(streams) == count
+    assert final == FileUpload.objects.get(id=upload_id).sequence
+    for events in streams:
+        assert_in_order(events, final)
+    everyone_saw = {tuple(e["sequence"] for e in events if e["partNumber"]) for events in streams}
+    assert len(everyone_saw) == 1, "every subscriber got every part under this load"
+
+
+def test_a_stalled_reader_keeps_its_memory_bounded_while_the_others_stay_on_time(make_stack, api_user) -> None:
+    """A socket with 50 subscriptions to one upload stops reading while 1,000 events go out (16 MiB
+    of messages for it, four times what the kernel buffers of a socket hold here): the healthy
+    subscribers get every event and finish while it is still stalled; once it reads again, each
+    of its subscriptions gets the latest state (coalesced: the sequence skips, no status change
+    is missing, COMPLETED last) and far fewer messages than were sent reach it."""
+    idle = make_stack(workers=0)
+    parts = 1000
+    stalled_subscriptions = 50  # the most one socket may hold (backend/asgi.py)
+    upload_id = new_upload(idle, api_user.headers, parts)
+
+    async def scenario() -> tuple[list[list[dict]], list[list[dict]], int]:
+        connection, stalled = await stalled_subscriber(idle.ws_url, api_user.token)
+        try:
+            async with (
+                subscriber(idle.ws_url, api_user.token) as one,
+                subscriber(idle.ws_url, api_user.token) as two,
+            ):
+                stalled_ids = [await stalled.subscribe(upload_id) for _ in range(stalled_subscriptions)]
+                late: dict[str, list[dict]] = {sub_id: [] for sub_id in stalled_ids}
+                while not all(late.values()):  # every snapshot, so all of them are live
+                    message = await stalled.receive()
+                    assert message["type"] == "next", message
+                    late[message["id"]].append(message["payload"]["data"]["uploadProgress"])
+                healthy_ids = [await one.subscribe(upload_id), await two.subscribe(upload_id)]
+                healthy = [[await first_event(one, healthy_ids[0])], [await first_event(two, healthy_ids[1])]]
+                # From here on the stalled client reads nothing until the healthy ones are done.
+                driving = asyncio.create_task(drive(idle, [upload_id], parts))
+                await one.events_until_complete(healthy_ids[0], healthy[0])
+                await two.events_until_complete(healthy_ids[1], healthy[1])
+                final = (await driving)[upload_id]
+                open_ids = set(stalled_ids)
+                while open_ids:
+                    message = await stalled.receive()
+                    if message["type"] == "complete":
+                        open_ids.remove(message["id"])
+                        continue
+                    assert message["type"] == "next", message
+                    late[message["id"]].append(message["payload"]["data"]["uploadProgress"])
+                return healthy, list(late.values()), final
+        finally:
+            connection.close()
+
+    healthy, late, final = run(scenario(), idle)
+    for events in healthy:
+        assert_in_order(events, final)
+        assert [e["partNumber"] for e in events if e["partNumber"]] == list(range(1, parts + 1))
+    for events in late:
+        assert_in_order(events, final)
+        statuses = [e["status"] for e in events]
+        assert statuses[0] == "QUEUED" and "UPLOADING" in statuses, statuses
+    # What was held for the stalled socket is bounded (a mailbox per subscription, the socket's
+    # buffers), not the 50,100 messages sent: its subscriptions got the latest state.
+    received, sent = sum(len(events) for events in late), stalled_subscriptions * (parts + 3)
+    assert received < sent / 2, f"{received} of {sent} messages reached the stalled reader: nothing was coalesced"
