@@ -17,6 +17,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from backend.logs import upload_log_bind
+from backend.quotas.services import quota_reserve
 from backend.uploads.errors import (
     BadUserInput,
     ChecksumMismatch,
@@ -64,6 +65,7 @@ def upload_create(*, user: User, file: StagedFile, sha256: str | None) -> FileUp
         active = FileUpload.objects.filter(owner=user, status__in=ACTIVE_STATUSES).count()
         if active >= settings.UPLOAD_MAX_ACTIVE_PER_USER:
             raise TooManyActiveUploads(f"you already have {active} uploads queued or uploading")
+        quota_reserve(user=user, size=file.size)
         upload = FileUpload.objects.create(
             id=upload_id,
             owner=user,
@@ -134,6 +136,8 @@ def upload_retry(*, user: User, upload_id: uuid.UUID) -> FileUpload:
         upload_abort_store(upload=upload)
     fresh_start: dict[str, Any] = {}
     with transaction.atomic():
+        # A FAILED or CANCELLED upload holds no quota; becoming active again takes its size back.
+        quota_reserve(user=user, size=upload.size)
         if starting_over:
             UploadPart.objects.filter(upload_id=upload.id).delete()
             fresh_start = {"bytes_uploaded": 0, "parts_uploaded": 0, "storage_upload_id": None}
