@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+
 
 class UploadError(Exception):
     code = "INTERNAL_SERVER_ERROR"
@@ -44,3 +46,8 @@ class ClaimLost(Exception):
 
     Not a contract error (no client ever sees it): the ledger raises it to stop a transfer.
     """
+
+
+# What a full disk answers a write: no space left, or the disk quota reached. Staging (507 for the
+# request) and the local bucket (the transfer fails, naming the disk) both tell it apart this way.
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
