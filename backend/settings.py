@@ -190,6 +190,11 @@ UPLOAD_PART_RETRIES = env.int("UPLOAD_PART_RETRIES", default=5)
 UPLOAD_PART_DELAY_MS = env.int("UPLOAD_PART_DELAY_MS", default=0)
 UPLOAD_HEARTBEAT_SECONDS = env.float("UPLOAD_HEARTBEAT_SECONDS", default=5.0)
 UPLOAD_STALE_AFTER_SECONDS = env.float("UPLOAD_STALE_AFTER_SECONDS", default=60.0)
+# Resumable uploads (tus at /uploads/, createUpload/uploadChunk): a RECEIVING upload with no new
+# byte this long expires. The lock that keeps a second writer off an upload lives in Redis with this
+# TTL, renewed by its holder while it writes, so a holder that died frees it by itself.
+UPLOAD_RECEIVING_TTL = env.int("UPLOAD_RECEIVING_TTL", default=86400)
+UPLOAD_LOCK_TTL_SECONDS = env.float("UPLOAD_LOCK_TTL_SECONDS", default=10.0)
 PROGRESS_RESYNC_SECONDS = env.float("PROGRESS_RESYNC_SECONDS", default=10.0)
 # A server process's count of active subscriptions (in /metrics) stops counting this long after
 # its last heartbeat (it sends one every third of it): how long a crashed process is still counted.

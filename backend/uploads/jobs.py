@@ -67,7 +67,7 @@ def transfer_spec(upload: FileUpload) -> TransferSpec:
         part_size=upload.part_size,
         parts_total=upload.parts_total,
         content_type=upload.content_type,
-        metadata={"sha256": upload.sha256, "filename": upload.filename},
+        metadata={"sha256": upload.sha256 or "", "filename": upload.filename},
         handle=upload.storage_upload_id,
     )
 

@@ -13,7 +13,7 @@ from django.contrib.auth.models import User
 from django.db.models import Q
 
 from backend.uploads.errors import BadUserInput, NotFound
-from backend.uploads.models import FileUpload, UploadPart, UploadStatus
+from backend.uploads.models import ACTIVE_STATUSES, ConcatRole, FileUpload, UploadPart, UploadStatus
 from backend.uploads.storage import PartReceipt, Presigner, get_storage
 
 MAX_PAGE = 100
@@ -53,6 +53,15 @@ def upload_parts_list(*, upload_id: uuid.UUID) -> list[PartReceipt]:
     ]
 
 
+def upload_active_count(*, user: User) -> int:
+    """The caller's uploads RECEIVING, QUEUED or UPLOADING (UPLOAD_MAX_ACTIVE_PER_USER).
+
+    tus partial uploads do not count: they are pieces of one upload.
+    """
+    active = FileUpload.objects.filter(owner_id=user.pk, status__in=ACTIVE_STATUSES)
+    return active.exclude(concat_role=ConcatRole.PARTIAL).count()
+
+
 @dataclass(frozen=True)
 class UploadPage:
     uploads: list[FileUpload]
@@ -80,7 +89,8 @@ def upload_list_for_user(
     """The caller's uploads, newest first, `first` at a time after the cursor `after`."""
     if first < 0 or first > MAX_PAGE:
         raise BadUserInput(f"first must be between 0 and {MAX_PAGE}")
-    rows = FileUpload.objects.filter(owner_id=user.pk)
+    # tus partial uploads are pieces of a final upload, not uploads of their own.
+    rows = FileUpload.objects.filter(owner_id=user.pk).exclude(concat_role=ConcatRole.PARTIAL)
     if status is not None:
         rows = rows.filter(status=status)
     total = rows.count()

@@ -30,7 +30,7 @@ from backend.uploads.metrics import metrics_count
 from backend.uploads.models import ACTIVE_STATUSES, FileUpload, UploadPart, UploadStatus
 from backend.uploads.naming import filename_sanitise, storage_key_for
 from backend.uploads.parts import part_count, part_size_for
-from backend.uploads.selectors import upload_get, upload_get_for_user
+from backend.uploads.selectors import upload_active_count, upload_get, upload_get_for_user
 from backend.uploads.services.queueing import upload_enqueue
 from backend.uploads.services.transitions import upload_release, upload_transition
 from backend.uploads.sniffing import content_type_allowed, content_type_sniff
@@ -62,9 +62,9 @@ def upload_create(*, user: User, file: StagedFile, sha256: str | None) -> FileUp
     upload_id = uuid.uuid4()
     upload_log_bind(upload_id)
     with transaction.atomic():
-        active = FileUpload.objects.filter(owner=user, status__in=ACTIVE_STATUSES).count()
+        active = upload_active_count(user=user)
         if active >= settings.UPLOAD_MAX_ACTIVE_PER_USER:
-            raise TooManyActiveUploads(f"you already have {active} uploads queued or uploading")
+            raise TooManyActiveUploads(f"you already have {active} uploads receiving, queued or uploading")
         quota_reserve(user=user, size=file.size)
         upload = FileUpload.objects.create(
             id=upload_id,
@@ -74,6 +74,7 @@ def upload_create(*, user: User, file: StagedFile, sha256: str | None) -> FileUp
             size=file.size,
             sha256=file.sha256,
             status=UploadStatus.QUEUED,
+            bytes_received=file.size,
             part_size=part_size,
             parts_total=part_count(size=file.size, part_size=part_size),
             storage_backend=storage.name,
@@ -98,6 +99,13 @@ def upload_cancel(*, user: User, upload_id: uuid.UUID) -> FileUpload:
     `upload_retry` can start over.
     """
     upload = upload_get_for_user(user=user, upload_id=upload_id)
+    if upload.status == UploadStatus.RECEIVING:
+        from backend.uploads.resumable.services import resumable_cancel
+
+        try:
+            return resumable_cancel(upload=upload)
+        except InvalidState:
+            pass  # every byte came in meanwhile: cancel it as QUEUED
     now = timezone.now()
     # One source status at a time, so we know which move won if a worker claims it meanwhile.
     try:

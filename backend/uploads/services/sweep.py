@@ -64,6 +64,7 @@ def upload_sweep(
     """
     ttl = settings.UPLOAD_STAGING_TTL if ttl_seconds is None else ttl_seconds
     report = SweepReport(dry_run=dry_run)
+    _sweep_receiving(report=report, dry_run=dry_run)
     storage = get_storage()
     expired = _sweep_expired(
         report=report, storage=storage, cutoff=timezone.now() - timedelta(seconds=ttl), dry_run=dry_run
@@ -74,6 +75,18 @@ def upload_sweep(
         _sweep_store_temporary(report=report, storage=storage, grace_seconds=grace_seconds, dry_run=dry_run)
     logger.info("sweep%s: %d items, %d bytes", " (dry run)" if dry_run else "", len(report.items), report.freed_bytes)
     return report
+
+
+def _sweep_receiving(*, report: SweepReport, dry_run: bool) -> None:
+    """RECEIVING uploads with no new byte for UPLOAD_RECEIVING_TTL: FAILED "expired", bytes removed."""
+    from backend.uploads.resumable.services import resumable_expire
+
+    due = FileUpload.objects.filter(status=UploadStatus.RECEIVING, expires_at__lt=timezone.now())
+    for upload in due:
+        size = _size_of(staging_path(upload.id))
+        if dry_run or resumable_expire(upload=upload):
+            reason = f"upload {upload.id} expired while receiving"
+            report.items.append(SweepItem(kind="staged", target=str(staging_path(upload.id)), reason=reason, size=size))
 
 
 def _sweep_expired(*, report: SweepReport, storage: Storage, cutoff: datetime, dry_run: bool) -> set[uuid.UUID]:

@@ -30,6 +30,7 @@ logger = logging.getLogger("backend.uploads.services")
 
 # The state table of CONTRACT section 3: which status each status may move to.
 ALLOWED_MOVES: dict[str, frozenset[str]] = {
+    UploadStatus.RECEIVING: frozenset({UploadStatus.QUEUED, UploadStatus.FAILED, UploadStatus.CANCELLED}),
     UploadStatus.QUEUED: frozenset({UploadStatus.UPLOADING, UploadStatus.CANCELLED}),
     UploadStatus.UPLOADING: frozenset(
         {UploadStatus.COMPLETED, UploadStatus.FAILED, UploadStatus.CANCELLED, UploadStatus.QUEUED}
