@@ -15,6 +15,7 @@ from backend.uploads.staging import StagedFile
 from schema.auth import require_user
 from schema.context import Info
 from schema.types import BigInt, FileUploadType
+from schema.webhooks import WebhookMutation
 
 
 @strawberry.input
@@ -26,7 +27,7 @@ class CreateUploadInput:
 
 
 @strawberry.type
-class Mutation:
+class Mutation(WebhookMutation):
     @strawberry.mutation
     async def upload_file(self, info: Info, file: Upload, sha256: str | None = None) -> FileUploadType:
         user = require_user(info)

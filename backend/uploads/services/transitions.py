@@ -18,9 +18,10 @@ from django.db.models import F
 from django.utils import timezone
 
 from backend.uploads.errors import ClaimLost, InvalidState
-from backend.uploads.models import FileUpload, UploadPart, UploadStatus
+from backend.uploads.models import TERMINAL_STATUSES, FileUpload, UploadPart, UploadStatus
 from backend.uploads.progress import progress_publish
 from backend.uploads.services.queueing import upload_enqueue
+from backend.uploads.signals import upload_finished
 from backend.uploads.staging import staging_delete
 from backend.uploads.storage import PartReceipt
 
@@ -73,6 +74,8 @@ def upload_transition(
             raise InvalidState(f"an upload in this state cannot become {to}")
         upload = FileUpload.objects.get(id=upload_id)
         transaction.on_commit(lambda: progress_publish(upload, part_number=part_number))
+        if to in TERMINAL_STATUSES:
+            upload_finished.send(sender=FileUpload, upload=upload)
     return upload
 
 
