@@ -9,8 +9,8 @@ from django.conf import settings
 from backend.http_errors import error_body
 from backend.tus.protocol import CHECKSUM_ALGORITHMS, EXTENSIONS, VERSION, HeaderError
 from backend.uploads import errors
-from backend.uploads.resumable.appending import ChunkChecksumMismatch
 from backend.uploads.resumable.checksums import ChecksumUnknown
+from backend.uploads.services.chunks import ChunkChecksumMismatch
 
 # (HTTP status, contract code) per domain error; the first match wins (subclasses first).
 STATUS_FOR: list[tuple[type[Exception], int, str]] = [

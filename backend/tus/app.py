@@ -45,9 +45,9 @@ from backend.tus.protocol import (
 )
 from backend.uploads.errors import BadUserInput, Gone, Unauthenticated, UploadError
 from backend.uploads.models import ConcatRole, FileUpload, UploadStatus
-from backend.uploads.resumable import services as resumable
-from backend.uploads.resumable.appending import ChunkAppend, chunk_append_begin
 from backend.uploads.resumable.checksums import ChunkChecksum, checksum_parse
+from backend.uploads.services import resumable
+from backend.uploads.services.chunks import ChunkAppend, chunk_append_begin
 
 logger = logging.getLogger(__name__)
 

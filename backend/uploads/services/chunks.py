@@ -35,11 +35,11 @@ from backend.uploads.errors import (
     UploadTooLarge,
 )
 from backend.uploads.models import ConcatRole, FileUpload, UploadStatus
-from backend.uploads.resumable import services as resumable
 from backend.uploads.resumable.checksums import ChunkChecksum
 from backend.uploads.resumable.events import receiving_event_due, receiving_publish
 from backend.uploads.resumable.hashing import running_hash_keep, running_hash_take
 from backend.uploads.resumable.locking import WriterLock
+from backend.uploads.services import resumable
 from backend.uploads.sniffing import SNIFF_BYTES
 from backend.uploads.staging import staging_path
 
