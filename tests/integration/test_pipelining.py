@@ -272,14 +272,17 @@ def test_cancel_mid_pipeline_aborts_the_multipart_upload(make_stack, bucket, api
     assert not bucket.object_exists(key)
     with pytest.raises(TusCommunicationError):
         uploader.upload()
-    wait_until(
-        lambda: FileUpload.objects.get(id=upload_id).claim is None, timeout=30, what="the pipeline run to end"
-    )
+    wait_until(lambda: FileUpload.objects.get(id=upload_id).claim is None, timeout=30, what="the pipeline run to end")
     assert not bucket.open_objects(key), "no run re-opened the object after the cancel"
 
 
 def test_a_worker_killed_mid_pipeline_resumes_without_resending_parts(make_stack, bucket, api_user, tmp_path) -> None:
-    env = {**bucket.env, "UPLOAD_PART_DELAY_MS": "300", "UPLOAD_PART_CONCURRENCY": "1", "UPLOAD_STALE_AFTER_SECONDS": "3"}
+    env = {
+        **bucket.env,
+        "UPLOAD_PART_DELAY_MS": "300",
+        "UPLOAD_PART_CONCURRENCY": "1",
+        "UPLOAD_STALE_AFTER_SECONDS": "3",
+    }
     stack = make_stack(env=env)
     stack.start_cron()
     part = bucket.part
