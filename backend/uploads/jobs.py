@@ -12,7 +12,8 @@ from django.db import close_old_connections
 from backend.logs import upload_log_context
 from backend.uploads import services
 from backend.uploads.metrics import metrics_observe_transfer
-from backend.uploads.models import FileUpload, UploadStatus
+from backend.uploads.direct.finishing import direct_finish
+from backend.uploads.models import FileUpload, UploadMode, UploadStatus
 from backend.uploads.progress import progress_publisher
 from backend.uploads.storage import get_storage
 from backend.uploads.transfer import TransferFailed, TransferStopped, stop_requested, transfer_upload
@@ -39,7 +40,11 @@ def _upload_transfer(upload_id: str) -> None:
         upload, claim = claimed
         started = time.monotonic()
         try:
-            transfer_upload(upload=upload, claim=claim, storage=get_storage())
+            if upload.mode == UploadMode.DIRECT:
+                # The client put the bytes into the bucket itself: complete and verify the object.
+                direct_finish(upload=upload, claim=claim, storage=get_storage())
+            else:
+                transfer_upload(upload=upload, claim=claim, storage=get_storage())
             services.upload_complete(upload_id=upload.id, claim=claim)
             metrics_observe_transfer(seconds=time.monotonic() - started, outcome="completed")
         except TransferFailed as exc:

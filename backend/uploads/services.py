@@ -38,7 +38,7 @@ from backend.uploads.errors import (
     UnsupportedMediaType,
 )
 from backend.uploads.metrics import metrics_count
-from backend.uploads.models import ACTIVE_STATUSES, TERMINAL_STATUSES, FileUpload, UploadPart, UploadStatus
+from backend.uploads.models import ACTIVE_STATUSES, TERMINAL_STATUSES, FileUpload, UploadMode, UploadPart, UploadStatus
 from backend.uploads.naming import filename_sanitise, storage_key_for
 from backend.uploads.parts import part_count, part_size_for
 from backend.uploads.progress import progress_publish
@@ -289,7 +289,14 @@ def upload_cancel(*, user: User, upload_id: uuid.UUID) -> FileUpload:
     `upload_retry` can start over.
     """
     upload = upload_get_for_user(user=user, upload_id=upload_id)
-    if upload.status == UploadStatus.RECEIVING:
+    if upload.status == UploadStatus.RECEIVING and upload.mode == UploadMode.DIRECT:
+        from backend.uploads.direct.services import direct_cancel
+
+        try:
+            return direct_cancel(upload=upload)
+        except InvalidState:
+            pass  # completed meanwhile: cancel it as QUEUED
+    elif upload.status == UploadStatus.RECEIVING:
         from backend.uploads.resumable.services import resumable_cancel
 
         try:
@@ -549,12 +556,14 @@ def upload_sweep(
 
 def _sweep_receiving(*, report: SweepReport, dry_run: bool) -> None:
     """RECEIVING uploads with no new byte for UPLOAD_RECEIVING_TTL: FAILED "expired", bytes removed."""
+    from backend.uploads.direct.services import direct_expire
     from backend.uploads.resumable.services import resumable_expire
 
     due = FileUpload.objects.filter(status=UploadStatus.RECEIVING, expires_at__lt=timezone.now())
     for upload in due:
         size = _size_of(staging_path(upload.id))
-        if dry_run or resumable_expire(upload=upload):
+        expire = direct_expire if upload.mode == UploadMode.DIRECT else resumable_expire
+        if dry_run or expire(upload=upload):
             reason = f"upload {upload.id} expired while receiving"
             report.items.append(SweepItem(kind="staged", target=str(staging_path(upload.id)), reason=reason, size=size))
 
