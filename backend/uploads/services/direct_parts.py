@@ -22,8 +22,7 @@ from django.utils import timezone
 
 from backend.quotas.errors import QuotaExceeded
 from backend.quotas.services import quota_reserve
-from backend.uploads import services
-from backend.uploads.direct.services import (
+from backend.uploads.services.direct import (
     direct_receiving_get,
     direct_refuse,
     direct_store,
@@ -35,7 +34,9 @@ from backend.uploads.metrics import metrics_count
 from backend.uploads.models import FileUpload, UploadPart, UploadStatus
 from backend.uploads.parts import S3_MIN_PART_SIZE, part_range
 from backend.uploads.progress import progress_publish
-from backend.uploads.resumable.services import receiving_expires_at
+from backend.uploads.services.resumable import receiving_expires_at
+from backend.uploads.services.queueing import upload_enqueue
+from backend.uploads.services.transitions import upload_transition
 from backend.uploads.storage import PartReceipt
 from backend.uploads.storage.s3 import etag_md5
 
@@ -161,7 +162,7 @@ def direct_complete(
             if upload.length_deferred:
                 # The size reserved so far was an estimate; the real one may need more.
                 quota_reserve(user=user, size=max(0, fields["size"] - upload.size))
-            queued = services.upload_transition(
+            queued = upload_transition(
                 upload_id=upload.id,
                 to=UploadStatus.QUEUED,
                 expected=[UploadStatus.RECEIVING],
@@ -169,7 +170,7 @@ def direct_complete(
                 bytes_received=fields.get("size", upload.size),
                 **fields,
             )
-            services._upload_enqueue(queued)
+            upload_enqueue(queued)
     except QuotaExceeded as exc:
         direct_refuse(upload=upload, error=exc)
         raise

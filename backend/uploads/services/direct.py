@@ -30,7 +30,6 @@ from django.utils import timezone
 
 from backend.logs import upload_log_bind
 from backend.quotas.services import quota_reserve
-from backend.uploads import services
 from backend.uploads.errors import (
     BadUserInput,
     InvalidState,
@@ -42,8 +41,10 @@ from backend.uploads.models import FileUpload, UploadMode, UploadStatus
 from backend.uploads.naming import filename_sanitise, storage_key_for
 from backend.uploads.parts import MAX_PARTS, S3_MIN_PART_SIZE, part_count, part_size_for
 from backend.uploads.progress import progress_publish
-from backend.uploads.resumable.services import EXPIRED, receiving_expires_at
+from backend.uploads.services.resumable import EXPIRED, receiving_expires_at
 from backend.uploads.selectors import upload_active_count, upload_get_for_user
+from backend.uploads.services.actions import SHA256_RE, upload_abort_store
+from backend.uploads.services.transitions import upload_transition
 from backend.uploads.storage import DirectUploads, Storage, StorageError, get_storage, storage_call_with_retries
 
 logger = logging.getLogger(__name__)
@@ -242,7 +243,7 @@ def direct_sign(*, user: User, upload_id: uuid.UUID, parts: list[PartToSign]) ->
 
 def _reserve_for_parts(*, store: DirectStore, upload: FileUpload, highest: int) -> None:
     """An upload of unknown size: record the parts the bucket holds, and reserve quota up to part `highest`."""
-    from backend.uploads.direct.ledger import ledger_take_listed
+    from backend.uploads.services.direct_parts import ledger_take_listed
 
     listed = store_call(lambda: store.list_parts(key=upload.storage_key, handle=str(upload.storage_upload_id)))
     ledger_take_listed(upload=upload, listed=listed)
@@ -267,7 +268,7 @@ def _reserve_for_parts(*, store: DirectStore, upload: FileUpload, highest: int) 
 
 def direct_cancel(*, upload: FileUpload) -> FileUpload:
     """RECEIVING -> CANCELLED, and the bucket's multipart upload aborted with every part in it."""
-    cancelled = services.upload_transition(
+    cancelled = upload_transition(
         upload_id=upload.id, to=UploadStatus.CANCELLED, expected=[UploadStatus.RECEIVING], expires_at=None
     )
     _abort_quietly(cancelled, why="cancelled")
@@ -282,7 +283,7 @@ def direct_expire(*, upload: FileUpload) -> bool:
     ).exists():
         return False
     try:
-        expired = services.upload_transition(
+        expired = upload_transition(
             upload_id=upload.id, to=UploadStatus.FAILED, expected=[UploadStatus.RECEIVING], error=EXPIRED, expires_at=None
         )
     except InvalidState:
@@ -296,7 +297,7 @@ def direct_refuse(*, upload: FileUpload, error: Exception, **fields: Any) -> Non
     """RECEIVING -> FAILED naming `error` (its code first), the multipart upload aborted: nothing is kept."""
     code = getattr(error, "code", "INTERNAL_SERVER_ERROR")
     try:
-        failed = services.upload_transition(
+        failed = upload_transition(
             upload_id=upload.id,
             to=UploadStatus.FAILED,
             expected=[UploadStatus.RECEIVING],
@@ -312,7 +313,7 @@ def direct_refuse(*, upload: FileUpload, error: Exception, **fields: Any) -> Non
 def _abort_quietly(upload: FileUpload, *, why: str) -> None:
     """Abort the open multipart upload; on a store error the row keeps its handle for the sweep."""
     try:
-        services.upload_abort_store(upload=upload)
+        upload_abort_store(upload=upload)
     except StorageError:
         logger.warning("upload %s %s; aborting its multipart upload failed (the sweep retries)", upload.id, why)
 
@@ -330,6 +331,6 @@ def sha256_check(sha256: str | None) -> str | None:
     """A declared whole-file sha256 as lowercase hex; BAD_USER_INPUT unless it is 64 hex digits."""
     if sha256 is None:
         return None
-    if not services.SHA256_RE.match(sha256):
+    if not SHA256_RE.match(sha256):
         raise BadUserInput("sha256 must be 64 hexadecimal digits")
     return sha256.lower()
