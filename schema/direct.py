@@ -52,7 +52,9 @@ class PresignedPart:
 @strawberry.type
 class DirectMutation:
     @strawberry.mutation
-    async def sign_upload_parts(self, info: Info, id: strawberry.ID, parts: list[PartToSignInput]) -> list[PresignedPart]:
+    async def sign_upload_parts(
+        self, info: Info, id: strawberry.ID, parts: list[PartToSignInput]
+    ) -> list[PresignedPart]:
         user = require_user(info)
         upload_id = upload_id_parse(id)
         upload_log_bind(upload_id)

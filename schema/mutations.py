@@ -15,8 +15,8 @@ from backend.uploads.services.resumable import resumable_create
 from backend.uploads.staging import StagedFile
 from schema.auth import require_user
 from schema.context import Info
-from schema.types import BigInt, FileUploadType
 from schema.direct import DirectMutation
+from schema.types import BigInt, FileUploadType
 from schema.webhooks import WebhookMutation
 
 

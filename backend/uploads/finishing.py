@@ -76,7 +76,8 @@ def direct_finish(
             raise TransferFailed("the part ledger is incomplete")
         handle = spec.handle or ""
         call(lambda: storage.complete(key=spec.key, handle=handle, parts=parts, size=spec.size))
-    head = b"".join(call(lambda: list(storage.object_read(key=spec.key, length=SNIFF_BYTES))))
+    sniff = min(SNIFF_BYTES, spec.size)
+    head = b"".join(call(lambda: list(storage.object_read(key=spec.key, length=sniff)))) if sniff else b""
     content_type = content_type_sniff(head)
     if not content_type_allowed(content_type, spec.allowed_types):
         _reject(spec, storage, f"UNSUPPORTED_MEDIA_TYPE: content type {content_type} is not allowed here")
@@ -90,7 +91,9 @@ def direct_finish(
     )
     if digest != spec.expected_sha256:
         _reject(
-            spec, storage, f"CHECKSUM_MISMATCH: sha256 of the object in the bucket is {digest}, not {spec.expected_sha256}"
+            spec,
+            storage,
+            f"CHECKSUM_MISMATCH: sha256 of the object in the bucket is {digest}, not {spec.expected_sha256}",
         )
     return FinishedObject(content_type=content_type, sha256=digest)
 

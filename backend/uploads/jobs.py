@@ -18,8 +18,8 @@ from django.db import close_old_connections
 from backend.logs import upload_log_context
 from backend.uploads import services
 from backend.uploads.errors import ClaimLost
-from backend.uploads.metrics import metrics_add, metrics_observe_transfer
 from backend.uploads.finishing import FinishSpec, direct_finish
+from backend.uploads.metrics import metrics_add, metrics_observe_transfer
 from backend.uploads.models import FileUpload, UploadMode
 from backend.uploads.progress import progress_publisher
 from backend.uploads.selectors import upload_is_claimed_by, upload_parts_list

@@ -41,9 +41,9 @@ from backend.uploads.models import FileUpload, UploadMode, UploadStatus
 from backend.uploads.naming import filename_sanitise, storage_key_for
 from backend.uploads.parts import MAX_PARTS, S3_MIN_PART_SIZE, part_count, part_size_for
 from backend.uploads.progress import progress_publish
-from backend.uploads.services.resumable import EXPIRED, receiving_expires_at
 from backend.uploads.selectors import upload_active_count, upload_get_for_user
 from backend.uploads.services.actions import SHA256_RE, upload_abort_store
+from backend.uploads.services.resumable import EXPIRED, receiving_expires_at
 from backend.uploads.services.transitions import upload_transition
 from backend.uploads.storage import DirectUploads, Storage, StorageError, get_storage, storage_call_with_retries
 
@@ -284,7 +284,11 @@ def direct_expire(*, upload: FileUpload) -> bool:
         return False
     try:
         expired = upload_transition(
-            upload_id=upload.id, to=UploadStatus.FAILED, expected=[UploadStatus.RECEIVING], error=EXPIRED, expires_at=None
+            upload_id=upload.id,
+            to=UploadStatus.FAILED,
+            expected=[UploadStatus.RECEIVING],
+            error=EXPIRED,
+            expires_at=None,
         )
     except InvalidState:
         return False

@@ -22,6 +22,11 @@ from django.utils import timezone
 
 from backend.quotas.errors import QuotaExceeded
 from backend.quotas.services import quota_reserve
+from backend.uploads.errors import BadUserInput, InvalidState, UploadTooLarge
+from backend.uploads.metrics import metrics_count
+from backend.uploads.models import FileUpload, UploadPart, UploadStatus
+from backend.uploads.parts import S3_MIN_PART_SIZE, part_range
+from backend.uploads.progress import progress_publish
 from backend.uploads.services.direct import (
     direct_receiving_get,
     direct_refuse,
@@ -29,13 +34,8 @@ from backend.uploads.services.direct import (
     part_number_check,
     store_call,
 )
-from backend.uploads.errors import BadUserInput, InvalidState, UploadTooLarge
-from backend.uploads.metrics import metrics_count
-from backend.uploads.models import FileUpload, UploadPart, UploadStatus
-from backend.uploads.parts import S3_MIN_PART_SIZE, part_range
-from backend.uploads.progress import progress_publish
-from backend.uploads.services.resumable import receiving_expires_at
 from backend.uploads.services.queueing import upload_enqueue
+from backend.uploads.services.resumable import receiving_expires_at
 from backend.uploads.services.transitions import upload_transition
 from backend.uploads.storage import PartReceipt
 from backend.uploads.storage.s3 import etag_md5
@@ -133,9 +133,7 @@ def ledger_take_listed(*, upload: FileUpload, listed: Iterable[PartReceipt]) -> 
 # --- completing -------------------------------------------------------------------------------
 
 
-def direct_complete(
-    *, user: User, upload_id: uuid.UUID, parts: list[tuple[int, str]] | None = None
-) -> FileUpload:
+def direct_complete(*, user: User, upload_id: uuid.UUID, parts: list[tuple[int, str]] | None = None) -> FileUpload:
     """completeUpload: every part in, RECEIVING -> QUEUED and the worker queued to finish the object.
 
     `parts` (Uppy's list of PartNumber and ETag) are checked against the bucket and recorded first;

@@ -129,9 +129,7 @@ class DirectUploads(Protocol):
     def direct_start(self, *, key: str, content_type: str, metadata: dict[str, str], part_checksums: bool) -> str:
         """`start`, for parts a client sends; `part_checksums`: every part will carry the configured checksum."""
 
-    def presign_part(
-        self, *, key: str, handle: str, part_number: int, ttl: int, checksum: str | None
-    ) -> PresignedPut:
+    def presign_part(self, *, key: str, handle: str, part_number: int, ttl: int, checksum: str | None) -> PresignedPut:
         """A URL to PUT part `part_number` to for `ttl` seconds; `checksum` (base64 SHA-256) is signed in."""
 
     def object_read(self, *, key: str, length: int | None = None, chunk_size: int = 1024 * 1024) -> Iterator[bytes]:
