@@ -114,7 +114,8 @@ def upload_create(*, user: User, file: StagedFile, sha256: str | None) -> FileUp
         )
         file.path.rename(staging_path(upload_id))
         _upload_enqueue(upload)
-    metrics_count("bytes_received", upload.size)
+    # Counted once committed: a batch that is refused later (uploadFiles) rolls this one back too.
+    transaction.on_commit(partial(metrics_count, "bytes_received", upload.size))
     logger.info("upload %s accepted: %s, %d bytes", upload.id, upload.filename, upload.size)
     return upload
 
