@@ -43,6 +43,13 @@ class Unauthenticated(UploadError):
     code = "UNAUTHENTICATED"
 
 
+class ClaimLost(Exception):
+    """The transfer no longer owns the upload: it was cancelled, or another run took it.
+
+    Not a contract error (no client ever sees it): the ledger raises it to stop a transfer.
+    """
+
+
 class UploadTooLarge(UploadError):
     """Over UPLOAD_MAX_BYTES (or past the upload's own length): refused before the bytes are stored."""
 

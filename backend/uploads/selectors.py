@@ -13,8 +13,8 @@ from django.contrib.auth.models import User
 from django.db.models import Q
 
 from backend.uploads.errors import BadUserInput, NotFound
-from backend.uploads.models import ACTIVE_STATUSES, ConcatRole, FileUpload, UploadStatus
-from backend.uploads.storage import Presigner, get_storage
+from backend.uploads.models import ACTIVE_STATUSES, ConcatRole, FileUpload, UploadPart, UploadStatus
+from backend.uploads.storage import PartReceipt, Presigner, get_storage
 
 MAX_PAGE = 100
 
@@ -33,6 +33,24 @@ def upload_get_for_user(*, user: User, upload_id: uuid.UUID) -> FileUpload:
     if upload is None:
         raise NotFound("no such upload")
     return upload
+
+
+def upload_get(*, upload_id: uuid.UUID) -> FileUpload | None:
+    """The upload row as it is now, or None once it is deleted (for the worker: no owner check)."""
+    return FileUpload.objects.filter(id=upload_id).first()
+
+
+def upload_is_claimed_by(*, upload_id: uuid.UUID, claim: uuid.UUID) -> bool:
+    """Whether the upload is still UPLOADING under this transfer's claim."""
+    return FileUpload.objects.filter(id=upload_id, claim=claim, status=UploadStatus.UPLOADING).exists()
+
+
+def upload_parts_list(*, upload_id: uuid.UUID) -> list[PartReceipt]:
+    """The part ledger: every part the store confirmed for this upload, in part order."""
+    return [
+        PartReceipt(part_number=p.part_number, size=p.size, etag=p.etag, checksum=p.checksum)
+        for p in UploadPart.objects.filter(upload_id=upload_id).order_by("part_number")
+    ]
 
 
 def upload_active_count(*, user: User) -> int:

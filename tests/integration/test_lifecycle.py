@@ -18,11 +18,10 @@ from django.utils import timezone
 from rq import Queue
 from rq.job import Job
 
-from backend.uploads import services
 from backend.uploads.errors import InvalidState
 from backend.uploads.models import FileUpload, UploadPart, UploadStatus
 from backend.uploads.services import ClaimLost, upload_transition
-from backend.uploads.staging import INCOMING
+from backend.uploads.staging import INCOMING, staging_delete
 from backend.uploads.storage.local import INCOMPLETE_DIR
 from tests.support.client import UPLOAD_QUERY, data_of, error_codes, graphql, subscriber, upload_file
 from tests.support.processes import ROOT, _spawn, _stop, wait_until
@@ -294,7 +293,7 @@ def test_every_move_of_the_state_table_is_enforced(make_stack, api_user) -> None
                 assert _row(str(row.id)).status == status
     finally:
         for row in made:
-            services.staging_delete(row.id)
+            staging_delete(row.id)
             FileUpload.objects.filter(id=row.id).delete()
 
 

@@ -205,7 +205,7 @@ def resumable_complete(*, upload: FileUpload, digest: object, head: bytes) -> Fi
             expires_at=None,
             content_type=upload.content_type,
         )
-        services._upload_enqueue(queued)
+        services.upload_enqueue(queued)
     metrics_count("bytes_received", queued.size)
     logger.info("upload %s received whole: %s, %d bytes", queued.id, queued.filename, queued.size)
     return queued
