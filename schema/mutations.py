@@ -8,10 +8,10 @@ from backend.logs import upload_log_bind
 from backend.uploads.batch import upload_create_batch
 from backend.uploads.errors import BadUserInput
 from backend.uploads.models import UploadMode
-from backend.uploads.resumable.appending import chunk_append_file
-from backend.uploads.resumable.services import resumable_create
 from backend.uploads.selectors import upload_id_parse
 from backend.uploads.services import upload_cancel, upload_create, upload_delete, upload_retry
+from backend.uploads.services.chunks import chunk_append_file
+from backend.uploads.services.resumable import resumable_create
 from backend.uploads.staging import StagedFile
 from schema.auth import require_user
 from schema.context import Info

@@ -102,7 +102,7 @@ def upload_cancel(*, user: User, upload_id: uuid.UUID) -> FileUpload:
     """
     upload = upload_get_for_user(user=user, upload_id=upload_id)
     if upload.status == UploadStatus.RECEIVING:
-        from backend.uploads.resumable.services import resumable_cancel
+        from backend.uploads.services.resumable import resumable_cancel
 
         try:
             return resumable_cancel(upload=upload)

@@ -79,7 +79,7 @@ def upload_sweep(
 
 def _sweep_receiving(*, report: SweepReport, dry_run: bool) -> None:
     """RECEIVING uploads with no new byte for UPLOAD_RECEIVING_TTL: FAILED "expired", bytes removed."""
-    from backend.uploads.resumable.services import resumable_expire
+    from backend.uploads.services.resumable import resumable_expire
 
     due = FileUpload.objects.filter(status=UploadStatus.RECEIVING, expires_at__lt=timezone.now())
     for upload in due:
