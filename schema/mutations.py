@@ -5,6 +5,7 @@ from asgiref.sync import sync_to_async
 from strawberry.file_uploads import Upload
 
 from backend.logs import upload_log_bind
+from backend.uploads.batch import upload_create_batch
 from backend.uploads.errors import BadUserInput
 from backend.uploads.models import UploadMode
 from backend.uploads.selectors import upload_id_parse
@@ -37,6 +38,15 @@ class Mutation(WebhookMutation, DirectMutation):
             raise BadUserInput("file must be a file part of a multipart request")
         upload = await sync_to_async(upload_create)(user=user, file=file, sha256=sha256)
         return FileUploadType.from_model(upload, base_url=info.context.base_url)
+
+    @strawberry.mutation
+    async def upload_files(self, info: Info, files: list[Upload]) -> list[FileUploadType]:
+        user = require_user(info)
+        staged: list[StagedFile] = [file for file in files if isinstance(file, StagedFile)]
+        if len(staged) != len(files):
+            raise BadUserInput("files must all be file parts of a multipart request")
+        uploads = await sync_to_async(upload_create_batch)(user=user, files=staged)
+        return [FileUploadType.from_model(upload, base_url=info.context.base_url) for upload in uploads]
 
     @strawberry.mutation
     async def cancel_upload(self, info: Info, id: strawberry.ID) -> FileUploadType:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import re
 import uuid
+from functools import partial
 from typing import Any
 
 from django.conf import settings
@@ -84,7 +85,8 @@ def upload_create(*, user: User, file: StagedFile, sha256: str | None) -> FileUp
         )
         file.path.rename(staging_path(upload_id))
         upload_enqueue(upload)
-    metrics_count("bytes_received", upload.size)
+    # Counted once committed: a batch refused at a later file (uploadFiles) rolls this one back too.
+    transaction.on_commit(partial(metrics_count, "bytes_received", upload.size))
     logger.info("upload %s accepted: %s, %d bytes", upload.id, upload.filename, upload.size)
     return upload
 
