@@ -222,7 +222,7 @@ def test_no_worker_waits_on_a_slow_client(make_stack, bucket, api_user, tmp_path
     for uploader, _ in slow:
         assert _api(stack.url, api_user.headers, _id_of(uploader))["status"] == "RECEIVING"
 
-    for uploader, content in slow:
+    for uploader, _ in slow:
         uploader.upload()
     for uploader, content in slow:
         finished = upload_wait_for_status(stack.url, api_user.headers, _id_of(uploader), {"COMPLETED", "FAILED"})
@@ -233,7 +233,7 @@ def test_no_worker_waits_on_a_slow_client(make_stack, bucket, api_user, tmp_path
 def test_a_sha256_mismatch_aborts_the_parts_already_sent(make_stack, bucket, api_user, tmp_path) -> None:
     stack = make_stack(env=bucket.env)
     part = bucket.part
-    path, content = _file(tmp_path, "wrong.bin", 3 * part + 99)
+    path, _ = _file(tmp_path, "wrong.bin", 3 * part + 99)
     wrong = hashlib.sha256(b"something else").hexdigest()
     uploader = _tus(stack.url, api_user.headers, path, chunk=part, sha256=wrong)
     upload_id = _id_of(uploader)
