@@ -194,6 +194,9 @@ UPLOAD_PART_SIZE = env.int("UPLOAD_PART_SIZE", default=8 * 1024**2)
 UPLOAD_PART_CONCURRENCY = env.int("UPLOAD_PART_CONCURRENCY", default=4)
 UPLOAD_PART_RETRIES = env.int("UPLOAD_PART_RETRIES", default=5)
 UPLOAD_PART_DELAY_MS = env.int("UPLOAD_PART_DELAY_MS", default=0)
+# Resumable uploads: send whole parts to the bucket while the client still sends (issue 19). Off,
+# the transfer starts after the last byte, as for a SINGLE upload (the benchmark's baseline).
+UPLOAD_PIPELINE = env.bool("UPLOAD_PIPELINE", default=True)
 UPLOAD_HEARTBEAT_SECONDS = env.float("UPLOAD_HEARTBEAT_SECONDS", default=5.0)
 UPLOAD_STALE_AFTER_SECONDS = env.float("UPLOAD_STALE_AFTER_SECONDS", default=60.0)
 # Resumable uploads (tus at /uploads/, createUpload/uploadChunk): a RECEIVING upload with no new

@@ -19,6 +19,7 @@ def _figures() -> dict[str, Callable[[Bench], list[Figure]]]:
         event_gap,
         fanout,
         local_throughput,
+        pipelining,
         progress_latency,
         s3_throughput,
         server_memory,
@@ -42,6 +43,7 @@ def _figures() -> dict[str, Callable[[Bench], list[Figure]]]:
         "concurrent_uploads": concurrent_uploads.run,
         "webhook_delivery": webhooks.run_delivery,
         "webhook_hanging": webhooks.run_hanging,
+        "pipelined": pipelining.run,
     }
 
 

@@ -308,3 +308,27 @@ def test_a_worker_killed_mid_pipeline_resumes_without_resending_parts(make_stack
     sent = bucket.parts_sent(done["storageKey"])
     assert set(sent) == set(range(1, 8))
     assert all(sent[n] == 1 for n in confirmed), f"confirmed parts sent again: {sent}"
+
+
+def test_expiry_mid_pipeline_aborts_the_multipart_upload(make_stack, bucket, api_user, tmp_path) -> None:
+    stack = make_stack(env={**bucket.env, "UPLOAD_RECEIVING_TTL": "3"})
+    part = bucket.part
+    path, _ = _file(tmp_path, "expires.bin", 3 * part)
+    uploader = _tus(stack.url, api_user.headers, path, chunk=part)
+    upload_id = _id_of(uploader)
+    uploader.upload(stop_at=2 * part)
+    _wait_uploaded_while_receiving(stack.url, api_user.headers, upload_id, at_least=2 * part)
+    key = FileUpload.objects.get(id=upload_id).storage_key
+    assert bucket.open_objects(key)
+
+    # The client goes quiet; its next request finds the upload expired (the sweep would, too).
+    head = {"Tus-Resumable": "1.0.0", **api_user.headers}
+    wait_until(
+        lambda: httpx.head(uploader.url, headers=head, timeout=30).status_code == 410,
+        timeout=30,
+        what="the upload to expire",
+    )
+    expired = _api(stack.url, api_user.headers, upload_id)
+    assert expired["status"] == "FAILED" and "expired" in expired["error"], expired
+    assert not bucket.open_objects(key), "the multipart upload is aborted"
+    assert not bucket.object_exists(key)

@@ -44,11 +44,12 @@ logger = logging.getLogger("backend.uploads.services")
 def pipeline_applies(upload: FileUpload) -> bool:
     """Whether this upload's parts may go out while it is RECEIVING.
 
-    RESUMABLE uploads with their type judged; not tus partial uploads (pieces of a final upload
+    RESUMABLE uploads with their type judged, unless UPLOAD_PIPELINE is off; not tus partial uploads (pieces of a final upload
     that is transferred after its concatenation, which is when its bytes first exist together).
     """
     return (
-        upload.mode == UploadMode.RESUMABLE
+        settings.UPLOAD_PIPELINE
+        and upload.mode == UploadMode.RESUMABLE
         and upload.concat_role != ConcatRole.PARTIAL
         and upload.part_size > 0
         and bool(upload.content_type)
