@@ -20,6 +20,7 @@ def _figures() -> dict[str, Callable[[Bench], list[Figure]]]:
         fanout,
         local_throughput,
         progress_latency,
+        recovery,
         s3_throughput,
         server_memory,
         small_uploads,
@@ -39,6 +40,7 @@ def _figures() -> dict[str, Callable[[Bench], list[Figure]]]:
         "small_uploads": small_uploads.run,
         "fanout": fanout.run,
         "concurrent_uploads": concurrent_uploads.run,
+        "recovery": recovery.run,
     }
 
 
