@@ -45,9 +45,11 @@ soak: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m tests.bench
 
+# ruff, then the import-linter contracts of pyproject.toml (the layers; fails on a cycle or a layer broken).
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports
 
 format: $(STAMP)
 	$(VENV)/bin/ruff format .

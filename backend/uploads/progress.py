@@ -47,6 +47,7 @@ def progress_event(upload: FileUpload, *, part_number: int | None = None) -> dic
         "part_number": part_number,
         "parts_uploaded": upload.parts_uploaded,
         "parts_total": upload.parts_total,
+        "bytes_received": upload.bytes_received,
         "bytes_uploaded": upload.bytes_uploaded,
         "bytes_total": upload.size,
         "progress": progress_fraction(

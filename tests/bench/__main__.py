@@ -25,6 +25,7 @@ def _figures() -> dict[str, Callable[[Bench], list[Figure]]]:
         server_memory,
         small_uploads,
         upload_answer,
+        webhooks,
         worker_memory,
     )
 
@@ -40,6 +41,8 @@ def _figures() -> dict[str, Callable[[Bench], list[Figure]]]:
         "small_uploads": small_uploads.run,
         "fanout": fanout.run,
         "concurrent_uploads": concurrent_uploads.run,
+        "webhook_delivery": webhooks.run_delivery,
+        "webhook_hanging": webhooks.run_hanging,
         "recovery": recovery.run,
     }
 
