@@ -48,6 +48,9 @@ UPLOAD_FIELDS = (
     "createdAt",
     "updatedAt",
     "completedAt",
+    "expiresAt",
+    "resumeUrl",
+    "partSize",
 )
 PROGRESS_FIELDS = (
     "uploadId",
