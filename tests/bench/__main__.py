@@ -21,6 +21,7 @@ def _figures() -> dict[str, Callable[[Bench], list[Figure]]]:
         local_throughput,
         pipelining,
         progress_latency,
+        recovery,
         s3_throughput,
         server_memory,
         small_uploads,
@@ -43,6 +44,7 @@ def _figures() -> dict[str, Callable[[Bench], list[Figure]]]:
         "concurrent_uploads": concurrent_uploads.run,
         "webhook_delivery": webhooks.run_delivery,
         "webhook_hanging": webhooks.run_hanging,
+        "recovery": recovery.run,
         "pipelined": pipelining.run,
     }
 

@@ -315,3 +315,52 @@ def test_an_expired_upload_is_aborted_by_the_sweep(s3_stack, api_user, moto, buc
 def test_direct_uploads_are_not_offered_on_the_local_store(stack, api_user):
     answer = direct_create(stack.url, api_user.headers, filename="a", size=10)
     assert error_codes(answer) == ["BAD_USER_INPUT"] and "not offered" in answer.json()["errors"][0]["message"]
+
+
+def test_s3_setup_puts_the_cors_rule_browsers_need(moto, monkeypatch, capsys):
+    from django.core.management import call_command
+    from django.test import override_settings
+
+    from backend.uploads.storage.s3_bucket import CORS_RULE_ID
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
+    name = f"cors-{uuid.uuid4().hex[:12]}"
+    client = moto.client()
+    with override_settings(
+        S3_BUCKET=name, S3_ENDPOINT_URL=moto.url, S3_PUBLIC_ENDPOINT_URL=moto.url, CORS_ALLOWED_ORIGINS=[]
+    ):
+        call_command("s3_setup", "--create-bucket")
+        assert "no CORS rule" in capsys.readouterr().out
+        # (moto refuses a preflight unless every rule allows its origin, so this one does too.)
+        other = {
+            "ID": "theirs",
+            "AllowedOrigins": ["https://other.example", "https://app.example"],
+            "AllowedMethods": ["GET"],
+        }
+        client.put_bucket_cors(Bucket=name, CORSConfiguration={"CORSRules": [other]})
+    with override_settings(
+        S3_BUCKET=name,
+        S3_ENDPOINT_URL=moto.url,
+        S3_PUBLIC_ENDPOINT_URL=moto.url,
+        CORS_ALLOWED_ORIGINS=["https://app.example"],
+    ):
+        call_command("s3_setup", "--cors-origin", "http://localhost:8000")
+        call_command("s3_setup")  # idempotent: the rule is replaced, not added again
+    assert "may PUT parts and read their ETag" in capsys.readouterr().out
+    rules = {r.get("ID"): r for r in client.get_bucket_cors(Bucket=name)["CORSRules"]}
+    assert set(rules) == {"theirs", CORS_RULE_ID}
+    assert rules[CORS_RULE_ID]["AllowedOrigins"] == ["https://app.example"]
+    assert rules[CORS_RULE_ID]["ExposeHeaders"] == ["ETag"]
+    # What a browser asks before its PUT, and what moto answers from the rule.
+    preflight = httpx.options(
+        f"{moto.url}/{name}/uploads/x?partNumber=1&uploadId=u",
+        headers={
+            "Origin": "https://app.example",
+            "Access-Control-Request-Method": "PUT",
+            "Access-Control-Request-Headers": "x-amz-checksum-sha256",
+        },
+    )
+    assert preflight.status_code == 200
+    assert preflight.headers["access-control-allow-origin"] == "https://app.example"
+    assert "ETag" in preflight.headers.get("access-control-expose-headers", "")

@@ -122,6 +122,12 @@ def direct_confirm(*, user: User, upload_id: uuid.UUID, part_number: int, etag: 
     return ledger_record(upload_id=upload.id, receipt=receipt) or FileUpload.objects.get(id=upload.id)
 
 
+def direct_parts_listed(*, user: User, upload_id: uuid.UUID) -> list[PartReceipt]:
+    """The parts the bucket holds for the caller's RECEIVING direct upload (Companion's ListParts)."""
+    upload = direct_receiving_get(user=user, upload_id=upload_id)
+    return sorted(_listed(upload).values(), key=lambda r: r.part_number)
+
+
 def ledger_take_listed(*, upload: FileUpload, listed: Iterable[PartReceipt]) -> None:
     """Record the parts the bucket lists that the ledger lacks (an upload whose client confirms none)."""
     known = set(UploadPart.objects.filter(upload_id=upload.id).values_list("part_number", "etag"))

@@ -44,8 +44,9 @@ logger = logging.getLogger("backend.uploads.services")
 def pipeline_applies(upload: FileUpload) -> bool:
     """Whether this upload's parts may go out while it is RECEIVING.
 
-    RESUMABLE uploads with their type judged, unless UPLOAD_PIPELINE is off; not tus partial uploads (pieces of a final upload
-    that is transferred after its concatenation, which is when its bytes first exist together).
+    RESUMABLE uploads with their type judged, unless UPLOAD_PIPELINE is off; not tus partial
+    uploads (pieces of a final upload that is transferred after its concatenation, which is when
+    its bytes first exist together).
     """
     return (
         settings.UPLOAD_PIPELINE
