@@ -204,6 +204,7 @@ UPLOAD_STALE_AFTER_SECONDS = env.float("UPLOAD_STALE_AFTER_SECONDS", default=10.
 # TTL, renewed by its holder while it writes, so a holder that died frees it by itself.
 UPLOAD_RECEIVING_TTL = env.int("UPLOAD_RECEIVING_TTL", default=86400)
 UPLOAD_LOCK_TTL_SECONDS = env.float("UPLOAD_LOCK_TTL_SECONDS", default=10.0)
+UPLOAD_RECEIVING_FSYNC = env.bool("UPLOAD_RECEIVING_FSYNC", default=True)
 PROGRESS_RESYNC_SECONDS = env.float("PROGRESS_RESYNC_SECONDS", default=10.0)
 # A server process's count of active subscriptions (in /metrics) stops counting this long after
 # its last heartbeat (it sends one every third of it): how long a crashed process is still counted.
