@@ -190,6 +190,10 @@ UPLOAD_PART_SIZE = env.int("UPLOAD_PART_SIZE", default=8 * 1024**2)
 UPLOAD_PART_CONCURRENCY = env.int("UPLOAD_PART_CONCURRENCY", default=4)
 UPLOAD_PART_RETRIES = env.int("UPLOAD_PART_RETRIES", default=5)
 UPLOAD_PART_DELAY_MS = env.int("UPLOAD_PART_DELAY_MS", default=0)
+# Test doubles chosen by dotted path (tests/support/doubles.py), never by patching modules: a class
+# the storage factory hands the backend to stand in for it, and the class a job publishes through.
+STORAGE_WRAPPER = env.str("STORAGE_WRAPPER", default="") or None
+PROGRESS_PUBLISHER = env.str("PROGRESS_PUBLISHER", default="backend.uploads.progress.ProgressPublisher")
 UPLOAD_HEARTBEAT_SECONDS = env.float("UPLOAD_HEARTBEAT_SECONDS", default=5.0)
 UPLOAD_STALE_AFTER_SECONDS = env.float("UPLOAD_STALE_AFTER_SECONDS", default=60.0)
 # Resumable uploads (tus at /uploads/, createUpload/uploadChunk): a RECEIVING upload with no new

@@ -22,7 +22,7 @@ from backend.uploads.models import FileUpload
 from backend.uploads.progress import progress_publisher
 from backend.uploads.selectors import upload_is_claimed_by, upload_parts_list
 from backend.uploads.staging import staging_path
-from backend.uploads.storage import PartReceipt, get_storage
+from backend.uploads.storage import PartReceipt, get_capabilities, storage_retry_policy
 from backend.uploads.transfer import (
     TransferFailed,
     TransferSettings,
@@ -76,7 +76,7 @@ def transfer_settings() -> TransferSettings:
     return TransferSettings(
         concurrency=settings.UPLOAD_PART_CONCURRENCY,
         heartbeat_seconds=settings.UPLOAD_HEARTBEAT_SECONDS,
-        attempts=settings.UPLOAD_PART_RETRIES,
+        retry=storage_retry_policy(),
         part_delay_ms=settings.UPLOAD_PART_DELAY_MS,
     )
 
@@ -99,12 +99,14 @@ def _upload_transfer(upload_id: str) -> None:
             return
         upload, claim = claimed
         ledger = UploadLedger(upload_id=upload.id, claim=claim)
+        store = get_capabilities()
         started = time.monotonic()
         try:
             transfer_upload(
                 spec=transfer_spec(upload),
                 source=staging_path(upload.id),
-                storage=get_storage(),
+                storage=store.core,
+                part_from_file=store.part_from_file,
                 ledger=ledger,
                 should_stop=ledger.should_stop,
                 config=transfer_settings(),

@@ -18,19 +18,20 @@ import base64
 import hashlib
 import logging
 import re
-import time
 import unicodedata
 import zlib
 from collections.abc import Callable
+from dataclasses import replace
 from functools import partial
 from typing import Any, Protocol
 from urllib.parse import quote, unquote
 
 from botocore.exceptions import BotoCoreError, ClientError, ConnectionError, HTTPClientError, IncompleteReadError
-from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
+from tenacity import RetryCallState
 
-from backend.uploads.parts import S3_MIN_PART_SIZE, backoff_delay
+from backend.retries import RetryPolicy
+from backend.uploads.parts import S3_MIN_PART_SIZE
 from backend.uploads.storage import PartReceipt, StorageError, storage_call_with_retries
 
 logger = logging.getLogger(__name__)
@@ -93,6 +94,10 @@ class S3API(S3Presigner, Protocol):
     def head_object(self, **kwargs: Any) -> dict[str, Any]: ...
     def delete_object(self, **kwargs: Any) -> dict[str, Any]: ...
     def head_bucket(self, **kwargs: Any) -> dict[str, Any]: ...
+
+
+class _PartsStillListed(Exception):
+    """An abort round ended with parts still listed (one in flight landed late): another round is due."""
 
 
 class S3StorageError(StorageError):
@@ -187,6 +192,7 @@ class S3Storage:
         sse_kms_key_id: str | None = None,
         storage_class: str | None = None,
         list_page_size: int = LIST_PAGE_SIZE,
+        retry: RetryPolicy | None = None,
     ) -> None:
         if checksum_algorithm not in CHECKSUM_ALGORITHMS:
             raise ImproperlyConfigured(f"S3_CHECKSUM_ALGORITHM must be one of {', '.join(CHECKSUM_ALGORITHMS)}")
@@ -202,6 +208,8 @@ class S3Storage:
         self.sse_kms_key_id = sse_kms_key_id
         self.storage_class = storage_class
         self.list_page_size = list_page_size
+        # For the calls the transfer engine does not retry itself (abort, delete, their listings).
+        self.retry = retry if retry is not None else RetryPolicy()
         self.etags_are_md5 = sse not in _KMS_MODES
 
     # -- core ---------------------------------------------------------------------------------
@@ -301,30 +309,44 @@ class S3Storage:
 
     def abort(self, *, key: str, handle: str) -> None:
         """Abort, then list again until the store lists nothing: a part in flight may land late."""
-        for round_number in range(1, ABORT_ROUNDS + 1):
-            try:
-                self._with_retries(
-                    lambda: self._call(
-                        "AbortMultipartUpload",
-                        lambda: self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=handle),
-                    )
-                )
-            except S3StorageError as exc:
-                if exc.code != "NoSuchUpload":
-                    raise
-            try:
-                remaining = self._with_retries(lambda: self.list_parts(key=key, handle=handle))
-            except S3StorageError as exc:
-                if exc.code == "NoSuchUpload":
-                    return
-                raise
-            if not remaining:
-                return
-            logger.info("abort of %s: %d parts still listed after round %d", handle, len(remaining), round_number)
-            time.sleep(backoff_delay(attempt=round_number))
-        raise S3StorageError(
-            f"AbortMultipartUpload: parts of {handle} are still listed after {ABORT_ROUNDS} rounds", retryable=True
+
+        def still_listed(state: RetryCallState) -> None:
+            logger.info(
+                "abort of %s: %s after round %d",
+                handle,
+                state.outcome and state.outcome.exception(),
+                state.attempt_number,
+            )
+
+        rounds = replace(self.retry, attempts=ABORT_ROUNDS).retrying(
+            retry_on=_PartsStillListed, before_sleep=still_listed
         )
+        try:
+            rounds(self._abort_round, key=key, handle=handle)
+        except _PartsStillListed as exc:
+            raise S3StorageError(
+                f"AbortMultipartUpload: parts of {handle} are still listed after {ABORT_ROUNDS} rounds", retryable=True
+            ) from exc
+
+    def _abort_round(self, *, key: str, handle: str) -> None:
+        try:
+            self._with_retries(
+                lambda: self._call(
+                    "AbortMultipartUpload",
+                    lambda: self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=handle),
+                )
+            )
+        except S3StorageError as exc:
+            if exc.code != "NoSuchUpload":
+                raise
+        try:
+            remaining = self._with_retries(lambda: self.list_parts(key=key, handle=handle))
+        except S3StorageError as exc:
+            if exc.code == "NoSuchUpload":
+                return
+            raise
+        if remaining:
+            raise _PartsStillListed(f"{len(remaining)} parts still listed")
 
     def put_object(self, *, key: str, data: bytes, content_type: str, metadata: dict[str, str]) -> None:
         params: dict[str, Any] = {
@@ -410,7 +432,7 @@ class S3Storage:
 
     def _with_retries(self, call: Callable[[], Any]) -> Any:
         """For the calls the transfer engine does not retry (abort, delete): a few tries, with backoff."""
-        return storage_call_with_retries(call, attempts=settings.UPLOAD_PART_RETRIES)
+        return storage_call_with_retries(call, retry=self.retry)
 
     def _call(self, operation: str, call: Callable[[], dict[str, Any]]) -> dict[str, Any]:
         return s3_call(operation, call, bucket=self.bucket)
@@ -446,19 +468,3 @@ def s3_client_error(operation: str, exc: ClientError, *, bucket: str) -> S3Stora
     elif code == "NoSuchUpload":
         text += " (the multipart upload was aborted, completed, or expired by the bucket's lifecycle rule)"
     return S3StorageError(text, retryable=s3_error_retryable(code=code, status=status), code=code)
-
-
-def s3_storage_from_settings() -> S3Storage:
-    """The S3 backend as settings describe it, with clients from `s3_client`."""
-    from backend.uploads.storage.s3_client import s3_clients_from_settings
-
-    client, presigner = s3_clients_from_settings()
-    return S3Storage(
-        client=client,
-        presigner=presigner,
-        bucket=settings.S3_BUCKET,
-        checksum_algorithm=settings.S3_CHECKSUM_ALGORITHM,
-        sse=settings.S3_SSE,
-        sse_kms_key_id=settings.S3_SSE_KMS_KEY_ID,
-        storage_class=settings.S3_STORAGE_CLASS,
-    )
