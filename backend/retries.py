@@ -4,8 +4,9 @@ Every caller that tries a call again builds its tenacity `Retrying` (or `AsyncRe
 `RetryPolicy`, never a loop of its own: the transfer engine (each part, each whole-object call),
 the storage backends it hands the policy to (S3's abort and delete), and the command-line client
 (reconnecting its progress stream). Callers count and log attempts through tenacity's hooks
-(`before`, `after`, `before_sleep`). Full-jitter exponential backoff: after failed attempt n the
-wait is uniform in [0, min(cap, base * 2**(n-1))] (AWS Architecture Blog, "Exponential Backoff
+(`before`, `after`, `before_sleep`). Exponential backoff with jitter: after failed attempt n the
+ceiling is min(cap, base * 2**(n-1)) and the wait is drawn from its top `jitter` share (1.0, the
+default: uniform in [0, ceiling], "full jitter" in the AWS Architecture Blog's "Exponential Backoff
 And Jitter"), so many workers retrying at once spread out instead of striking together.
 """
 
@@ -23,9 +24,9 @@ from tenacity import (
     Retrying,
     retry_if_exception,
     stop_after_attempt,
-    wait_random_exponential,
 )
 from tenacity.stop import stop_base
+from tenacity.wait import wait_base
 
 Hook = Callable[[RetryCallState], Any]
 
@@ -37,14 +38,17 @@ class RetryPolicy:
     attempts: int = 5
     base: float = 0.25
     cap: float = 8.0
+    # The random share of each wait: 1.0 waits anywhere below the ceiling; 0.5 at least half of it.
+    jitter: float = 1.0
 
     def delay_ceiling(self, *, attempt: int) -> float:
         """The longest wait after failed attempt `attempt` (1-based); the wait is uniform below it."""
         return min(self.cap, self.base * 2 ** (attempt - 1))
 
     def delay(self, *, attempt: int) -> float:
-        """One wait after failed attempt `attempt`, drawn as the `Retrying` objects below draw theirs."""
-        return random.uniform(0, self.delay_ceiling(attempt=attempt))
+        """One wait after failed attempt `attempt`: every `Retrying` built below draws its waits here."""
+        ceiling = self.delay_ceiling(attempt=attempt)
+        return ceiling * (1 - self.jitter) + random.uniform(0, ceiling * self.jitter)
 
     def _arguments(
         self,
@@ -54,13 +58,14 @@ class RetryPolicy:
         before: Hook | None,
         after: Hook | None,
         before_sleep: Hook | None,
+        failed_before: int = 0,
     ) -> dict[str, Any]:
         stop: stop_base = stop_after_attempt(max(1, self.attempts))
         if give_up is not None:
             stop = stop | _stop_if(give_up)
         arguments: dict[str, Any] = {
             "stop": stop,
-            "wait": wait_random_exponential(multiplier=self.base, max=self.cap),
+            "wait": _wait(self, failed_before=failed_before),
             "retry": retry_if_exception(lambda exc: isinstance(exc, retry_on)),
             "reraise": True,
         }
@@ -96,14 +101,35 @@ class RetryPolicy:
         give_up: Callable[[BaseException], bool] | None = None,
         before_sleep: Hook | None = None,
         sleep: Callable[[float], Awaitable[None]] | None = None,
+        failed_before: int = 0,
     ) -> AsyncRetrying:
-        """`retrying` for coroutines (the command-line client)."""
+        """`retrying` for coroutines (the command-line client).
+
+        `failed_before` counts failures already seen (a connection that dropped): the backoff goes
+        on from there instead of starting over.
+        """
         arguments = self._arguments(
-            retry_on=retry_on, give_up=give_up, before=None, after=None, before_sleep=before_sleep
+            retry_on=retry_on,
+            give_up=give_up,
+            before=None,
+            after=None,
+            before_sleep=before_sleep,
+            failed_before=failed_before,
         )
         if sleep is not None:
             arguments["sleep"] = sleep
         return AsyncRetrying(**arguments)
+
+
+class _wait(wait_base):
+    """Tenacity's wait, drawn by `RetryPolicy.delay` (attempt numbers shifted by `failed_before`)."""
+
+    def __init__(self, policy: RetryPolicy, *, failed_before: int) -> None:
+        self.policy = policy
+        self.failed_before = failed_before
+
+    def __call__(self, retry_state: RetryCallState) -> float:
+        return self.policy.delay(attempt=retry_state.attempt_number + self.failed_before)
 
 
 class _stop_if(stop_base):

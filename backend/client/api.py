@@ -66,8 +66,9 @@ PROGRESS_FIELDS = (
 TERMINAL_STATUSES = frozenset({"COMPLETED", "FAILED", "CANCELLED"})
 # The server refuses more than this many uploads per page (BAD_USER_INPUT above it).
 PAGE_SIZE = 100
-# Reconnecting the progress stream: the service's one retry policy (its backoff and jitter).
-RECONNECT = RetryPolicy()
+# Reconnecting the progress stream, through the service's one retry policy: waits of 1, 2, 4, 8, 8 s
+# at most and at least half that (a server restart takes seconds; ~12 s of trying at the least).
+RECONNECT = RetryPolicy(base=1.0, cap=8.0, jitter=0.5)
 
 _UPLOAD = " ".join(UPLOAD_FIELDS)
 UPLOAD_FILE = (
@@ -403,7 +404,9 @@ class ProgressFeed:
         if failures:
             await asyncio.sleep(RECONNECT.delay(attempt=failures))  # sync-ok: backoff before reconnecting
         policy = replace(RECONNECT, attempts=max(1, self.reconnect_attempts + 1 - failures))
-        retrying = policy.async_retrying(retry_on=ApiError, give_up=lambda error: _refused(error.__cause__ or error))
+        retrying = policy.async_retrying(
+            retry_on=ApiError, give_up=lambda error: _refused(error.__cause__ or error), failed_before=failures
+        )
         return await retrying(self._connect)
 
 

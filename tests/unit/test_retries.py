@@ -120,3 +120,24 @@ def test_the_async_form_follows_the_same_policy() -> None:
         asyncio.run(run())
     assert len(waits) == 3
     assert all(wait <= RetryPolicy().delay_ceiling(attempt=n) for n, wait in enumerate(waits, start=1))
+
+
+def test_half_jitter_waits_at_least_half_the_ceiling_and_goes_on_from_earlier_failures() -> None:
+    import asyncio
+
+    waits: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        waits.append(seconds)
+
+    async def run() -> None:
+        policy = RetryPolicy(attempts=4, base=1.0, cap=8.0, jitter=0.5)
+        await policy.async_retrying(retry_on=OSError, sleep=sleep, failed_before=2)(_always_refused)
+
+    for _ in range(50):
+        waits.clear()
+        with pytest.raises(ConnectionRefusedError):
+            asyncio.run(run())
+        # Two failures were seen before: the waits follow attempts 3, 4 and 5 (ceilings 4, 8, 8).
+        for wait, ceiling in zip(waits, (4.0, 8.0, 8.0), strict=True):
+            assert ceiling / 2 <= wait <= ceiling
