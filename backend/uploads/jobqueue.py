@@ -15,8 +15,9 @@ from datetime import datetime
 from typing import Any
 
 import django_rq
-import redis
 from rq.job import JobStatus
+
+from backend.redis_errors import REDIS_UNREACHABLE
 
 logger = logging.getLogger(__name__)
 
@@ -24,9 +25,6 @@ logger = logging.getLogger(__name__)
 TRANSFER_QUEUE = "default"
 # What RQ runs for one transfer: `backend.uploads.jobs.upload_transfer(upload_id)`.
 TRANSFER_JOB = "backend.uploads.jobs.upload_transfer"
-
-# A connection error or timeout talking to Redis: the one definition of "Redis is unreachable".
-REDIS_UNREACHABLE: tuple[type[Exception], ...] = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
 
 # Statuses of a job RQ still means to run although it is not in the queue's list.
 _PENDING = (

@@ -15,8 +15,9 @@ import uuid
 from datetime import timedelta
 
 import django_rq
-import redis
 from django.conf import settings
+
+from backend.redis_errors import REDIS_UNREACHABLE
 
 logger = logging.getLogger(__name__)
 
@@ -45,5 +46,5 @@ def delivery_enqueue(
             queue.enqueue_in(timedelta(seconds=delay), webhook_deliver, str(delivery_id), **options)
         else:
             queue.enqueue(webhook_deliver, str(delivery_id), **options)
-    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+    except REDIS_UNREACHABLE as exc:
         logger.warning("webhook delivery %s: Redis unreachable, the requeue sweep will queue it: %s", delivery_id, exc)

@@ -9,6 +9,11 @@ the object's key, time) and fails as TEST_STORAGE_FAULTS (JSON) says:
   {"crash_after_parts": 2}    the work horse dies (os._exit) when a 3rd put_part starts
   {"outage_while": PATH}      every put_part fails (retryable) while the file PATH exists: a store
                               outage the test starts and ends by creating and removing PATH
+  {"hold_part": {"part": 3, "while": PATH}}
+                              a gate: the first put of part 3 writes PATH.reached, then waits until
+                              PATH is gone (tests/support/uploads.py `Gate`): the test knows the
+                              worker is at part 3, and lets it on when it is ready
+                              ("hold_part_also": a second gate, the same way)
 
 PROGRESS_PUBLISHER=tests.support.doubles.DroppingPublisher skips some progress events of a job
 while the rows still change as usual, as if the channel layer had lost them; TEST_DROP_PROGRESS
@@ -24,6 +29,7 @@ import json
 import os
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 from backend.uploads.progress import ProgressPublisher
@@ -72,6 +78,11 @@ class FaultyStorage:
                 with open(self.log_path, "a") as log:
                     entry = {"part": part_number, "attempt": attempt, "pid": os.getpid(), "key": key, "at": time.time()}
                     log.write(json.dumps(entry) + "\n")
+        for hold in (self.plan.get("hold_part"), self.plan.get("hold_part_also")):
+            if hold and int(hold["part"]) == part_number and attempt == 1:
+                Path(f"{hold['while']}.reached").touch()
+                while os.path.exists(hold["while"]):
+                    time.sleep(0.01)  # sync-ok: the gate; the test removes the file when the worker may go on
         if self.plan.get("outage_while") and os.path.exists(self.plan["outage_while"]):
             raise StorageError(f"injected store outage: part {part_number} not stored", retryable=True)
         if attempt <= int(self.plan.get("fail_part", {}).get(str(part_number), 0)):
