@@ -59,9 +59,7 @@ def open_staging_files(pid: int, staging: Path | None = None) -> list[str]:
 def put_part_log(path: Path, *, key: str | None = None) -> list[dict[str, Any]]:
     """The put_part calls a fault-injecting worker logged (TEST_STORAGE_LOG), in call order.
 
-    With `key`, only those for that object. A stack running the reaper (`start_cron`) needs it:
-    the database is the session's, so the reaper also queues uploads earlier tests left QUEUED
-    (their jobs were in another Redis database) and this stack's workers put their parts too.
+    With `key`, only those for that object (a stack may transfer several uploads).
     """
     if not path.exists():
         return []
