@@ -174,6 +174,10 @@ S3_SSE_KMS_KEY_ID = env.str("S3_SSE_KMS_KEY_ID", default="") or None
 S3_STORAGE_CLASS = env.str("S3_STORAGE_CLASS", default="") or None
 PUBLIC_BASE_URL = env.str("PUBLIC_BASE_URL", default="").rstrip("/") or None
 DOWNLOAD_URL_TTL = env.int("DOWNLOAD_URL_TTL", default=3600)
+# Direct-to-bucket uploads (createUpload mode DIRECT, the /s3/ routes Uppy calls): S3 only. Clients
+# put parts straight into the bucket with presigned URLs valid this many seconds.
+DIRECT_UPLOADS = env.bool("DIRECT_UPLOADS", default=STORAGE_BACKEND == "s3") and STORAGE_BACKEND == "s3"
+DIRECT_UPLOAD_URL_TTL = env.int("DIRECT_UPLOAD_URL_TTL", default=3600)
 
 # --- Uploads ----------------------------------------------------------------------------------
 
@@ -243,7 +247,7 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = GRAPHQL_MAX_OPERATIONS_BYTES
 REQUEST_IDLE_TIMEOUT_SECONDS = env.float("REQUEST_IDLE_TIMEOUT_SECONDS", default=30.0)
 WS_AUTH_RECHECK_SECONDS = env.float("WS_AUTH_RECHECK_SECONDS", default=30.0)
 CORS_ALLOWED_ORIGINS = env.list("CORS_ALLOWED_ORIGINS", default=[])
-CORS_URLS_REGEX = r"^/graphql/?$"
+CORS_URLS_REGEX = r"^/(graphql/?$|s3/)"
 CORS_ALLOW_HEADERS = ["authorization", "content-type", "x-csrftoken"]
 
 # --- Logging ----------------------------------------------------------------------------------

@@ -5,15 +5,18 @@ from asgiref.sync import sync_to_async
 from strawberry.file_uploads import Upload
 
 from backend.logs import upload_log_bind
+from backend.uploads.batch import upload_create_batch
 from backend.uploads.errors import BadUserInput
 from backend.uploads.models import UploadMode
-from backend.uploads.resumable.appending import chunk_append_file
-from backend.uploads.resumable.services import resumable_create
 from backend.uploads.selectors import upload_id_parse
 from backend.uploads.services import upload_cancel, upload_create, upload_delete, upload_retry
+from backend.uploads.services.chunks import chunk_append_file
+from backend.uploads.services.direct import direct_create
+from backend.uploads.services.resumable import resumable_create
 from backend.uploads.staging import StagedFile
 from schema.auth import require_user
 from schema.context import Info
+from schema.direct import DirectMutation
 from schema.types import BigInt, FileUploadType
 from schema.webhooks import WebhookMutation
 
@@ -27,7 +30,7 @@ class CreateUploadInput:
 
 
 @strawberry.type
-class Mutation(WebhookMutation):
+class Mutation(WebhookMutation, DirectMutation):
     @strawberry.mutation
     async def upload_file(self, info: Info, file: Upload, sha256: str | None = None) -> FileUploadType:
         user = require_user(info)
@@ -35,6 +38,15 @@ class Mutation(WebhookMutation):
             raise BadUserInput("file must be a file part of a multipart request")
         upload = await sync_to_async(upload_create)(user=user, file=file, sha256=sha256)
         return FileUploadType.from_model(upload, base_url=info.context.base_url)
+
+    @strawberry.mutation
+    async def upload_files(self, info: Info, files: list[Upload]) -> list[FileUploadType]:
+        user = require_user(info)
+        staged: list[StagedFile] = [file for file in files if isinstance(file, StagedFile)]
+        if len(staged) != len(files):
+            raise BadUserInput("files must all be file parts of a multipart request")
+        uploads = await sync_to_async(upload_create_batch)(user=user, files=staged)
+        return [FileUploadType.from_model(upload, base_url=info.context.base_url) for upload in uploads]
 
     @strawberry.mutation
     async def cancel_upload(self, info: Info, id: strawberry.ID) -> FileUploadType:
@@ -63,7 +75,12 @@ class Mutation(WebhookMutation):
     async def create_upload(self, info: Info, input: CreateUploadInput) -> FileUploadType:
         user = require_user(info)
         if input.mode == UploadMode.DIRECT:
-            raise BadUserInput("direct-to-bucket uploads are not available on this server yet")
+            if input.size is None:
+                raise BadUserInput("a DIRECT upload needs its size")
+            direct = await sync_to_async(direct_create)(
+                user=user, filename=input.filename, size=input.size, sha256=input.sha256
+            )
+            return FileUploadType.from_model(direct, base_url=info.context.base_url)
         if input.mode not in (None, UploadMode.RESUMABLE):
             raise BadUserInput("mode SINGLE is uploadFile's; createUpload makes RESUMABLE uploads")
         upload = await sync_to_async(resumable_create)(

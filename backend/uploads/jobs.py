@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from typing import Any
 
 from django.conf import settings
 from django.db import close_old_connections
@@ -17,8 +18,9 @@ from django.db import close_old_connections
 from backend.logs import upload_log_context
 from backend.uploads import services
 from backend.uploads.errors import ClaimLost
+from backend.uploads.finishing import FinishSpec, direct_finish
 from backend.uploads.metrics import metrics_add, metrics_observe_transfer
-from backend.uploads.models import FileUpload
+from backend.uploads.models import FileUpload, UploadMode
 from backend.uploads.progress import progress_publisher
 from backend.uploads.selectors import upload_is_claimed_by, upload_parts_list
 from backend.uploads.staging import staging_path
@@ -102,17 +104,21 @@ def _upload_transfer(upload_id: str) -> None:
         store = get_capabilities()
         started = time.monotonic()
         try:
-            transfer_upload(
-                spec=transfer_spec(upload),
-                source=staging_path(upload.id),
-                storage=store.core,
-                part_from_file=store.part_from_file,
-                ledger=ledger,
-                should_stop=ledger.should_stop,
-                config=transfer_settings(),
-                count=metrics_add,
-            )
-            services.upload_complete(upload_id=upload.id, claim=claim)
+            if upload.mode == UploadMode.DIRECT:
+                found = _direct_finish(upload=upload, ledger=ledger)
+            else:
+                transfer_upload(
+                    spec=transfer_spec(upload),
+                    source=staging_path(upload.id),
+                    storage=store.core,
+                    part_from_file=store.part_from_file,
+                    ledger=ledger,
+                    should_stop=ledger.should_stop,
+                    config=transfer_settings(),
+                    count=metrics_add,
+                )
+                found = {}
+            services.upload_complete(upload_id=upload.id, claim=claim, **found)
             metrics_observe_transfer(seconds=time.monotonic() - started, outcome="completed")
         except TransferFailed as exc:
             _fail_or_stop(upload=upload, claim=claim, error=str(exc), started=started)
@@ -121,6 +127,30 @@ def _upload_transfer(upload_id: str) -> None:
         except Exception as exc:
             logger.exception("upload %s: unexpected error in the transfer", upload.id)
             _fail_or_stop(upload=upload, claim=claim, error=f"internal error: {type(exc).__name__}", started=started)
+
+
+def _direct_finish(*, upload: FileUpload, ledger: UploadLedger) -> dict[str, Any]:
+    """A DIRECT upload: its client put the parts; complete the object and verify it (`finishing`)."""
+    spec = FinishSpec(
+        upload_id=upload.id,
+        key=upload.storage_key,
+        handle=upload.storage_upload_id,
+        size=upload.size,
+        parts_total=upload.parts_total,
+        expected_sha256=upload.expected_sha256,
+        allowed_types=settings.UPLOAD_ALLOWED_TYPES,
+    )
+    store = get_capabilities()
+    finished = direct_finish(
+        spec=spec,
+        parts=ledger.parts(),
+        storage=store.core,
+        direct=store.direct,
+        heartbeat=ledger.heartbeat,
+        heartbeat_seconds=settings.UPLOAD_HEARTBEAT_SECONDS,
+        retry=storage_retry_policy(),
+    )
+    return {"content_type": finished.content_type, "sha256": finished.sha256}
 
 
 def _fail_or_stop(*, upload: FileUpload, claim: uuid.UUID, error: str, started: float) -> None:

@@ -22,14 +22,14 @@ from backend.redis_errors import REDIS_UNREACHABLE
 logger = logging.getLogger(__name__)
 
 WEBHOOK_QUEUE = "webhooks"
+# What RQ runs for one attempt, by dotted path (the queue never imports the jobs it queues).
+DELIVERY_JOB = "backend.webhooks.jobs.webhook_deliver"
 
 
 def delivery_enqueue(
     *, delivery_id: uuid.UUID, attempt: int, delay: float | None = None, redelivery: bool = False
 ) -> None:
     """Queue attempt `attempt` of a delivery, after `delay` seconds if given. Never raises for Redis."""
-    from backend.webhooks.jobs import webhook_deliver
-
     job_id = f"webhook-{delivery_id}-{attempt}"
     if redelivery:
         job_id += f"-{uuid.uuid4().hex[:8]}"  # the lost job may still hold its id in RQ's registries
@@ -43,8 +43,8 @@ def delivery_enqueue(
     try:
         queue = django_rq.get_queue(WEBHOOK_QUEUE)
         if delay:
-            queue.enqueue_in(timedelta(seconds=delay), webhook_deliver, str(delivery_id), **options)
+            queue.enqueue_in(timedelta(seconds=delay), DELIVERY_JOB, str(delivery_id), **options)
         else:
-            queue.enqueue(webhook_deliver, str(delivery_id), **options)
+            queue.enqueue(DELIVERY_JOB, str(delivery_id), **options)
     except REDIS_UNREACHABLE as exc:
         logger.warning("webhook delivery %s: Redis unreachable, the requeue sweep will queue it: %s", delivery_id, exc)

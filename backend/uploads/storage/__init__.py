@@ -8,8 +8,8 @@ picks one from settings.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 from typing import Any, Protocol, TypeVar, runtime_checkable
@@ -126,6 +126,32 @@ class Presigner(Protocol):
 
 
 @dataclass(frozen=True)
+class PresignedPut:
+    """Where a client puts one part itself: the URL, the headers it must send, and for how long."""
+
+    url: str
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@runtime_checkable
+class DirectUploads(Protocol):
+    """Optional: a store clients write to themselves, with presigned part URLs (S3).
+
+    The server keeps the ledger: it opens the multipart object, signs each part, checks each part
+    the client says it put (`list_parts`), completes it (`complete`) and reads it back to verify it.
+    """
+
+    def direct_start(self, *, key: str, content_type: str, metadata: dict[str, str], part_checksums: bool) -> str:
+        """`start`, for parts a client sends; `part_checksums`: every part will carry the configured checksum."""
+
+    def presign_part(self, *, key: str, handle: str, part_number: int, ttl: int, checksum: str | None) -> PresignedPut:
+        """A URL to PUT part `part_number` to for `ttl` seconds; `checksum` (base64 SHA-256) is signed in."""
+
+    def object_read(self, *, key: str, length: int | None = None, chunk_size: int = 1024 * 1024) -> Iterator[bytes]:
+        """The object's bytes from the start (the first `length`, or all), streamed in chunks."""
+
+
+@dataclass(frozen=True)
 class TemporaryEntry:
     """One thing in a store's temporary area: an open object's pieces, or a leftover file."""
 
@@ -170,6 +196,7 @@ class StorageCapabilities:
     presigner: Presigner | None = None
     temporary: TemporaryArea | None = None
     download: Download | None = None
+    direct: DirectUploads | None = None
 
     @classmethod
     def of(cls, store: Storage) -> StorageCapabilities:
@@ -180,6 +207,7 @@ class StorageCapabilities:
             presigner=store if isinstance(store, Presigner) else None,
             temporary=store if isinstance(store, TemporaryArea) else None,
             download=store if isinstance(store, Download) else None,
+            direct=store if isinstance(store, DirectUploads) else None,
         )
 
 

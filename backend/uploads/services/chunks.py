@@ -26,13 +26,20 @@ from django.contrib.auth.models import User
 from django.db.models import F
 from django.utils import timezone
 
-from backend.uploads.errors import Gone, OffsetMismatch, UploadLocked, UploadTooLarge
+from backend.uploads.errors import (
+    DISK_FULL_ERRNOS,
+    Gone,
+    InsufficientStorage,
+    OffsetMismatch,
+    UploadLocked,
+    UploadTooLarge,
+)
 from backend.uploads.models import ConcatRole, FileUpload, UploadStatus
-from backend.uploads.resumable import services as resumable
 from backend.uploads.resumable.checksums import ChunkChecksum
 from backend.uploads.resumable.events import receiving_event_due, receiving_publish
 from backend.uploads.resumable.hashing import running_hash_keep, running_hash_take
 from backend.uploads.resumable.locking import WriterLock
+from backend.uploads.services import resumable
 from backend.uploads.sniffing import SNIFF_BYTES
 from backend.uploads.staging import staging_path
 
@@ -69,11 +76,7 @@ class ChunkAppend:
         room = self.limit - self.offset
         fits = data if len(data) <= room else data[:room]
         if fits:
-            view = memoryview(fits)
-            position = self.offset
-            while view:
-                written = os.pwrite(self.fd, view, position)
-                view, position = view[written:], position + written
+            self._pwrite(fits)
             if self.digest is not None:
                 self.digest.update(fits)
             if self.checksum is not None:
@@ -87,6 +90,21 @@ class ChunkAppend:
         self._judge_type_if_due()
         if self.checksum is None and self.offset - self.committed >= self.checkpoint_every:
             self.checkpoint()
+
+    def _pwrite(self, data: bytes) -> None:
+        view = memoryview(data)
+        position = self.offset
+        try:
+            while view:
+                written = os.pwrite(self.fd, view, position)
+                view, position = view[written:], position + written
+        except OSError as exc:
+            if exc.errno not in DISK_FULL_ERRNOS:
+                raise
+            # Staging is full: give the space of this chunk's unsaved bytes back at once.
+            os.ftruncate(self.fd, self.committed)
+            self.offset = self.committed
+            raise InsufficientStorage("the server ran out of staging space; try again later") from exc
 
     def _judge_type_if_due(self) -> None:
         if self.upload.content_type or self.upload.concat_role == ConcatRole.PARTIAL:

@@ -1,7 +1,7 @@
 """Writes of resumable uploads: creating, concatenating, completing, cancelling and expiring them.
 
 An upload that arrives in chunks (a tus PATCH, an `uploadChunk`) is RECEIVING while its bytes come
-in, appended to `staging/<id>` (`appending.ChunkAppend`). When the last byte is in it is verified
+in, appended to `staging/<id>` (`chunks.ChunkAppend`). When the last byte is in it is verified
 (size, the declared sha256, the content type) and moves to QUEUED, or FAILED; a tus DELETE or
 `cancelUpload` makes it CANCELLED and removes its bytes; one with no new byte for
 `UPLOAD_RECEIVING_TTL` expires (FAILED "expired", bytes removed) when the sweep or the next
