@@ -18,6 +18,8 @@ def _figures() -> dict[str, Callable[[Bench], list[Figure]]]:
         concurrent_uploads,
         event_gap,
         fanout,
+        fanout_idle,
+        fanout_stalled,
         local_throughput,
         progress_latency,
         s3_throughput,
@@ -38,6 +40,8 @@ def _figures() -> dict[str, Callable[[Bench], list[Figure]]]:
         "progress_latency": progress_latency.run,
         "small_uploads": small_uploads.run,
         "fanout": fanout.run,
+        "fanout_stalled": fanout_stalled.run,
+        "fanout_idle": fanout_idle.run,
         "concurrent_uploads": concurrent_uploads.run,
     }
 

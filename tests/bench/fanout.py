@@ -3,13 +3,16 @@
 Ten real uploads (rows made by the mutation, no workers) are driven through the real services
 from this process: claimed, then one part recorded per upload per tick, then COMPLETED, each
 event committed and published by the job's publisher on the server's channel layer, exactly as a
-transfer job does. The ticks speed up in phases (0.5, 1, 2, 4 events/s per upload), so the phase
-at 2 events/s is the goal's 2,000 deliveries/s and the others bracket the highest rate the server
-sustains. 1,000 graphql-transport-ws subscribers (one socket each, this process) record every
-event's arrival minus its `at` (the row's updated_at, written in the transaction that publishes).
+transfer job does. The ticks speed up in phases (0.5, 1, 2, 4, 10, 20 events/s per upload), so
+the phase at 2 events/s is the goal's 2,000 deliveries/s and the others bracket the highest rate
+the server sustains (10,000 deliveries/s is the delivery-rate goal). 1,000 graphql-transport-ws
+subscribers (one socket each, this process) record every event's arrival minus its `at` (the
+row's updated_at, written in the transaction that publishes).
 
 Goal: every status change and every part reaches every subscriber, in order; p99 <= 250 ms at
-2,000 deliveries/s. Reported: the highest phase whose p99 stays <= 250 ms with nothing lost.
+2,000 deliveries/s. `fanout_1000_delivery_rate`: the highest phase whose p99 stays <= 250 ms with
+nothing lost (goal >= 10,000 deliveries/s on one server process). The client side (1,000
+websockets and the driver) runs in this one process on the same machine, so it can be the limit.
 """
 
 from __future__ import annotations
@@ -26,8 +29,10 @@ from tests.support.client import subscriber
 
 UPLOADS = 10
 PER_UPLOAD = 100
-# (events/s per upload, parts at that rate): 500, 1,000, 2,000 (the goal) and 4,000 deliveries/s.
-PHASES = [(0.5, 8), (1.0, 10), (2.0, 20), (4.0, 12)]
+# (events/s per upload, parts at that rate): 500, 1,000, 2,000 (the goal), 4,000, 10,000 and 20,000
+# deliveries/s.
+PHASES = [(0.5, 8), (1.0, 10), (2.0, 20), (4.0, 12), (10.0, 30), (20.0, 40)]
+RATE_GOAL = 10_000.0
 PARTS = sum(parts for _, parts in PHASES)
 PART_SIZE = 1024
 CONNECTING_AT_ONCE = 50
@@ -78,7 +83,9 @@ async def _subscribe(ws_url: str, token: str, upload_id: str, seen: Seen, gate: 
             gate.release()
 
 
-def _drive(bench: Bench, redis_url: str, upload_ids: list[str]) -> list[tuple[float, float]]:
+def _drive(
+    bench: Bench, redis_url: str, upload_ids: list[str], phases: list[tuple[float, int]] = PHASES
+) -> list[tuple[float, float]]:
     """Claim, record PARTS parts per upload at the phases' rates, complete. Returns (start, end) per phase.
 
     Times are wall-clock seconds (time.time), the clock of the events' `at`.
@@ -103,7 +110,7 @@ def _drive(bench: Bench, redis_url: str, upload_ids: list[str]) -> list[tuple[fl
                 raise RuntimeError(f"upload {upload_id} could not be claimed")
             claims[upload_id] = claimed[1]
         number = 0
-        for rate, parts in PHASES:
+        for rate, parts in phases:
             started = time.time()
             for tick in range(parts):
                 number += 1
@@ -186,8 +193,8 @@ def run(bench: Bench) -> list[Figure]:
             ours=max(sustained) if sustained else drained,
             baseline=None,
             unit="deliveries/s",
-            goal="report",
-            check=None,
+            goal=">= 10,000 deliveries/s",
+            check=lambda f: f.ours >= RATE_GOAL,
             note=(
                 f"highest phase with nothing lost and p99 <= 250 ms: {max(sustained) if sustained else 'none'}; "
                 f"delivered over the run (first event -> last arrival): {drained:.0f}/s"
