@@ -22,6 +22,8 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime
 
+import psutil
+
 from tests.bench.client import http_client, upload_ours
 from tests.bench.results import Figure, figure, percentile
 from tests.bench.stack import Bench
@@ -127,9 +129,14 @@ def _drive(
     return spans
 
 
+def _cpu_seconds(process: psutil.Process) -> float:
+    times = process.cpu_times()
+    return times.user + times.system
+
+
 async def _measure(
-    bench: Bench, url: str, ws_url: str, redis_url: str
-) -> tuple[dict[str, list[Seen]], list[tuple[float, float]]]:
+    bench: Bench, url: str, ws_url: str, redis_url: str, server_pid: int
+) -> tuple[dict[str, list[Seen]], list[tuple[float, float]], tuple[float, float]]:
     with http_client() as client:
         path = bench.file(PARTS * PART_SIZE)
         upload_ids = [str(upload_ours(client, url, path, headers=bench.headers)[1]["id"]) for _ in range(UPLOADS)]
@@ -142,14 +149,20 @@ async def _measure(
     ]
     ready = asyncio.gather(*(each.ready.wait() for subscribers in seen.values() for each in subscribers))
     await asyncio.wait_for(ready, timeout=300)
+    server, here = psutil.Process(server_pid), psutil.Process()
+    cpu_before = (_cpu_seconds(server), _cpu_seconds(here))
     spans = await asyncio.to_thread(_drive, bench, redis_url, upload_ids)
     await asyncio.wait_for(asyncio.gather(*tasks), timeout=300)
-    return seen, spans
+    # CPU seconds the server and this process (clients and driver) spent while events flowed.
+    cpu = (_cpu_seconds(server) - cpu_before[0], _cpu_seconds(here) - cpu_before[1])
+    return seen, spans, cpu
 
 
 def run(bench: Bench) -> list[Figure]:
     with bench.stack(env=STACK_ENV, workers=0) as stack:
-        seen, spans = asyncio.run(_measure(bench, stack.url, stack.ws_url, stack.env["REDIS_URL"]))
+        seen, spans, (server_cpu, client_cpu) = asyncio.run(
+            _measure(bench, stack.url, stack.ws_url, stack.env["REDIS_URL"], stack.server_pid)
+        )
     everyone = [each for subscribers in seen.values() for each in subscribers]
     complete = sum(
         1
@@ -172,7 +185,12 @@ def run(bench: Bench) -> list[Figure]:
     goal_p99 = next(p99 for rate, _, p99, _ in phases if rate == 2.0)
     # What the server delivered per second over the whole run: its ceiling once a phase saturates it.
     delivered_all = sum(len(each.latencies) for each in everyone)
-    drained = delivered_all / (max(each.last_arrival for each in everyone) - spans[0][0])
+    flowing = max(each.last_arrival for each in everyone) - spans[0][0]
+    drained = delivered_all / flowing
+    cpu = (
+        f"server CPU {server_cpu / delivered_all * 1e6:.0f} us per delivery, busy {server_cpu / flowing:.0%} of the "
+        f"{flowing:.0f} s events flowed; the client process (1,000 sockets and the driver) {client_cpu / flowing:.0%}"
+    )
     sustained = [achieved for _, achieved, p99, whole in phases if whole and p99 <= P99_GOAL_MS]
     detail = "; ".join(
         f"{rate:g}/s per upload: {achieved:.0f} deliveries/s, p99 {p99:.0f} ms{'' if whole else ' (events LOST)'}"
@@ -197,7 +215,7 @@ def run(bench: Bench) -> list[Figure]:
             check=lambda f: f.ours >= RATE_GOAL,
             note=(
                 f"highest phase with nothing lost and p99 <= 250 ms: {max(sustained) if sustained else 'none'}; "
-                f"delivered over the run (first event -> last arrival): {drained:.0f}/s"
+                f"delivered over the run (first event -> last arrival): {drained:.0f}/s; {cpu}"
             ),
         ),
     ]
