@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-browser test-postgres test-all soak bench lint format typecheck audit clean
+.PHONY: run test test-browser test-clients js-deps test-postgres test-all soak bench lint format typecheck audit clean
 
 $(STAMP): requirements/base.txt requirements/dev.txt requirements/prod.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,18 @@ $(BROWSER_STAMP): $(STAMP) requirements/browser.txt
 test-browser: $(BROWSER_STAMP)
 	$(PY) -m pytest tests/browser
 
+# The real tus clients from npm (tus-js-client in Node) and the reference tus server for `make bench`:
+# tests/js/package.json, installed exactly from its lockfile. Needs node and npm (`.ci/run` installs them).
+JS_STAMP := tests/js/node_modules/.installed
+$(JS_STAMP): tests/js/package.json tests/js/package-lock.json
+	cd tests/js && npm ci --no-audit --no-fund --loglevel=error
+	touch $(JS_STAMP)
+
+js-deps: $(JS_STAMP)
+
+test-clients: $(STAMP) $(JS_STAMP)
+	$(PY) -m pytest tests/clients
+
 # The integration suite against PostgreSQL: the tests start a private cluster (initdb on a free port),
 # never a server already running; they need PostgreSQL's server binaries (`.ci/run` installs them).
 test-postgres: $(STAMP) $(VENV)/.installed-prod
@@ -42,12 +54,14 @@ $(VENV)/.installed-prod: $(STAMP) requirements/prod.txt
 soak: $(STAMP)
 	$(PY) -m pytest tests/soak -m soak -s --timeout 1200
 
-bench: $(STAMP)
+bench: $(STAMP) $(JS_STAMP)
 	$(PY) -m tests.bench
 
+# ruff, then the import-linter contracts of pyproject.toml (the layers; fails on a cycle or a layer broken).
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports
 
 format: $(STAMP)
 	$(VENV)/bin/ruff format .

@@ -16,6 +16,7 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from django.urls import re_path  # noqa: E402
 
 from backend.limits import RequestLimits  # noqa: E402
+from backend.tus.app import TusRouter  # noqa: E402
 from schema import schema  # noqa: E402
 from schema.consumers import UploadGraphQLWSConsumer  # noqa: E402
 
@@ -34,4 +35,6 @@ websocket_application = AuthMiddlewareStack(
     )
 )
 
-application = ProtocolTypeRouter({"http": RequestLimits(django_application), "websocket": websocket_application})
+# /uploads (tus) bypasses Django's handler, which would read each PATCH body whole before any view.
+http_application = TusRouter(fallback=RequestLimits(django_application))
+application = ProtocolTypeRouter({"http": http_application, "websocket": websocket_application})

@@ -24,7 +24,7 @@ from typing import Any
 upload_id_var: ContextVar[str | None] = ContextVar("upload_id", default=None)
 
 # RQ's own lines name our transfer jobs by id (`transfer-<upload id>-<sequence>`, from
-# services._upload_enqueue) or by call (`upload_transfer('<upload id>')`); RQ's worker process never
+# jobqueue.transfer_job_id) or by call (`upload_transfer('<upload id>')`); RQ's worker process never
 # runs our code, so the upload id is read back from them. Other jobs (the cron jobs) have UUID ids
 # of RQ's own, which are not upload ids: only these two forms count.
 _UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"

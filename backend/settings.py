@@ -71,8 +71,11 @@ INSTALLED_APPS = [
     "backend.tokens",
     "backend.uploads",
     "backend.quotas",
+    "backend.webhooks",
     "backend.web",
     "django_rq",
+    # Static files only: GraphiQL, React and the explorer plugin for backend/templates/graphql/graphiql.html.
+    "graphene_django_graphiql_static",
 ]
 
 MIDDLEWARE = [
@@ -144,7 +147,8 @@ else:
 
 REDIS_URL = env.str("REDIS_URL", default="redis://127.0.0.1:6379/0")
 # "maintenance" holds the periodic jobs (reaper, sweep); every UploadWorker drains it first.
-RQ_QUEUES = {name: {"URL": REDIS_URL, "DEFAULT_TIMEOUT": 3600} for name in ("default", "maintenance")}
+# "webhooks" holds webhook delivery attempts; only WebhookWorkers drain it.
+RQ_QUEUES = {name: {"URL": REDIS_URL, "DEFAULT_TIMEOUT": 3600} for name in ("default", "maintenance", "webhooks")}
 RQ = {"COMMIT_MODE": "on_db_commit"}
 CHANNEL_LAYERS = {
     "default": {
@@ -170,6 +174,10 @@ S3_SSE_KMS_KEY_ID = env.str("S3_SSE_KMS_KEY_ID", default="") or None
 S3_STORAGE_CLASS = env.str("S3_STORAGE_CLASS", default="") or None
 PUBLIC_BASE_URL = env.str("PUBLIC_BASE_URL", default="").rstrip("/") or None
 DOWNLOAD_URL_TTL = env.int("DOWNLOAD_URL_TTL", default=3600)
+# Direct-to-bucket uploads (createUpload mode DIRECT, the /s3/ routes Uppy calls): S3 only. Clients
+# put parts straight into the bucket with presigned URLs valid this many seconds.
+DIRECT_UPLOADS = env.bool("DIRECT_UPLOADS", default=STORAGE_BACKEND == "s3") and STORAGE_BACKEND == "s3"
+DIRECT_UPLOAD_URL_TTL = env.int("DIRECT_UPLOAD_URL_TTL", default=3600)
 
 # --- Uploads ----------------------------------------------------------------------------------
 
@@ -188,6 +196,11 @@ UPLOAD_PART_RETRIES = env.int("UPLOAD_PART_RETRIES", default=5)
 UPLOAD_PART_DELAY_MS = env.int("UPLOAD_PART_DELAY_MS", default=0)
 UPLOAD_HEARTBEAT_SECONDS = env.float("UPLOAD_HEARTBEAT_SECONDS", default=5.0)
 UPLOAD_STALE_AFTER_SECONDS = env.float("UPLOAD_STALE_AFTER_SECONDS", default=60.0)
+# Resumable uploads (tus at /uploads/, createUpload/uploadChunk): a RECEIVING upload with no new
+# byte this long expires. The lock that keeps a second writer off an upload lives in Redis with this
+# TTL, renewed by its holder while it writes, so a holder that died frees it by itself.
+UPLOAD_RECEIVING_TTL = env.int("UPLOAD_RECEIVING_TTL", default=86400)
+UPLOAD_LOCK_TTL_SECONDS = env.float("UPLOAD_LOCK_TTL_SECONDS", default=10.0)
 PROGRESS_RESYNC_SECONDS = env.float("PROGRESS_RESYNC_SECONDS", default=10.0)
 # A server process's count of active subscriptions (in /metrics) stops counting this long after
 # its last heartbeat (it sends one every third of it): how long a crashed process is still counted.
@@ -195,6 +208,24 @@ METRICS_PROCESS_TTL_SECONDS = env.float("METRICS_PROCESS_TTL_SECONDS", default=3
 # Django spools request bodies itself; files go straight to staging through our handler.
 FILE_UPLOAD_HANDLERS = ["backend.uploads.staging.StagingUploadHandler"]
 DATA_UPLOAD_MAX_NUMBER_FILES = 10
+
+# --- Webhooks ---------------------------------------------------------------------------------
+# One attempt's time limit, and the attempts before a delivery is given up. Retries back off
+# exponentially with jitter: the first within WEBHOOK_RETRY_BASE_SECONDS (half of it at least),
+# then doubling; the contract fixes the first retry within 10 s, so the base may not exceed 10
+# (tests lower it). WEBHOOK_WORKERS is how many webhook workers `make run` starts.
+
+WEBHOOK_TIMEOUT_SECONDS = env.float("WEBHOOK_TIMEOUT_SECONDS", default=10.0)
+WEBHOOK_MAX_ATTEMPTS = env.int("WEBHOOK_MAX_ATTEMPTS", default=8)
+WEBHOOK_ALLOW_PRIVATE_ADDRESSES = env.bool("WEBHOOK_ALLOW_PRIVATE_ADDRESSES", default=False)
+WEBHOOK_RETRY_BASE_SECONDS = env.float("WEBHOOK_RETRY_BASE_SECONDS", default=10.0)
+WEBHOOK_WORKERS = env.int("WEBHOOK_WORKERS", default=2)
+if not 0 < WEBHOOK_RETRY_BASE_SECONDS <= 10:
+    raise ImproperlyConfigured(
+        "WEBHOOK_RETRY_BASE_SECONDS must be above 0 and at most 10 (the first retry within 10 s)"
+    )
+if WEBHOOK_TIMEOUT_SECONDS <= 0 or WEBHOOK_MAX_ATTEMPTS < 1:
+    raise ImproperlyConfigured("WEBHOOK_TIMEOUT_SECONDS must be above 0 and WEBHOOK_MAX_ATTEMPTS at least 1")
 
 # --- GraphQL and browsers ---------------------------------------------------------------------
 
@@ -212,7 +243,7 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = GRAPHQL_MAX_OPERATIONS_BYTES
 REQUEST_IDLE_TIMEOUT_SECONDS = env.float("REQUEST_IDLE_TIMEOUT_SECONDS", default=30.0)
 WS_AUTH_RECHECK_SECONDS = env.float("WS_AUTH_RECHECK_SECONDS", default=30.0)
 CORS_ALLOWED_ORIGINS = env.list("CORS_ALLOWED_ORIGINS", default=[])
-CORS_URLS_REGEX = r"^/graphql/?$"
+CORS_URLS_REGEX = r"^/(graphql/?$|s3/)"
 CORS_ALLOW_HEADERS = ["authorization", "content-type", "x-csrftoken"]
 
 # --- Logging ----------------------------------------------------------------------------------

@@ -1,8 +1,8 @@
 """`make run`: the whole development stack in one terminal.
 
 Starts an embedded Redis when REDIS_URL is unset, migrates, makes the development user once,
-then runs the server, an RQ worker pool (which respawns a worker that dies) and the cron
-scheduler under honcho, which stops all of them on Ctrl-C.
+then runs the server, an RQ worker pool (which respawns a worker that dies), a pool of webhook
+workers and the cron scheduler under honcho, which stops all of them on Ctrl-C.
 """
 
 from __future__ import annotations
@@ -162,6 +162,23 @@ def server_command(server: str, port: int) -> list[str]:
     ]
 
 
+def webhook_pool_command(workers: int | str) -> list[str]:
+    """The webhook workers: a pool (respawning a worker that dies) on the `webhooks` queue alone.
+
+    Pool workers run RQ's scheduler, which moves delayed retries to the queue when they are due.
+    """
+    return [
+        sys.executable,
+        "manage.py",
+        "rqworker-pool",
+        "webhooks",
+        "--num-workers",
+        str(workers),
+        "--worker-class",
+        "backend.webhooks.worker.WebhookWorker",
+    ]
+
+
 def main() -> None:
     from honcho.manager import Manager
 
@@ -183,6 +200,9 @@ def main() -> None:
         )
         pool = f"{python} manage.py rqworker-pool default --num-workers {workers}"
         manager.add_process("worker", f"{pool} --worker-class backend.uploads.worker.UploadWorker", cwd=str(BASE_DIR))
+        # Webhook deliveries on workers of their own: a hanging receiver never holds a transfer worker.
+        webhooks = " ".join(webhook_pool_command(os.environ.get("WEBHOOK_WORKERS", "2")))
+        manager.add_process("webhooks", webhooks, cwd=str(BASE_DIR))
         manager.add_process("cron", f"{python} manage.py rqcron backend.uploads.cron", cwd=str(BASE_DIR))
         print(
             f"\n  GraphiQL:  http://{HOST}:{port}/graphql\n"

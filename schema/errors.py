@@ -46,9 +46,11 @@ def error_code_for(error: GraphQLError) -> GraphQLError:
     by `errors_log`).
     """
     expected = expected_code(error)
-    if expected is not None:
-        return _with_code(error, *expected)
     original = error.original_error
+    if expected is not None:
+        # Further extensions a domain error carries (OFFSET_MISMATCH's `offset`).
+        extra = original.extensions if isinstance(original, UploadError) else None
+        return _with_code(error, *expected, extra)
     message = (f"{type(original).__name__}: {original}" if original else error.message) if settings.DEBUG else ""
     return _with_code(error, "INTERNAL_SERVER_ERROR", message or "Internal server error")
 
@@ -67,7 +69,7 @@ def errors_log(errors: list[GraphQLError]) -> None:
             logger.error("unexpected error at %s: %s", where, error.message, exc_info=error.original_error)
 
 
-def _with_code(error: GraphQLError, code: str, message: str) -> GraphQLError:
+def _with_code(error: GraphQLError, code: str, message: str, extra: dict[str, object] | None = None) -> GraphQLError:
     return GraphQLError(
         message,
         nodes=error.nodes,
@@ -75,7 +77,7 @@ def _with_code(error: GraphQLError, code: str, message: str) -> GraphQLError:
         positions=error.positions,
         path=error.path,
         original_error=None,
-        extensions={**(error.extensions or {}), "code": code},
+        extensions={**(error.extensions or {}), **(extra or {}), "code": code},
     )
 
 

@@ -8,10 +8,11 @@ from backend.uploads.selectors import upload_get_for_user, upload_id_parse, uplo
 from schema.auth import require_user
 from schema.context import Info
 from schema.types import BigInt, FileUploadConnection, FileUploadType, Quota, UploadStatus, Viewer
+from schema.webhooks import WebhookQuery
 
 
 @strawberry.type
-class Query:
+class Query(WebhookQuery):
     @strawberry.field
     async def upload(self, info: Info, id: strawberry.ID) -> FileUploadType:
         user = require_user(info)

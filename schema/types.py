@@ -29,6 +29,15 @@ SCALAR_MAP: dict[object, ScalarDefinition] = {
 # plain alias keeps UploadStatus a type to mypy.
 UploadStatus = models.UploadStatus
 strawberry.enum(UploadStatus, name="UploadStatus")
+UploadMode = models.UploadMode
+strawberry.enum(UploadMode, name="UploadMode")
+
+
+def resume_url_for(upload: models.FileUpload, *, base_url: str | None) -> str | None:
+    """The absolute tus URL of a RESUMABLE upload while it is RECEIVING (CONTRACT section 8)."""
+    if upload.mode != models.UploadMode.RESUMABLE or upload.status != models.UploadStatus.RECEIVING:
+        return None
+    return f"{base_url or ''}/uploads/{upload.id}"
 
 
 @strawberry.type(name="FileUpload")
@@ -37,8 +46,10 @@ class FileUploadType:
     filename: str
     content_type: str
     size: BigInt
-    sha256: str
+    sha256: str | None
     status: UploadStatus
+    mode: UploadMode
+    bytes_received: BigInt
     bytes_uploaded: BigInt
     parts_uploaded: int
     parts_total: int
@@ -51,6 +62,9 @@ class FileUploadType:
     created_at: datetime
     updated_at: datetime
     completed_at: datetime | None
+    expires_at: datetime | None
+    resume_url: str | None
+    part_size: BigInt
 
     @classmethod
     def from_model(cls, upload: models.FileUpload, *, base_url: str | None) -> FileUploadType:
@@ -58,15 +72,17 @@ class FileUploadType:
             id=strawberry.ID(str(upload.id)),
             filename=upload.filename,
             content_type=upload.content_type,
-            size=BigInt(upload.size),
+            size=BigInt(upload.known_size),
             sha256=upload.sha256,
             status=models.UploadStatus(upload.status),
+            mode=models.UploadMode(upload.mode),
+            bytes_received=BigInt(upload.bytes_received),
             bytes_uploaded=BigInt(upload.bytes_uploaded),
             parts_uploaded=upload.parts_uploaded,
             parts_total=upload.parts_total,
             progress=progress_fraction(
                 bytes_uploaded=upload.bytes_uploaded,
-                size=upload.size,
+                size=upload.known_size,
                 completed=upload.status == models.UploadStatus.COMPLETED,
             ),
             attempts=upload.attempts,
@@ -77,6 +93,9 @@ class FileUploadType:
             created_at=upload.created_at,
             updated_at=upload.updated_at,
             completed_at=upload.completed_at,
+            expires_at=upload.expires_at if upload.status == models.UploadStatus.RECEIVING else None,
+            resume_url=resume_url_for(upload, base_url=base_url),
+            part_size=BigInt(upload.part_size),
         )
 
 
@@ -88,6 +107,7 @@ class UploadProgress:
     part_number: int | None
     parts_uploaded: int
     parts_total: int
+    bytes_received: BigInt
     bytes_uploaded: BigInt
     bytes_total: BigInt
     progress: float
@@ -103,6 +123,8 @@ class UploadProgress:
             part_number=event["part_number"],
             parts_uploaded=event["parts_uploaded"],
             parts_total=event["parts_total"],
+            # Events published before bytes_received existed carried none: the whole file was in.
+            bytes_received=BigInt(event.get("bytes_received", event["bytes_total"])),
             bytes_uploaded=BigInt(event["bytes_uploaded"]),
             bytes_total=BigInt(event["bytes_total"]),
             progress=event["progress"],

@@ -19,7 +19,7 @@ from strawberry.django.views import AsyncGraphQLView
 
 from backend.http_errors import error_response
 from backend.tokens.services import token_user
-from backend.uploads.staging import FileTooLarge, staging_discard_incoming
+from backend.uploads.staging import FileTooLarge, StagingFull, staging_discard_incoming
 from schema.context import Context
 from schema.validation import json_decode
 
@@ -63,6 +63,10 @@ class UploadGraphQLView(AsyncGraphQLView[Context, None]):
                 refused = await sync_to_async(_read_body, thread_sensitive=False)(request, by_session)
             except FileTooLarge as exc:
                 return error_response(413, "FILE_TOO_LARGE", str(exc))
+            except StagingFull as exc:
+                # Its bytes are freed at once: the handler closed the file and `dispatch` unlinks it.
+                logger.warning("upload refused: %s", exc)
+                return error_response(507, "INSUFFICIENT_STORAGE", str(exc))
             except (MultiPartParserError, SuspiciousOperation, UnicodeDecodeError) as exc:
                 # SuspiciousOperation covers Django's own limits: too many files (TooManyFilesSent) or
                 # fields, and `operations` plus `map` over DATA_UPLOAD_MAX_MEMORY_SIZE (RequestDataTooBig).

@@ -183,6 +183,16 @@ class Stack:
         self.workers.append(pool)
         return pool
 
+    def add_webhook_worker(self, workers: int = 1, env: dict[str, str] | None = None) -> Any:
+        """The webhook workers as `make run` starts them: a pool on the `webhooks` queue, with RQ's scheduler."""
+        from backend.stack import webhook_pool_command
+        from tests.support.processes import Worker
+
+        log = self.root / f"webhook-worker-{len(self.workers)}.log"
+        pool = Worker(env={**self.env, **(env or {})}, log=log, command=webhook_pool_command(workers)).start()
+        self.workers.append(pool)
+        return pool
+
     def start_cron(self) -> Any:
         """Run the periodic-jobs scheduler (reaper, sweep) for this stack."""
         from tests.support.processes import Cron

@@ -244,6 +244,10 @@ class UploadApi:
     async def __aexit__(self, *exc: object) -> None:
         await self._client.close_async()
 
+    async def execute(self, document: str, variables: dict[str, Any]) -> dict[str, Any]:
+        """Run one query or mutation; its `data`, or ApiError."""
+        return await self._execute(document, variables)
+
     async def _execute(self, document: str, variables: dict[str, Any], **extra: Any) -> dict[str, Any]:
         try:
             return await self._session.execute(GraphQLRequest(document, variable_values=variables), **extra)

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from backend.client.account import command_quota, command_webhooks, parsers_add
 from backend.client.api import ApiError, Endpoint, endpoint_from
 from backend.client.commands import (
     EXIT_FAILED,
@@ -93,6 +94,7 @@ def parser_build() -> argparse.ArgumentParser:
         metavar="PATH",
         help="where to write ('-' for stdout; default: the upload's filename here, never overwritten)",
     )
+    parsers_add(command, common=common)
     return parser
 
 
@@ -195,5 +197,9 @@ def _command_run(
             return command_delete(endpoint=endpoint, upload_id=args.upload_id, as_json=as_json)
         case "download":
             return command_download(endpoint=endpoint, upload_id=args.upload_id, output=args.output, as_json=as_json)
+        case "quota":
+            return command_quota(endpoint=endpoint, as_json=as_json)
+        case "webhooks":
+            return command_webhooks(endpoint=endpoint, args=args, as_json=as_json)
     parser.error(f"unknown command {args.command}")
     return EXIT_USAGE

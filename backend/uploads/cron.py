@@ -15,10 +15,13 @@ from rq import cron
 
 from backend.uploads.jobs import uploads_reap, uploads_sweep
 from backend.uploads.worker import MAINTENANCE_QUEUE
+from backend.webhooks.jobs import webhooks_requeue
 
 cron.register(
     uploads_reap, queue_name=MAINTENANCE_QUEUE, interval=max(5, int(settings.UPLOAD_STALE_AFTER_SECONDS // 4))
 )
+# Webhook deliveries whose queued attempt was lost (Redis, a worker): queued again.
+cron.register(webhooks_requeue, queue_name=MAINTENANCE_QUEUE, interval=30)
 cron.register(
     uploads_sweep,
     queue_name=MAINTENANCE_QUEUE,

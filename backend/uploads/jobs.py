@@ -1,23 +1,86 @@
-"""RQ jobs. They take ids, load rows, call the transfer engine, and keep the books on failure."""
+"""RQ jobs. They take ids, load rows, call the transfer engine, and keep the books on failure.
+
+RQ finds them by dotted path (`backend.uploads.jobqueue`): nothing in the service layer imports
+this module. A job is a door onto the services like a resolver is: the writes it needs (claim,
+ledger, complete, fail, the clean-up after a stop) are services; the reads are selectors.
+"""
 
 from __future__ import annotations
 
 import logging
 import time
 import uuid
+from typing import Any
 
 from django.conf import settings
 from django.db import close_old_connections
 
 from backend.logs import upload_log_context
 from backend.uploads import services
-from backend.uploads.metrics import metrics_observe_transfer
-from backend.uploads.models import FileUpload, UploadStatus
+from backend.uploads.errors import ClaimLost
+from backend.uploads.finishing import FinishSpec, direct_finish
+from backend.uploads.metrics import metrics_add, metrics_observe_transfer
+from backend.uploads.models import FileUpload, UploadMode
 from backend.uploads.progress import progress_publisher
-from backend.uploads.storage import get_storage
-from backend.uploads.transfer import TransferFailed, TransferStopped, stop_requested, transfer_upload
+from backend.uploads.selectors import upload_is_claimed_by, upload_parts_list
+from backend.uploads.staging import staging_path
+from backend.uploads.storage import PartReceipt, get_storage
+from backend.uploads.transfer import (
+    TransferFailed,
+    TransferSettings,
+    TransferSpec,
+    TransferStopped,
+    stop_requested,
+    transfer_upload,
+)
 
 logger = logging.getLogger(__name__)
+
+
+class UploadLedger:
+    """The engine's `Ledger` for one claimed run: the upload row and its parts, through the services."""
+
+    def __init__(self, *, upload_id: uuid.UUID, claim: uuid.UUID) -> None:
+        self.upload_id = upload_id
+        self.claim = claim
+
+    def parts(self) -> list[PartReceipt]:
+        return upload_parts_list(upload_id=self.upload_id)
+
+    def record_part(self, receipt: PartReceipt) -> None:
+        services.upload_record_part(upload_id=self.upload_id, claim=self.claim, receipt=receipt)
+
+    def set_storage_handle(self, handle: str) -> None:
+        services.upload_set_storage_handle(upload_id=self.upload_id, claim=self.claim, handle=handle)
+
+    def heartbeat(self) -> bool:
+        return services.upload_heartbeat(upload_id=self.upload_id, claim=self.claim)
+
+    def should_stop(self) -> bool:
+        """The engine's stop check: the worker is stopping, or the run no longer owns the upload."""
+        return stop_requested.is_set() or not upload_is_claimed_by(upload_id=self.upload_id, claim=self.claim)
+
+
+def transfer_spec(upload: FileUpload) -> TransferSpec:
+    return TransferSpec(
+        upload_id=upload.id,
+        key=upload.storage_key,
+        size=upload.size,
+        part_size=upload.part_size,
+        parts_total=upload.parts_total,
+        content_type=upload.content_type,
+        metadata={"sha256": upload.sha256 or "", "filename": upload.filename},
+        handle=upload.storage_upload_id,
+    )
+
+
+def transfer_settings() -> TransferSettings:
+    return TransferSettings(
+        concurrency=settings.UPLOAD_PART_CONCURRENCY,
+        heartbeat_seconds=settings.UPLOAD_HEARTBEAT_SECONDS,
+        attempts=settings.UPLOAD_PART_RETRIES,
+        part_delay_ms=settings.UPLOAD_PART_DELAY_MS,
+    )
 
 
 def upload_transfer(upload_id: str) -> None:
@@ -37,47 +100,67 @@ def _upload_transfer(upload_id: str) -> None:
             logger.info("upload %s is not queued any more; nothing to do", upload_id)
             return
         upload, claim = claimed
+        ledger = UploadLedger(upload_id=upload.id, claim=claim)
         started = time.monotonic()
         try:
-            transfer_upload(upload=upload, claim=claim, storage=get_storage())
-            services.upload_complete(upload_id=upload.id, claim=claim)
+            if upload.mode == UploadMode.DIRECT:
+                found = _direct_finish(upload=upload, ledger=ledger)
+            else:
+                transfer_upload(
+                    spec=transfer_spec(upload),
+                    source=staging_path(upload.id),
+                    storage=get_storage(),
+                    ledger=ledger,
+                    should_stop=ledger.should_stop,
+                    config=transfer_settings(),
+                    count=metrics_add,
+                )
+                found = {}
+            services.upload_complete(upload_id=upload.id, claim=claim, **found)
             metrics_observe_transfer(seconds=time.monotonic() - started, outcome="completed")
         except TransferFailed as exc:
             _fail_or_stop(upload=upload, claim=claim, error=str(exc), started=started)
-        except (TransferStopped, services.ClaimLost):
+        except (TransferStopped, ClaimLost):
             _after_stop(upload=upload, claim=claim)
         except Exception as exc:
             logger.exception("upload %s: unexpected error in the transfer", upload.id)
             _fail_or_stop(upload=upload, claim=claim, error=f"internal error: {type(exc).__name__}", started=started)
 
 
+def _direct_finish(*, upload: FileUpload, ledger: UploadLedger) -> dict[str, Any]:
+    """A DIRECT upload: its client put the parts; complete the object and verify it (`finishing`)."""
+    spec = FinishSpec(
+        upload_id=upload.id,
+        key=upload.storage_key,
+        handle=upload.storage_upload_id,
+        size=upload.size,
+        parts_total=upload.parts_total,
+        expected_sha256=upload.expected_sha256,
+        allowed_types=settings.UPLOAD_ALLOWED_TYPES,
+    )
+    finished = direct_finish(
+        spec=spec,
+        parts=ledger.parts(),
+        storage=get_storage(),
+        heartbeat=ledger.heartbeat,
+        heartbeat_seconds=settings.UPLOAD_HEARTBEAT_SECONDS,
+        attempts=settings.UPLOAD_PART_RETRIES,
+    )
+    return {"content_type": finished.content_type, "sha256": finished.sha256}
+
+
 def _fail_or_stop(*, upload: FileUpload, claim: uuid.UUID, error: str, started: float) -> None:
     """Record the failure; if the run lost the upload meanwhile (cancelled, deleted), clean up instead."""
     try:
         services.upload_fail(upload_id=upload.id, claim=claim, error=error)
-    except services.ClaimLost:
+    except ClaimLost:
         _after_stop(upload=upload, claim=claim)
     else:
         metrics_observe_transfer(seconds=time.monotonic() - started, outcome="failed")
 
 
 def _after_stop(*, upload: FileUpload, claim: uuid.UUID) -> None:
-    """The transfer stopped early: clean up after a cancel or delete, give it back if the worker stops.
-
-    `upload` is the row as this run claimed it; the current row is read again here.
-    """
-    current = FileUpload.objects.filter(id=upload.id).first()
-    if current is None:
-        # Deleted while we ran: our complete() may have landed after the delete removed the object,
-        # and no one else can write this key (it is the deleted upload's own).
-        get_storage().delete_object(key=upload.storage_key)
-        logger.info("upload %s deleted while transferring; its object is removed", upload.id)
-    elif current.status == UploadStatus.CANCELLED and current.storage_upload_id:
-        services.upload_abort_store(upload=current)
-        logger.info("upload %s cancelled; open object aborted", upload.id)
-    elif stop_requested.is_set() and current.status == UploadStatus.UPLOADING and current.claim == claim:
-        services.upload_release(upload_id=upload.id, claim=claim)
-        logger.info("upload %s given back to the queue: the worker is stopping", upload.id)
+    services.upload_transfer_stopped(upload=upload, claim=claim, worker_stopping=stop_requested.is_set())
 
 
 def uploads_reap() -> None:

@@ -71,6 +71,11 @@ def metrics_add(amounts: Mapping[str, int]) -> None:
         logger.debug("metrics counters %s not updated", ", ".join(amounts), exc_info=True)
 
 
+def metrics_read(names: list[str]) -> list[int]:
+    """The shared counters `names` (as `metrics_add` names them); raises when Redis is unreachable."""
+    return [int(value or 0) for value in _counters().mget([_KEY + name for name in names])]
+
+
 # --- transfer durations -----------------------------------------------------------------------
 # One Redis hash per outcome: a field per bucket (counts not yet cumulative), "sum" and "count".
 

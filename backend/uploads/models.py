@@ -7,6 +7,7 @@ from django.db import models
 
 
 class UploadStatus(models.TextChoices):
+    RECEIVING = "RECEIVING"
     QUEUED = "QUEUED"
     UPLOADING = "UPLOADING"
     COMPLETED = "COMPLETED"
@@ -14,7 +15,23 @@ class UploadStatus(models.TextChoices):
     CANCELLED = "CANCELLED"
 
 
-ACTIVE_STATUSES = (UploadStatus.QUEUED, UploadStatus.UPLOADING)
+class UploadMode(models.TextChoices):
+    """How the bytes reach the server: one request, in chunks (tus, uploadChunk), or straight to the bucket."""
+
+    SINGLE = "SINGLE"
+    RESUMABLE = "RESUMABLE"
+    DIRECT = "DIRECT"
+
+
+class ConcatRole(models.TextChoices):
+    """A tus concatenation role: a piece (`partial`, never listed or transferred) or the whole (`final`)."""
+
+    NONE = ""
+    PARTIAL = "partial"
+    FINAL = "final"
+
+
+ACTIVE_STATUSES = (UploadStatus.RECEIVING, UploadStatus.QUEUED, UploadStatus.UPLOADING)
 TERMINAL_STATUSES = (UploadStatus.COMPLETED, UploadStatus.FAILED, UploadStatus.CANCELLED)
 
 
@@ -30,9 +47,17 @@ class FileUpload(models.Model):
     owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="uploads")
     filename = models.CharField(max_length=255)
     content_type = models.CharField(max_length=255)
-    size = models.BigIntegerField()
-    sha256 = models.CharField(max_length=64)
+    size = models.BigIntegerField(help_text="0 while a deferred length is unknown (length_deferred)")
+    sha256 = models.CharField(max_length=64, null=True, blank=True, help_text="null until every byte is in and hashed")
     status = models.CharField(max_length=16, choices=UploadStatus.choices, default=UploadStatus.QUEUED)
+    mode = models.CharField(max_length=16, choices=UploadMode.choices, default=UploadMode.SINGLE)
+    bytes_received = models.BigIntegerField(default=0, help_text="bytes the server holds from the client")
+    length_deferred = models.BooleanField(default=False, help_text="size not known yet (tus Upload-Defer-Length)")
+    expected_sha256 = models.CharField(max_length=64, null=True, blank=True, help_text="declared by the client")
+    expires_at = models.DateTimeField(null=True, blank=True, help_text="RECEIVING: given up if no byte arrives by then")
+    concat_role = models.CharField(max_length=8, choices=ConcatRole.choices, default=ConcatRole.NONE, blank=True)
+    concat_header = models.TextField(blank=True, default="", help_text="tus Upload-Concat as the client sent it")
+    tus_metadata = models.TextField(blank=True, default="", help_text="tus Upload-Metadata as the client sent it")
     bytes_uploaded = models.BigIntegerField(default=0)
     parts_uploaded = models.IntegerField(default=0)
     parts_total = models.IntegerField(default=0)
@@ -56,10 +81,16 @@ class FileUpload(models.Model):
         indexes = [
             models.Index(fields=["owner", "-created_at", "-id"]),
             models.Index(fields=["status", "heartbeat_at"]),
+            models.Index(fields=["status", "expires_at"]),
         ]
 
     def __str__(self) -> str:
         return f"{self.filename} ({self.id}, {self.status})"
+
+    @property
+    def known_size(self) -> int:
+        """The size clients see: 0 while the length is deferred (`size` then holds the quota reserved)."""
+        return 0 if self.length_deferred else self.size
 
 
 class UploadPart(models.Model):

@@ -13,8 +13,8 @@ from django.contrib.auth.models import User
 from django.db.models import Q
 
 from backend.uploads.errors import BadUserInput, NotFound
-from backend.uploads.models import FileUpload, UploadStatus
-from backend.uploads.storage import Presigner, get_storage
+from backend.uploads.models import ACTIVE_STATUSES, ConcatRole, FileUpload, UploadPart, UploadStatus
+from backend.uploads.storage import PartReceipt, Presigner, get_storage
 
 MAX_PAGE = 100
 
@@ -33,6 +33,33 @@ def upload_get_for_user(*, user: User, upload_id: uuid.UUID) -> FileUpload:
     if upload is None:
         raise NotFound("no such upload")
     return upload
+
+
+def upload_get(*, upload_id: uuid.UUID) -> FileUpload | None:
+    """The upload row as it is now, or None once it is deleted (for the worker: no owner check)."""
+    return FileUpload.objects.filter(id=upload_id).first()
+
+
+def upload_is_claimed_by(*, upload_id: uuid.UUID, claim: uuid.UUID) -> bool:
+    """Whether the upload is still UPLOADING under this transfer's claim."""
+    return FileUpload.objects.filter(id=upload_id, claim=claim, status=UploadStatus.UPLOADING).exists()
+
+
+def upload_parts_list(*, upload_id: uuid.UUID) -> list[PartReceipt]:
+    """The part ledger: every part the store confirmed for this upload, in part order."""
+    return [
+        PartReceipt(part_number=p.part_number, size=p.size, etag=p.etag, checksum=p.checksum)
+        for p in UploadPart.objects.filter(upload_id=upload_id).order_by("part_number")
+    ]
+
+
+def upload_active_count(*, user: User) -> int:
+    """The caller's uploads RECEIVING, QUEUED or UPLOADING (UPLOAD_MAX_ACTIVE_PER_USER).
+
+    tus partial uploads do not count: they are pieces of one upload.
+    """
+    active = FileUpload.objects.filter(owner_id=user.pk, status__in=ACTIVE_STATUSES)
+    return active.exclude(concat_role=ConcatRole.PARTIAL).count()
 
 
 @dataclass(frozen=True)
@@ -62,7 +89,8 @@ def upload_list_for_user(
     """The caller's uploads, newest first, `first` at a time after the cursor `after`."""
     if first < 0 or first > MAX_PAGE:
         raise BadUserInput(f"first must be between 0 and {MAX_PAGE}")
-    rows = FileUpload.objects.filter(owner_id=user.pk)
+    # tus partial uploads are pieces of a final upload, not uploads of their own.
+    rows = FileUpload.objects.filter(owner_id=user.pk).exclude(concat_role=ConcatRole.PARTIAL)
     if status is not None:
         rows = rows.filter(status=status)
     total = rows.count()

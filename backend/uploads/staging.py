@@ -25,6 +25,7 @@ from django.core.files.uploadedfile import UploadedFile
 from django.core.files.uploadhandler import FileUploadHandler
 from django.http import HttpRequest
 
+from backend.uploads.errors import DISK_FULL_ERRNOS
 from backend.uploads.sniffing import SNIFF_BYTES
 
 INCOMING = "incoming"
@@ -32,6 +33,22 @@ INCOMING = "incoming"
 
 class FileTooLarge(Exception):
     """The file part grew past UPLOAD_MAX_BYTES."""
+
+
+class StagingFull(Exception):
+    """The staging filesystem ran out of space (or quota) while a file was being written."""
+
+
+def staging_write(fd: int, data: bytes | memoryview) -> None:
+    """Write all of `data` to `fd`; StagingFull when the disk is full (the caller frees the file)."""
+    view = memoryview(data)
+    try:
+        while view:
+            view = view[os.write(fd, view) :]
+    except OSError as exc:
+        if exc.errno in DISK_FULL_ERRNOS:
+            raise StagingFull(f"the staging disk is full ({os.strerror(exc.errno)}); try again later") from exc
+        raise
 
 
 def staging_dir() -> Path:
@@ -149,9 +166,13 @@ class StagingUploadHandler(FileUploadHandler):
         if len(self._head) < SNIFF_BYTES:
             self._head += raw_data[: SNIFF_BYTES - len(self._head)]
         self._hash.update(raw_data)
-        view = memoryview(raw_data)
-        while view:
-            view = view[os.write(self._fd, view) :]
+        try:
+            staging_write(self._fd, raw_data)
+        except BaseException:
+            # Django's parser calls no handler hook on an error either: an fd left open would keep the
+            # written bytes allocated after the view unlinks the file (a full disk that stays full).
+            self.upload_interrupted()
+            raise
 
     def file_complete(self, file_size: int) -> StagedFile:
         assert self._fd is not None and self._path is not None

@@ -5,6 +5,11 @@ comes, so memory stays near (concurrency + 1) x part size whatever the file size
 fails is tried again on its own (backoff with jitter) while the others go on. Each confirmed part
 enters the ledger before the next is counted; a run started again for the same upload reconciles
 the ledger with what the store lists and sends only the rest.
+
+The engine knows neither the service layer nor the queue: its caller (`jobs.upload_transfer`)
+hands it what to copy (`TransferSpec`), a narrow `Ledger` (the parts confirmed so far, record a
+part, set the store's handle, heartbeat), a stop check, and its settings. With the local store
+and an in-memory ledger it runs in a unit test (tests/unit/test_transfer_engine.py).
 """
 
 from __future__ import annotations
@@ -16,17 +21,14 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from typing import TypeVar
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol, TypeVar
 
-from django.conf import settings
-
-from backend.uploads import services
-from backend.uploads.metrics import metrics_add, metrics_count
-from backend.uploads.models import FileUpload, UploadPart, UploadStatus
+from backend.uploads.errors import ClaimLost
 from backend.uploads.parts import backoff_delay, part_range
-from backend.uploads.staging import staging_path
 from backend.uploads.storage import PartFromFile, PartReceipt, Storage, StorageError, storage_call_with_retries
 
 logger = logging.getLogger(__name__)
@@ -47,170 +49,221 @@ STAGED_BYTES_MISSING = (
     " which every server and worker must share"
 )
 
-# Set by the worker's SIGTERM handler: finish the parts in flight, start no new ones.
+# Set by the worker's SIGTERM handler: finish the parts in flight, start no new ones. The engine
+# never reads it itself: the job's stop check does.
 stop_requested = threading.Event()
 
 
-def transfer_upload(*, upload: FileUpload, claim: uuid.UUID, storage: Storage) -> None:
-    """Copy `upload`'s staged bytes into the store and assemble the object.
+@dataclass(frozen=True)
+class TransferSpec:
+    """What to copy: one upload as the engine needs it (the job builds it from the row)."""
 
-    Raises TransferFailed, TransferStopped or services.ClaimLost; returns once the object is whole.
+    upload_id: uuid.UUID
+    key: str
+    size: int
+    part_size: int
+    parts_total: int
+    content_type: str
+    metadata: dict[str, str]
+    handle: str | None = None  # the open store object an earlier run started, if any
+
+
+@dataclass(frozen=True)
+class TransferSettings:
+    """How to copy: parts in flight, the heartbeat interval, attempts per call, an artificial pause per part."""
+
+    concurrency: int = 4
+    heartbeat_seconds: float = 5.0
+    attempts: int = 5
+    part_delay_ms: int = 0
+
+
+class Ledger(Protocol):
+    """The transfer's record of itself, kept by its caller (the upload row and its part ledger).
+
+    Each write raises ClaimLost once the run no longer owns the upload (cancelled, deleted,
+    taken by another run): the engine then stops.
     """
-    source = staging_path(upload.id)
+
+    def parts(self) -> list[PartReceipt]:
+        """Every part recorded so far, in part order."""
+
+    def record_part(self, receipt: PartReceipt) -> None:
+        """Record one part the store confirmed. Idempotent per part number."""
+
+    def set_storage_handle(self, handle: str) -> None:
+        """Record the open store object this run started."""
+
+    def heartbeat(self) -> bool:
+        """Say the run is alive; False once the run no longer owns the upload."""
+
+
+def _no_counts(amounts: Mapping[str, int]) -> None:
+    return None
+
+
+def transfer_upload(
+    *,
+    spec: TransferSpec,
+    source: Path,
+    storage: Storage,
+    ledger: Ledger,
+    should_stop: Callable[[], bool],
+    config: TransferSettings,
+    count: Callable[[Mapping[str, int]], None] = _no_counts,
+) -> None:
+    """Copy the staged bytes at `source` into the store and assemble the object `spec` describes.
+
+    `should_stop` is asked before each part is started; `count` adds to the metrics counters
+    (part_attempts, part_failures, parts_confirmed, bytes_transferred). Raises TransferFailed,
+    TransferStopped or ClaimLost; returns once the object is whole.
+    """
     if not source.exists():
         # The web process that accepted the upload staged it; a worker that cannot see it is most
         # likely not sharing the staging directory. Say so, without naming the server's paths.
         raise TransferFailed(STAGED_BYTES_MISSING)
-    metadata = {"sha256": upload.sha256, "filename": upload.filename}
-    if upload.size == 0:
-        _call_store(
-            lambda: storage.put_object(
-                key=upload.storage_key, data=b"", content_type=upload.content_type, metadata=metadata
-            )
+    run = _Run(spec=spec, storage=storage, ledger=ledger, should_stop=should_stop, config=config, count=count)
+    if spec.size == 0:
+        run.call_store(
+            lambda: storage.put_object(key=spec.key, data=b"", content_type=spec.content_type, metadata=spec.metadata)
         )
         return
 
-    handle = upload.storage_upload_id
+    handle = spec.handle
     if handle is None:
-        handle = _call_store(
-            lambda: storage.start(key=upload.storage_key, content_type=upload.content_type, metadata=metadata)
+        handle = run.call_store(
+            lambda: storage.start(key=spec.key, content_type=spec.content_type, metadata=spec.metadata)
         )
         try:
-            services.upload_set_storage_handle(upload_id=upload.id, claim=claim, handle=handle)
-        except services.ClaimLost:
+            ledger.set_storage_handle(handle)
+        except ClaimLost:
             # Cancelled or deleted meanwhile: no row will ever name this object, so abort it now.
-            storage.abort(key=upload.storage_key, handle=handle)
+            storage.abort(key=spec.key, handle=handle)
             raise
 
-    confirmed = _reconcile(upload=upload, claim=claim, storage=storage, handle=handle)
-    pending = deque(n for n in range(1, upload.parts_total + 1) if n not in confirmed)
+    confirmed = run.reconcile(handle=handle)
+    pending = deque(n for n in range(1, spec.parts_total + 1) if n not in confirmed)
     fd = os.open(source, os.O_RDONLY)
     try:
-        _send_parts(upload=upload, claim=claim, storage=storage, handle=handle, fd=fd, pending=pending)
+        run.send_parts(handle=handle, fd=fd, pending=pending)
     finally:
         os.close(fd)
 
-    receipts = [
-        PartReceipt(part_number=p.part_number, size=p.size, etag=p.etag, checksum=p.checksum)
-        for p in UploadPart.objects.filter(upload_id=upload.id).order_by("part_number")
-    ]
-    if [r.part_number for r in receipts] != list(range(1, upload.parts_total + 1)):
+    receipts = ledger.parts()
+    if [r.part_number for r in receipts] != list(range(1, spec.parts_total + 1)):
         raise TransferFailed("the part ledger is incomplete after every part was sent")
-    _call_store(lambda: storage.complete(key=upload.storage_key, handle=handle, parts=receipts, size=upload.size))
+    run.call_store(lambda: storage.complete(key=spec.key, handle=handle, parts=receipts, size=spec.size))
 
 
-def _reconcile(*, upload: FileUpload, claim: uuid.UUID, storage: Storage, handle: str) -> set[int]:
-    """Part numbers both the ledger and the store confirm; parts only the store lists are recorded."""
-    ledger = {p.part_number: p for p in UploadPart.objects.filter(upload_id=upload.id)}
-    listed = {r.part_number: r for r in _call_store(lambda: storage.list_parts(key=upload.storage_key, handle=handle))}
-    confirmed = set()
-    for number, receipt in listed.items():
-        try:
-            _, length = part_range(part_number=number, size=upload.size, part_size=upload.part_size)
-        except ValueError:
-            continue
-        if receipt.size != length:
-            continue
-        if number not in ledger:
-            services.upload_record_part(upload_id=upload.id, claim=claim, receipt=receipt)
-        confirmed.add(number)
-    return confirmed
+@dataclass
+class _Run:
+    """One call of `transfer_upload`: what it was handed, shared by its steps."""
 
+    spec: TransferSpec
+    storage: Storage
+    ledger: Ledger
+    should_stop: Callable[[], bool]
+    config: TransferSettings
+    count: Callable[[Mapping[str, int]], None]
 
-def _send_parts(
-    *, upload: FileUpload, claim: uuid.UUID, storage: Storage, handle: str, fd: int, pending: deque[int]
-) -> None:
-    concurrency = max(1, settings.UPLOAD_PART_CONCURRENCY)
-    heartbeat_every = settings.UPLOAD_HEARTBEAT_SECONDS
-    last_beat = time.monotonic()
-    failure: BaseException | None = None
-    stopping = False
-    with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="part") as pool:
-        in_flight: dict[Future[PartReceipt], int] = {}
-        while in_flight or (pending and not stopping and failure is None):
-            while pending and len(in_flight) < concurrency and not stopping and failure is None:
-                if stop_requested.is_set() or not _still_ours(upload.id, claim):
-                    stopping = True
+    def reconcile(self, *, handle: str) -> set[int]:
+        """Part numbers both the ledger and the store confirm; parts only the store lists are recorded."""
+        spec = self.spec
+        ledger = {r.part_number for r in self.ledger.parts()}
+        listed = self.call_store(lambda: self.storage.list_parts(key=spec.key, handle=handle))
+        confirmed = set()
+        for receipt in listed:
+            try:
+                _, length = part_range(part_number=receipt.part_number, size=spec.size, part_size=spec.part_size)
+            except ValueError:
+                continue
+            if receipt.size != length:
+                continue
+            if receipt.part_number not in ledger:
+                self.ledger.record_part(receipt)
+            confirmed.add(receipt.part_number)
+        return confirmed
+
+    def send_parts(self, *, handle: str, fd: int, pending: deque[int]) -> None:
+        concurrency = max(1, self.config.concurrency)
+        heartbeat_every = self.config.heartbeat_seconds
+        last_beat = time.monotonic()
+        failure: BaseException | None = None
+        stopping = False
+        with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="part") as pool:
+            in_flight: dict[Future[PartReceipt], int] = {}
+            while in_flight or (pending and not stopping and failure is None):
+                while pending and len(in_flight) < concurrency and not stopping and failure is None:
+                    if self.should_stop():
+                        stopping = True
+                        break
+                    number = pending.popleft()
+                    # A fresh copy of this thread's context per part, so its log lines carry the upload id.
+                    future = pool.submit(
+                        contextvars.copy_context().run, self.send_part, handle=handle, fd=fd, number=number
+                    )
+                    in_flight[future] = number
+                if not in_flight:
                     break
-                number = pending.popleft()
-                # A fresh copy of this thread's context per part, so its log lines carry the upload id.
-                future = pool.submit(
-                    contextvars.copy_context().run,
-                    _send_part,
-                    upload=upload,
-                    storage=storage,
-                    handle=handle,
-                    fd=fd,
-                    number=number,
-                )
-                in_flight[future] = number
-            if not in_flight:
-                break
-            done, _ = wait(in_flight, timeout=heartbeat_every, return_when=FIRST_COMPLETED)
-            for future in done:
-                in_flight.pop(future)
-                try:
-                    receipt = future.result()
-                except TransferFailed as exc:
-                    failure = failure or exc
-                    continue
-                try:
-                    services.upload_record_part(upload_id=upload.id, claim=claim, receipt=receipt)
-                except services.ClaimLost as exc:
-                    failure = failure or exc
-            if time.monotonic() - last_beat >= heartbeat_every:
-                last_beat = time.monotonic()
-                if not services.upload_heartbeat(upload_id=upload.id, claim=claim):
-                    stopping = True
-    if failure is not None:
-        raise failure
-    if stopping:
-        raise TransferStopped("the transfer was asked to stop")
+                done, _ = wait(in_flight, timeout=heartbeat_every, return_when=FIRST_COMPLETED)
+                for future in done:
+                    in_flight.pop(future)
+                    try:
+                        receipt = future.result()
+                    except TransferFailed as exc:
+                        failure = failure or exc
+                        continue
+                    try:
+                        self.ledger.record_part(receipt)
+                    except ClaimLost as exc:
+                        failure = failure or exc
+                if time.monotonic() - last_beat >= heartbeat_every:
+                    last_beat = time.monotonic()
+                    if not self.ledger.heartbeat():
+                        stopping = True
+        if failure is not None:
+            raise failure
+        if stopping:
+            raise TransferStopped("the transfer was asked to stop")
 
+    def send_part(self, *, handle: str, fd: int, number: int) -> PartReceipt:
+        """Put one part from staging, trying up to `config.attempts` times."""
+        attempts = max(1, self.config.attempts)
+        for attempt in range(1, attempts + 1):
+            if self.config.part_delay_ms:
+                time.sleep(self.config.part_delay_ms / 1000)
+            self.count({"part_attempts": 1})
+            try:
+                receipt = self.put_part(handle=handle, number=number, fd=fd)
+            except StorageError as exc:
+                self.count({"part_failures": 1})
+                if not exc.retryable:
+                    raise TransferFailed(f"part {number}: {exc}") from exc
+                if attempt == attempts:
+                    raise TransferFailed(f"part {number} failed {attempts} times; last error: {exc}") from exc
+                logger.info("upload %s part %d attempt %d failed: %s", self.spec.upload_id, number, attempt, exc)
+            else:
+                self.count({"parts_confirmed": 1, "bytes_transferred": receipt.size})
+                return receipt
+            time.sleep(backoff_delay(attempt=attempt))
+        raise AssertionError("unreachable")
 
-def _still_ours(upload_id: uuid.UUID, claim: uuid.UUID) -> bool:
-    return FileUpload.objects.filter(id=upload_id, claim=claim, status=UploadStatus.UPLOADING).exists()
+    def put_part(self, *, handle: str, number: int, fd: int) -> PartReceipt:
+        """One attempt at part `number`: straight from the staged file if the store can, else its bytes."""
+        spec, storage = self.spec, self.storage
+        offset, length = part_range(part_number=number, size=spec.size, part_size=spec.part_size)
+        if isinstance(storage, PartFromFile):
+            return storage.put_part_from_file(
+                key=spec.key, handle=handle, part_number=number, offset=offset, length=length, source_fd=fd
+            )
+        data = os.pread(fd, length, offset)
+        if len(data) != length:
+            raise StorageError(f"the staged file ends before part {number} does", retryable=False)
+        return storage.put_part(key=spec.key, handle=handle, part_number=number, offset=offset, data=data)
 
-
-def _send_part(*, upload: FileUpload, storage: Storage, handle: str, fd: int, number: int) -> PartReceipt:
-    """Put one part from staging, trying up to UPLOAD_PART_RETRIES times."""
-    attempts = max(1, settings.UPLOAD_PART_RETRIES)
-    for attempt in range(1, attempts + 1):
-        if settings.UPLOAD_PART_DELAY_MS:
-            time.sleep(settings.UPLOAD_PART_DELAY_MS / 1000)
-        metrics_count("part_attempts")
+    def call_store(self, call: Callable[[], T]) -> T:
+        """Run a whole-object store call (start, list, complete, put) with the same retry policy as parts."""
         try:
-            receipt = _put_part(storage=storage, upload=upload, handle=handle, number=number, fd=fd)
+            return storage_call_with_retries(call, attempts=self.config.attempts)
         except StorageError as exc:
-            metrics_count("part_failures")
-            if not exc.retryable:
-                raise TransferFailed(f"part {number}: {exc}") from exc
-            if attempt == attempts:
-                raise TransferFailed(f"part {number} failed {attempts} times; last error: {exc}") from exc
-            logger.info("upload %s part %d attempt %d failed: %s", upload.id, number, attempt, exc)
-        else:
-            metrics_add({"parts_confirmed": 1, "bytes_transferred": receipt.size})
-            return receipt
-        time.sleep(backoff_delay(attempt=attempt))
-    raise AssertionError("unreachable")
-
-
-def _put_part(*, storage: Storage, upload: FileUpload, handle: str, number: int, fd: int) -> PartReceipt:
-    """One attempt at part `number`: straight from the staged file if the store can, else its bytes."""
-    offset, length = part_range(part_number=number, size=upload.size, part_size=upload.part_size)
-    if isinstance(storage, PartFromFile):
-        return storage.put_part_from_file(
-            key=upload.storage_key, handle=handle, part_number=number, offset=offset, length=length, source_fd=fd
-        )
-    data = os.pread(fd, length, offset)
-    if len(data) != length:
-        raise StorageError(f"the staged file ends before part {number} does", retryable=False)
-    return storage.put_part(key=upload.storage_key, handle=handle, part_number=number, offset=offset, data=data)
-
-
-def _call_store(call: Callable[[], T]) -> T:
-    """Run a whole-object store call (start, list, complete, put) with the same retry policy as parts."""
-    try:
-        return storage_call_with_retries(call, attempts=settings.UPLOAD_PART_RETRIES)
-    except StorageError as exc:
-        raise TransferFailed(str(exc)) from exc
+            raise TransferFailed(str(exc)) from exc

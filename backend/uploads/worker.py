@@ -74,15 +74,21 @@ def transfer_modules_preload() -> None:
 
 
 class UploadWorker(Worker):
+    # Whether this worker takes the periodic jobs too (before anything else); the webhook worker does not.
+    drains_maintenance = True
     # While Redis is away the dequeue is retried at most every 2 s (RQ's default backs off to 60 s,
     # leaving a worker idle for up to a minute after Redis is back).
     max_connection_wait_time = 2.0
 
     def __init__(self, queues: Any, *args: Any, **kwargs: Any) -> None:
         listed: list[Any] = [queues] if isinstance(queues, (str, Queue)) else list(queues)
-        if MAINTENANCE_QUEUE not in {getattr(q, "name", q) for q in listed}:
+        if self.drains_maintenance and MAINTENANCE_QUEUE not in {getattr(q, "name", q) for q in listed}:
             listed.insert(0, MAINTENANCE_QUEUE)  # first: RQ dequeues from its queues in order
         super().__init__(listed, *args, **kwargs)
+        self.modules_preload()
+
+    def modules_preload(self) -> None:
+        """Import once, before the first fork, what every job of this worker needs."""
         transfer_modules_preload()
 
     def fork_work_horse(self, job: Job, queue: Queue) -> None:

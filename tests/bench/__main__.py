@@ -26,6 +26,7 @@ def _figures() -> dict[str, Callable[[Bench], list[Figure]]]:
         server_memory,
         small_uploads,
         upload_answer,
+        webhooks,
         worker_memory,
     )
 
@@ -43,6 +44,8 @@ def _figures() -> dict[str, Callable[[Bench], list[Figure]]]:
         "fanout_stalled": fanout_stalled.run,
         "fanout_idle": fanout_idle.run,
         "concurrent_uploads": concurrent_uploads.run,
+        "webhook_delivery": webhooks.run_delivery,
+        "webhook_hanging": webhooks.run_hanging,
     }
 
 

@@ -18,11 +18,10 @@ from django.utils import timezone
 from rq import Queue
 from rq.job import Job
 
-from backend.uploads import services
 from backend.uploads.errors import InvalidState
 from backend.uploads.models import FileUpload, UploadPart, UploadStatus
 from backend.uploads.services import ClaimLost, upload_transition
-from backend.uploads.staging import INCOMING
+from backend.uploads.staging import INCOMING, staging_delete
 from backend.uploads.storage.local import INCOMPLETE_DIR
 from tests.support.client import UPLOAD_QUERY, data_of, error_codes, graphql, subscriber, upload_file
 from tests.support.processes import ROOT, _spawn, _stop, wait_until
@@ -35,6 +34,9 @@ DELETE = "mutation($id: ID!) { deleteUpload(id: $id) }"
 
 # CONTRACT section 3, written out here rather than read from the code under test.
 CONTRACT_MOVES = {
+    ("RECEIVING", "QUEUED"),
+    ("RECEIVING", "FAILED"),
+    ("RECEIVING", "CANCELLED"),
     ("QUEUED", "UPLOADING"),
     ("QUEUED", "CANCELLED"),
     ("UPLOADING", "COMPLETED"),
@@ -44,7 +46,7 @@ CONTRACT_MOVES = {
     ("FAILED", "QUEUED"),
     ("CANCELLED", "QUEUED"),
 }
-STATUSES = ["QUEUED", "UPLOADING", "COMPLETED", "FAILED", "CANCELLED"]
+STATUSES = ["RECEIVING", "QUEUED", "UPLOADING", "COMPLETED", "FAILED", "CANCELLED"]
 
 
 def _row(upload_id: str) -> FileUpload:
@@ -269,7 +271,7 @@ def test_every_move_of_the_state_table_is_enforced(make_stack, api_user) -> None
                     outcomes[(source, target)] = False
                     assert (_row(str(row.id)).status, _row(str(row.id)).sequence) == (source, 5)
         expected = {(s, t): (s, t) in CONTRACT_MOVES for s in STATUSES for t in STATUSES}
-        expected |= {(s, "cancel->CANCELLED"): s in ("QUEUED", "UPLOADING") for s in STATUSES}
+        expected |= {(s, "cancel->CANCELLED"): s in ("RECEIVING", "QUEUED", "UPLOADING") for s in STATUSES}
         expected |= {(s, "retry->QUEUED"): s in ("FAILED", "CANCELLED") for s in STATUSES}
         assert outcomes == expected
 
@@ -291,7 +293,7 @@ def test_every_move_of_the_state_table_is_enforced(make_stack, api_user) -> None
                 assert _row(str(row.id)).status == status
     finally:
         for row in made:
-            services.staging_delete(row.id)
+            staging_delete(row.id)
             FileUpload.objects.filter(id=row.id).delete()
 
 

@@ -29,12 +29,8 @@ from django.test import override_settings
 from backend.uploads.models import FileUpload, UploadStatus
 from backend.uploads.staging import staging_path
 from backend.uploads.storage import StorageError
-from backend.uploads.storage.s3 import (
-    LIFECYCLE_RULE_ID,
-    S3Storage,
-    content_disposition,
-    multipart_etag,
-)
+from backend.uploads.storage.s3 import S3Storage, content_disposition, multipart_etag
+from backend.uploads.storage.s3_bucket import LIFECYCLE_RULE_ID
 from tests.support.client import UPLOAD_FIELDS, data_of, graphql, upload_file
 from tests.support.moto import PART, Moto, moto_start, s3_env
 from tests.support.processes import ROOT, wait_until

@@ -18,7 +18,8 @@ UPLOAD_MUTATION = (
 )
 UPLOAD_QUERY = f"query($id: ID!) {{ upload(id: $id) {{ {UPLOAD_FIELDS} }} }}"
 PROGRESS_SUBSCRIPTION = """subscription($id: ID!) { uploadProgress(id: $id) {
-  uploadId sequence status partNumber partsUploaded partsTotal bytesUploaded bytesTotal progress error at } }"""
+  uploadId sequence status partNumber partsUploaded partsTotal bytesReceived bytesUploaded bytesTotal progress
+  error at } }"""
 
 
 def graphql(

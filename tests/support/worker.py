@@ -30,8 +30,9 @@ django.setup()
 
 import django_rq  # noqa: E402
 
-from backend.uploads import jobs, services  # noqa: E402
+from backend.uploads import jobs  # noqa: E402
 from backend.uploads import storage as storage_module  # noqa: E402
+from backend.uploads.services import actions, sweep, transitions  # noqa: E402
 from backend.uploads.storage import PartReceipt, Storage, StorageError  # noqa: E402
 from backend.uploads.worker import UploadWorker  # noqa: E402
 
@@ -102,7 +103,7 @@ def progress_drops_install(plan: dict[str, Any], log_path: str | None) -> None:
     statuses = set(plan.get("statuses", []))
     sequences = {int(n) for n in plan.get("sequences", [])}
     parts = {int(n) for n in plan.get("parts", [])}
-    publish = services.progress_publish
+    publish = transitions.progress_publish
 
     def publish_or_drop(upload: Any, *, part_number: int | None = None) -> None:
         if upload.status in statuses or upload.sequence in sequences or part_number in parts:
@@ -113,7 +114,7 @@ def progress_drops_install(plan: dict[str, Any], log_path: str | None) -> None:
             return
         publish(upload, part_number=part_number)
 
-    services.progress_publish = publish_or_drop  # type: ignore[assignment]
+    transitions.progress_publish = publish_or_drop  # type: ignore[assignment]
 
 
 # --- S3 faults on the wire --------------------------------------------------------------------
@@ -250,7 +251,7 @@ def main() -> None:
     log_path = os.environ.get("TEST_STORAGE_LOG")
     if plan or log_path:
         faulty = FaultyStorage(storage_module.get_storage(), plan, log_path)
-        for module in (storage_module, jobs, services):
+        for module in (storage_module, jobs, actions, sweep):
             module.get_storage = lambda: faulty  # type: ignore[attr-defined]
     drops = json.loads(os.environ.get("TEST_DROP_PROGRESS", "{}"))
     if drops:

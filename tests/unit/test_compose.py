@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
-APP_SERVICES = ("web", "worker", "cron")
+APP_SERVICES = ("web", "worker", "webhook-worker", "cron")
 # CONTRACT section 6, every variable.
 CONTRACT_VARIABLES = {
     "REDIS_URL",
@@ -45,6 +45,10 @@ CONTRACT_VARIABLES = {
     "UPLOAD_PART_DELAY_MS",
     "UPLOAD_HEARTBEAT_SECONDS",
     "UPLOAD_STALE_AFTER_SECONDS",
+    "UPLOAD_QUOTA_BYTES",
+    "WEBHOOK_TIMEOUT_SECONDS",
+    "WEBHOOK_MAX_ATTEMPTS",
+    "WEBHOOK_ALLOW_PRIVATE_ADDRESSES",
     "PROGRESS_RESYNC_SECONDS",
     "WORKERS",
     "SERVER",
@@ -150,6 +154,9 @@ def test_the_processes_are_those_make_run_starts(services: dict[str, Any]) -> No
     worker = _command(services["worker"])
     assert worker.startswith("python manage.py rqworker-pool default --num-workers ${WORKERS")
     assert "--worker-class backend.uploads.worker.UploadWorker" in worker
+    webhooks = _command(services["webhook-worker"])
+    assert webhooks.startswith("python manage.py rqworker-pool webhooks --num-workers ${WEBHOOK_WORKERS")
+    assert "--worker-class backend.webhooks.worker.WebhookWorker" in webhooks
     assert _command(services["cron"]) == "python manage.py rqcron backend.uploads.cron"
     assert _command(services["web"]).startswith("uvicorn backend.asgi:application --host 0.0.0.0 --port 8000")
     assert _command(services["migrate"]) == "python manage.py migrate --noinput"

@@ -10,11 +10,9 @@ from botocore.exceptions import ClientError
 from django.core.exceptions import ImproperlyConfigured
 
 from backend.uploads.storage.s3 import (
-    LIFECYCLE_RULE_ID,
     S3Storage,
     content_disposition,
     etag_md5,
-    lifecycle_rules_with_abort,
     metadata_decode,
     metadata_encode,
     multipart_etag,
@@ -23,6 +21,7 @@ from backend.uploads.storage.s3 import (
     s3_client_error,
     s3_error_retryable,
 )
+from backend.uploads.storage.s3_bucket import LIFECYCLE_RULE_ID, lifecycle_rules_with_abort
 from backend.uploads.storage.s3_client import s3_client_config
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from django.core import signing
 
+from backend.uploads.errors import DISK_FULL_ERRNOS
 from backend.uploads.storage import PartReceipt, StorageError, TemporaryEntry
 
 INCOMPLETE_DIR = ".incomplete"
@@ -83,7 +84,7 @@ class LocalStorage:
             finally:
                 os.close(fd)
         except OSError as exc:
-            raise StorageError(f"writing part {part_number}: {exc.strerror}", retryable=True) from exc
+            raise self._write_failed(exc, part_number) from exc
         return self._record_receipt(handle=handle, part_number=part_number, size=len(data), crc=zlib.crc32(data))
 
     def put_part_from_file(
@@ -113,7 +114,7 @@ class LocalStorage:
                 return self._put_part_read(
                     key=key, handle=handle, part_number=part_number, offset=offset, length=length, source_fd=source_fd
                 )
-            raise StorageError(f"writing part {part_number}: {exc.strerror}", retryable=True) from exc
+            raise self._write_failed(exc, part_number) from exc
         return self._record_receipt(handle=handle, part_number=part_number, size=length, crc=crc)
 
     def _put_part_read(
@@ -132,9 +133,25 @@ class LocalStorage:
         receipt = PartReceipt(part_number=part_number, size=size, etag=etag, checksum=f"crc32:{etag}")
         receipt_path = self._parts_dir(handle) / f"{part_number}.json"
         tmp = receipt_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(receipt.__dict__))
-        os.replace(tmp, receipt_path)
+        try:
+            tmp.write_text(json.dumps(receipt.__dict__))
+            os.replace(tmp, receipt_path)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise self._write_failed(exc, part_number) from exc
         return receipt
+
+    def _write_failed(self, exc: OSError, part_number: int) -> StorageError:
+        """A full disk is named as such and not retried (the next attempt would meet it too): the
+        upload fails at once, keeping its confirmed parts, and `retryUpload` resumes it once there is
+        room. Any other write error may pass, and is retried."""
+        if exc.errno in DISK_FULL_ERRNOS:
+            return StorageError(
+                f"the local bucket's disk is full ({exc.strerror}) writing part {part_number} under {self.root}: "
+                "free space there, then retry the upload",
+                retryable=False,
+            )
+        return StorageError(f"writing part {part_number}: {exc.strerror}", retryable=True)
 
     def list_parts(self, *, key: str, handle: str) -> list[PartReceipt]:
         parts_dir = self._parts_dir(handle)

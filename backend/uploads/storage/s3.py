@@ -21,7 +21,7 @@ import re
 import time
 import unicodedata
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from functools import partial
 from typing import Any, Protocol
 from urllib.parse import quote, unquote
@@ -31,7 +31,7 @@ from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 
 from backend.uploads.parts import S3_MIN_PART_SIZE, backoff_delay
-from backend.uploads.storage import PartReceipt, StorageError, storage_call_with_retries
+from backend.uploads.storage import PartReceipt, PresignedPut, StorageError, storage_call_with_retries
 
 logger = logging.getLogger(__name__)
 
@@ -91,6 +91,7 @@ class S3API(S3Presigner, Protocol):
     def abort_multipart_upload(self, **kwargs: Any) -> dict[str, Any]: ...
     def put_object(self, **kwargs: Any) -> dict[str, Any]: ...
     def head_object(self, **kwargs: Any) -> dict[str, Any]: ...
+    def get_object(self, **kwargs: Any) -> dict[str, Any]: ...
     def delete_object(self, **kwargs: Any) -> dict[str, Any]: ...
     def head_bucket(self, **kwargs: Any) -> dict[str, Any]: ...
 
@@ -364,6 +365,48 @@ class S3Storage:
             ExpiresIn=max(1, min(ttl, MAX_PRESIGN_SECONDS)),
         )
 
+    # -- direct uploads (clients put the parts) ------------------------------------------------
+
+    def direct_start(self, *, key: str, content_type: str, metadata: dict[str, str], part_checksums: bool) -> str:
+        """An S3 multipart upload for a client's parts; with a checksum algorithm only if every part has one."""
+        params = {**self._object_params(key=key, content_type=content_type, metadata=metadata)}
+        if part_checksums and self.checksum_algorithm == "SHA256":
+            params["ChecksumAlgorithm"] = "SHA256"
+        response = self._call("CreateMultipartUpload", lambda: self.client.create_multipart_upload(**params))
+        return str(response["UploadId"])
+
+    def presign_part(self, *, key: str, handle: str, part_number: int, ttl: int, checksum: str | None) -> PresignedPut:
+        """A presigned UploadPart on the public endpoint; a checksum is a signed header the client must send."""
+        params: dict[str, Any] = {"Bucket": self.bucket, "Key": key, "UploadId": handle, "PartNumber": part_number}
+        headers = {}
+        if checksum is not None:
+            params["ChecksumSHA256"] = checksum
+            headers["x-amz-checksum-sha256"] = checksum
+        url = self.presigner.generate_presigned_url(
+            ClientMethod="upload_part", Params=params, ExpiresIn=max(1, min(ttl, MAX_PRESIGN_SECONDS))
+        )
+        return PresignedPut(url=url, headers=headers)
+
+    def object_read(self, *, key: str, length: int | None = None, chunk_size: int = 1024 * 1024) -> Iterator[bytes]:
+        params: dict[str, Any] = {"Bucket": self.bucket, "Key": key}
+        if length is not None:
+            if length <= 0:
+                return
+            params["Range"] = f"bytes=0-{length - 1}"
+        response = self._call("GetObject", lambda: self.client.get_object(**params))
+        body = response["Body"]
+        try:
+            while True:
+                try:
+                    chunk = body.read(chunk_size)
+                except (BotoCoreError, OSError) as exc:
+                    raise S3StorageError(f"GetObject: the store stopped sending: {exc}", retryable=True) from exc
+                if not chunk:
+                    return
+                yield chunk
+        finally:
+            body.close()
+
     # -- internals ----------------------------------------------------------------------------
 
     def _object_params(self, *, key: str, content_type: str, metadata: dict[str, str]) -> dict[str, Any]:
@@ -446,102 +489,6 @@ def s3_client_error(operation: str, exc: ClientError, *, bucket: str) -> S3Stora
     elif code == "NoSuchUpload":
         text += " (the multipart upload was aborted, completed, or expired by the bucket's lifecycle rule)"
     return S3StorageError(text, retryable=s3_error_retryable(code=code, status=status), code=code)
-
-
-# --- bucket set-up ------------------------------------------------------------------------------
-
-# Every key this service writes starts so (`naming.storage_key_for`): the rule touches nothing else.
-LIFECYCLE_PREFIX = "uploads/"
-LIFECYCLE_RULE_ID = "abort-incomplete-multipart-uploads"
-_LIFECYCLE_UNSUPPORTED = frozenset({"NotImplemented", "MalformedXML", "InvalidRequest", "InvalidArgument", "501"})
-
-
-class S3BucketAPI(Protocol):
-    """The calls `s3_bucket_setup` makes (beyond the backend's own)."""
-
-    def create_bucket(self, **kwargs: Any) -> dict[str, Any]: ...
-    def head_bucket(self, **kwargs: Any) -> dict[str, Any]: ...
-    def get_bucket_lifecycle_configuration(self, **kwargs: Any) -> dict[str, Any]: ...
-    def put_bucket_lifecycle_configuration(self, **kwargs: Any) -> dict[str, Any]: ...
-
-
-def lifecycle_rules_with_abort(*, rules: list[dict[str, Any]], days: int) -> list[dict[str, Any]]:
-    """`rules` with this service's AbortIncompleteMultipartUpload rule added or replaced; others kept."""
-    ours = {
-        "ID": LIFECYCLE_RULE_ID,
-        "Status": "Enabled",
-        "Filter": {"Prefix": LIFECYCLE_PREFIX},
-        "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": days},
-    }
-    return [rule for rule in rules if rule.get("ID") != LIFECYCLE_RULE_ID] + [ours]
-
-
-def s3_bucket_setup(
-    *, client: S3BucketAPI, bucket: str, region: str | None, create_bucket: bool, days: int
-) -> list[str]:
-    """Create the bucket if asked and it is missing, then put the abort rule where the store supports it.
-
-    Returns what was done, one line each. Raises StorageError when the bucket is missing (and
-    not to be created) or the store refuses access.
-    """
-    report = []
-    try:
-        s3_call("HeadBucket", lambda: client.head_bucket(Bucket=bucket), bucket=bucket)
-        report.append(f"bucket {bucket!r} exists")
-    except S3StorageError as exc:
-        if not (create_bucket and exc.code in ("404", "NoSuchBucket")):
-            raise
-        params: dict[str, Any] = {"Bucket": bucket}
-        if region and region != "us-east-1":
-            params["CreateBucketConfiguration"] = {"LocationConstraint": region}
-        s3_call("CreateBucket", lambda: client.create_bucket(**params), bucket=bucket)
-        report.append(f"bucket {bucket!r} created")
-
-    try:
-        current = s3_call(
-            "GetBucketLifecycleConfiguration",
-            lambda: client.get_bucket_lifecycle_configuration(Bucket=bucket),
-            bucket=bucket,
-        )
-        rules = list(current.get("Rules", []))
-    except S3StorageError as exc:
-        if exc.code in _LIFECYCLE_UNSUPPORTED:
-            return [*report, _lifecycle_unsupported(bucket, exc)]
-        if exc.code != "NoSuchLifecycleConfiguration":
-            raise
-        rules = []
-    try:
-        response = s3_call(
-            "PutBucketLifecycleConfiguration",
-            lambda: client.put_bucket_lifecycle_configuration(
-                Bucket=bucket, LifecycleConfiguration={"Rules": lifecycle_rules_with_abort(rules=rules, days=days)}
-            ),
-            bucket=bucket,
-        )
-    except S3StorageError as exc:
-        if exc.code in _LIFECYCLE_UNSUPPORTED:
-            return [*report, _lifecycle_unsupported(bucket, exc)]
-        raise
-    server = str(response.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("server", ""))
-    if "minio" in server.lower():
-        # MinIO stores the rule but never applies AbortIncompleteMultipartUpload (minio#15681).
-        return [
-            *report,
-            "MinIO accepted the lifecycle rule but does not apply AbortIncompleteMultipartUpload: it expires "
-            "stale multipart uploads by its own setting (`mc admin config set ALIAS api stale_uploads_expiry=24h`)",
-        ]
-    report.append(
-        f"lifecycle rule {LIFECYCLE_RULE_ID!r}: multipart uploads under {LIFECYCLE_PREFIX!r} "
-        f"left incomplete are aborted {days} day(s) after they start"
-    )
-    return report
-
-
-def _lifecycle_unsupported(bucket: str, exc: S3StorageError) -> str:
-    return (
-        f"this store does not support lifecycle rules on {bucket!r} ({exc.code}): abort stale multipart "
-        "uploads with the store's own setting; the service aborts those it cancels or expires itself"
-    )
 
 
 def s3_storage_from_settings() -> S3Storage:

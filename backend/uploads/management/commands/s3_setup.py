@@ -8,7 +8,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from backend.uploads.storage import StorageError
-from backend.uploads.storage.s3 import s3_bucket_setup
+from backend.uploads.storage.s3_bucket import s3_bucket_setup
 from backend.uploads.storage.s3_client import s3_clients_from_settings
 
 

@@ -1,0 +1,359 @@
+"""The ASGI application serving /uploads/: tus 1.0.0 requests onto the resumable-upload services.
+
+Each request: the method (or `X-HTTP-Method-Override`), `Tus-Resumable` (412 without 1.0.0,
+OPTIONS excepted), the caller (bearer token or session; 401 without), then one service call.
+Bodies (PATCH, and POST with creation-with-upload) stream into the chunk appender as they
+arrive, about a MiB at a time, one write in flight while the next MiB is received: uvicorn
+stops reading the socket while the app does not ask for more, so a slow disk slows the client
+(backpressure) instead of filling memory. Service calls run on a thread pool of this module's own,
+never on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from functools import cache, partial
+from importlib import import_module
+from typing import Any, TypeVar
+
+from django.conf import settings
+from django.contrib import auth
+from django.contrib.auth.models import User
+from django.core.exceptions import DisallowedHost
+from django.core.handlers.asgi import ASGIRequest
+from django.db import close_old_connections
+
+from backend.limits import BodyGuard
+from backend.logs import upload_log_bind
+from backend.tokens.services import token_user
+from backend.tus.answers import Answer, asgi_send_args, capabilities, cors_headers
+from backend.tus.protocol import (
+    OFFSET_OCTET_STREAM,
+    PATH_PREFIX,
+    VERSION,
+    HeaderError,
+    concat_parse,
+    http_date,
+    integer_parse,
+    metadata_format,
+    metadata_parse,
+    upload_id_from_path,
+)
+from backend.uploads.errors import BadUserInput, Gone, Unauthenticated, UploadError
+from backend.uploads.models import ConcatRole, FileUpload, UploadStatus
+from backend.uploads.resumable.checksums import ChunkChecksum, checksum_parse
+from backend.uploads.services import resumable
+from backend.uploads.services.chunks import ChunkAppend, chunk_append_begin
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+FLUSH_BYTES = 1024 * 1024
+Scope = dict[str, Any]
+
+
+@cache
+def _pool() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=16, thread_name_prefix="tus")
+
+
+async def _run(func: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+    return await asyncio.get_running_loop().run_in_executor(_pool(), partial(func, *args, **kwargs))
+
+
+def is_tus_path(path: str) -> bool:
+    return path == PATH_PREFIX or path.startswith(PATH_PREFIX + "/")
+
+
+class TusRouter:
+    """HTTP for /uploads goes to the tus application; everything else to `fallback` (Django)."""
+
+    def __init__(self, fallback: Any) -> None:
+        self.fallback = fallback
+        self.tus = TusApplication()
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and is_tus_path(scope["path"]):
+            await self.tus(scope, receive, send)
+        else:
+            await self.fallback(scope, receive, send)
+
+
+class TusApplication:
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        request = ASGIRequest(scope, io.BytesIO())
+        headers = request.headers
+        origin = headers.get("Origin")
+        method = (headers.get("X-HTTP-Method-Override") or scope["method"]).upper()
+        guard = BodyGuard(receive, send, max_bytes=None, idle_timeout=settings.REQUEST_IDLE_TIMEOUT_SECONDS)
+        try:
+            answer = await self._answer(request, method, guard)
+        except Exception as exc:
+            answer = Answer.for_error(exc) or _unexpected(exc)
+        finally:
+            await _run(close_old_connections)
+        if answer is None:
+            return  # the client went away mid-body; there is no one to answer
+        start, body = asgi_send_args(answer, origin=origin, head=method == "HEAD")
+        await send(start)
+        await send(body)
+
+    async def _answer(self, request: ASGIRequest, method: str, guard: BodyGuard) -> Answer | None:
+        path = request.path
+        upload_id = upload_id_from_path(path)
+        collection = path.rstrip("/") == PATH_PREFIX
+        if not collection and upload_id is None:
+            return Answer.refusal(404, "NOT_FOUND", "no such upload")
+        if method == "OPTIONS":
+            preflight = cors_headers(request.headers.get("Origin"), preflight=True)
+            return Answer(204, {**capabilities(), **preflight})
+        if request.headers.get("Tus-Resumable", "").strip() != VERSION:
+            return Answer.refusal(
+                412, "PRECONDITION_FAILED", f"send Tus-Resumable: {VERSION}", {"Tus-Version": VERSION}
+            )
+        user = await _run(_authenticate, request)
+        if collection:
+            if method != "POST":
+                return _not_allowed("OPTIONS, POST")
+            return await self._create(request, user, guard)
+        assert upload_id is not None
+        upload_log_bind(upload_id)
+        if method == "HEAD":
+            return await self._head(user, upload_id)
+        if method == "PATCH":
+            return await self._patch(request, user, upload_id, guard)
+        if method == "DELETE":
+            await _run(resumable.resumable_terminate, user=user, upload_id=upload_id)
+            return Answer(204)
+        return _not_allowed("OPTIONS, HEAD, PATCH, DELETE")
+
+    # --- the requests -----------------------------------------------------------------------
+
+    async def _create(self, request: ASGIRequest, user: User, guard: BodyGuard) -> Answer | None:
+        headers = request.headers
+        base_url = _base_url(request)  # a Host this server does not serve is refused before anything is made
+        concat = concat_parse(headers.get("Upload-Concat"))
+        metadata = metadata_parse(headers.get("Upload-Metadata"))
+        for key in ("filename", "name", "sha256"):
+            if key in metadata and metadata[key] is None:
+                raise HeaderError(f"Upload-Metadata {key} is not UTF-8 text")
+        filename = metadata.get("filename") or metadata.get("name")
+        sha256 = metadata.get("sha256")
+        length = integer_parse(headers.get("Upload-Length"), "Upload-Length")
+        deferred = headers.get("Upload-Defer-Length")
+        if deferred is not None and deferred.strip() != "1":
+            raise HeaderError("Upload-Defer-Length must be 1")
+        body_length, has_body = _body_of(request)
+        checksum = _checksum_of(request)
+        common = {"tus_metadata": metadata_format(metadata), "concat_header": headers.get("Upload-Concat", "")}
+        if concat is not None and concat[0] == "final":
+            if length is not None or deferred is not None or has_body:
+                raise HeaderError("a final upload takes no Upload-Length, Upload-Defer-Length or body")
+            upload = await _run(
+                resumable.resumable_concatenate,
+                user=user,
+                partial_ids=concat[1],
+                filename=filename,
+                sha256=sha256,
+                **common,
+            )
+            return self._created(base_url, upload)
+        if (length is None) == (deferred is None):
+            raise HeaderError("send exactly one of Upload-Length and Upload-Defer-Length: 1")
+        if has_body and _content_type(request) != OFFSET_OCTET_STREAM:
+            return _wrong_content_type()
+        upload = await _run(
+            resumable.resumable_create,
+            user=user,
+            filename=filename,
+            size=length,
+            sha256=sha256,
+            partial=concat is not None,
+            **common,
+        )
+        upload_log_bind(upload.id)
+        if has_body:
+            append = await _run(
+                chunk_append_begin,
+                user=user,
+                upload_id=upload.id,
+                offset=0,
+                chunk_length=body_length,
+                checksum=checksum,
+            )
+            result = await self._receive_into(append, guard)
+            if isinstance(result, Answer) or result is None:
+                return result
+            upload = result
+        return self._created(base_url, upload)
+
+    def _created(self, base_url: str, upload: FileUpload) -> Answer:
+        headers = {"Location": f"{base_url}{PATH_PREFIX}/{upload.id}", **_offset_headers(upload)}
+        return Answer(201, headers)
+
+    async def _head(self, user: User, upload_id: Any) -> Answer:
+        upload = await _run(resumable.resumable_get_for_user, user=user, upload_id=upload_id)
+        if resumable.resumable_gone(upload):
+            raise Gone("this upload was cancelled, has expired or failed")
+        headers = _offset_headers(upload)
+        if upload.length_deferred:
+            headers["Upload-Defer-Length"] = "1"
+        else:
+            headers["Upload-Length"] = str(upload.size)
+        if upload.tus_metadata:
+            headers["Upload-Metadata"] = upload.tus_metadata
+        if upload.concat_header:
+            headers["Upload-Concat"] = upload.concat_header
+        return Answer(200, headers)
+
+    async def _patch(self, request: ASGIRequest, user: User, upload_id: Any, guard: BodyGuard) -> Answer | None:
+        if _content_type(request) != OFFSET_OCTET_STREAM:
+            return _wrong_content_type()
+        offset = integer_parse(request.headers.get("Upload-Offset"), "Upload-Offset")
+        if offset is None:
+            raise HeaderError("a PATCH needs Upload-Offset")
+        length = integer_parse(request.headers.get("Upload-Length"), "Upload-Length")
+        checksum = _checksum_of(request)
+        body_length, _ = _body_of(request)
+        upload = await _run(resumable.resumable_get_for_user, user=user, upload_id=upload_id)
+        if upload.concat_role == ConcatRole.FINAL:
+            return Answer.refusal(403, "FORBIDDEN", "a final upload is made by concatenation; it takes no PATCH")
+        append = await _run(
+            chunk_append_begin,
+            user=user,
+            upload_id=upload_id,
+            offset=offset,
+            chunk_length=body_length,
+            upload_length=length,
+            checksum=checksum,
+        )
+        result = await self._receive_into(append, guard)
+        if isinstance(result, Answer) or result is None:
+            return result
+        return Answer(204, _offset_headers(result))
+
+    async def _receive_into(self, append: ChunkAppend, guard: BodyGuard) -> FileUpload | Answer | None:
+        """Stream the request body into `append`; the upload once finished, or what to answer if not."""
+        keeper = asyncio.create_task(_keep_lock(append))
+        try:
+            whole = await _stream(append, guard)
+            if whole:
+                return await _run(append.finish)
+            await _run(append.abort)
+        except BaseException:
+            await _run(append.close)
+            raise
+        finally:
+            keeper.cancel()
+        if guard.refusal is not None:
+            status, code, message = guard.refusal
+            return Answer.refusal(status, code, message, {"Connection": "close"})
+        return None
+
+
+async def _stream(append: ChunkAppend, guard: BodyGuard) -> bool:
+    """Feed the body to `append`, one write in flight; True if it arrived whole, False if cut off."""
+    pending: asyncio.Future[None] | None = None
+    buffered: list[bytes] = []
+    size = 0
+    try:
+        while True:
+            message = await guard.receive()
+            cut_off = message["type"] == "http.disconnect"
+            if chunk := message.get("body", b""):
+                buffered.append(chunk)
+                size += len(chunk)
+            more = message.get("more_body", False) and not cut_off
+            if buffered and (size >= FLUSH_BYTES or not more):
+                data = b"".join(buffered)
+                buffered, size = [], 0
+                if pending is not None:
+                    await pending
+                pending = asyncio.ensure_future(_run(append.write, data))
+            if not more:
+                # What arrived before a cut is written too: `abort` then commits it.
+                return not cut_off
+    finally:
+        if pending is not None:
+            await pending
+
+
+async def _keep_lock(append: ChunkAppend) -> None:
+    """Renew the writer lock while the body arrives, however slowly (a dead process stops renewing)."""
+    while True:
+        await asyncio.sleep(settings.UPLOAD_LOCK_TTL_SECONDS / 3)  # sync-ok: the lock's renewal period
+        await _run(append.lock.renew)
+
+
+def _authenticate(request: ASGIRequest) -> User:
+    """The caller from a bearer token (which decides when present) or the session cookie."""
+    header = request.headers.get("Authorization", "")
+    if header:
+        scheme, _, token = header.partition(" ")
+        user = token_user(token=token.strip()) if scheme.lower() == "bearer" and token.strip() else None
+        if user is None:
+            raise Unauthenticated("the bearer token is invalid, expired or revoked")
+        return user
+    key = request.COOKIES.get(settings.SESSION_COOKIE_NAME)
+    if key:
+        request.session = import_module(settings.SESSION_ENGINE).SessionStore(key)
+        session_user = auth.get_user(request)  # type: ignore[arg-type]
+        if session_user.is_authenticated:
+            return session_user  # type: ignore[return-value]
+    raise Unauthenticated("authentication required: send Authorization: Bearer <token>")
+
+
+def _base_url(request: ASGIRequest) -> str:
+    """Where clients reach this server: PUBLIC_BASE_URL, else the (forwarded) scheme and host."""
+    if settings.PUBLIC_BASE_URL:
+        return settings.PUBLIC_BASE_URL
+    try:
+        return f"{request.scheme}://{request.get_host()}"
+    except DisallowedHost as exc:
+        raise BadUserInput("the Host header names a host this server does not serve") from exc
+
+
+def _offset_headers(upload: FileUpload) -> dict[str, str]:
+    receiving = upload.status == UploadStatus.RECEIVING
+    headers = {"Upload-Offset": str(upload.bytes_received if receiving else upload.size)}
+    if receiving and upload.expires_at is not None:
+        headers["Upload-Expires"] = http_date(upload.expires_at)
+    return headers
+
+
+def _content_type(request: ASGIRequest) -> str:
+    return request.headers.get("Content-Type", "").split(";")[0].strip().lower()
+
+
+def _body_of(request: ASGIRequest) -> tuple[int | None, bool]:
+    """(Content-Length or None when chunked, whether a body comes)."""
+    length = integer_parse(request.headers.get("Content-Length"), "Content-Length")
+    chunked = "chunked" in request.headers.get("Transfer-Encoding", "").lower()
+    if chunked:
+        return None, True
+    return (length or 0), bool(length)
+
+
+def _checksum_of(request: ASGIRequest) -> ChunkChecksum | None:
+    header = request.headers.get("Upload-Checksum")
+    return checksum_parse(header) if header is not None else None
+
+
+def _wrong_content_type() -> Answer:
+    message = f"the body must be sent as Content-Type: {OFFSET_OCTET_STREAM}"
+    return Answer.refusal(415, "UNSUPPORTED_MEDIA_TYPE", message)
+
+
+def _not_allowed(allowed: str) -> Answer:
+    return Answer.refusal(405, "BAD_REQUEST", "this method is not part of the tus protocol here", {"Allow": allowed})
+
+
+def _unexpected(exc: Exception) -> Answer:
+    if isinstance(exc, UploadError):
+        return Answer.refusal(400, exc.code, exc.message)
+    logger.error("unexpected error handling a tus request", exc_info=exc)
+    return Answer.refusal(500, "INTERNAL_SERVER_ERROR", "Internal server error")

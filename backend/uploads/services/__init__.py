@@ -1,0 +1,63 @@
+"""Writes: every change to an upload goes through these functions.
+
+A package split along its seams; import from here, the names stay where they were:
+- `transitions`: the state table and every state move, and the transfer's ledger writes;
+- `actions`: what a client asks for (create, cancel, retry, delete) and the clean-up after a stop;
+- `queueing`: when an upload is owed a transfer job (the queue itself is `backend.uploads.jobqueue`);
+- `upkeep`: the reaper (silent transfers and lost jobs queued again);
+- `sweep`: staged bytes, leftovers and open objects no upload needs any more.
+"""
+
+from __future__ import annotations
+
+from backend.uploads.errors import ClaimLost
+from backend.uploads.services.actions import (
+    SHA256_RE,
+    upload_abort_store,
+    upload_cancel,
+    upload_create,
+    upload_delete,
+    upload_retry,
+    upload_transfer_stopped,
+)
+from backend.uploads.services.queueing import upload_enqueue
+from backend.uploads.services.sweep import SWEEP_GRACE_SECONDS, SweepItem, SweepReport, upload_sweep
+from backend.uploads.services.transitions import (
+    ALLOWED_MOVES,
+    upload_claim,
+    upload_complete,
+    upload_fail,
+    upload_heartbeat,
+    upload_record_part,
+    upload_release,
+    upload_set_storage_handle,
+    upload_transition,
+)
+from backend.uploads.services.upkeep import upload_requeue_lost, upload_requeue_stale
+
+__all__ = [
+    "ALLOWED_MOVES",
+    "SHA256_RE",
+    "SWEEP_GRACE_SECONDS",
+    "ClaimLost",
+    "SweepItem",
+    "SweepReport",
+    "upload_abort_store",
+    "upload_cancel",
+    "upload_claim",
+    "upload_complete",
+    "upload_create",
+    "upload_delete",
+    "upload_enqueue",
+    "upload_fail",
+    "upload_heartbeat",
+    "upload_record_part",
+    "upload_release",
+    "upload_requeue_lost",
+    "upload_requeue_stale",
+    "upload_retry",
+    "upload_set_storage_handle",
+    "upload_sweep",
+    "upload_transfer_stopped",
+    "upload_transition",
+]

@@ -1,0 +1,173 @@
+"""State moves: every change of an upload's status, and the transfer's ledger writes.
+
+State moves happen in one place, `upload_transition`, as a conditional UPDATE on the expected
+current status (and on the transfer's claim where a job is involved). It works the same on
+SQLite and PostgreSQL, and two writers racing for one move cannot both win. Every move bumps
+`sequence` and publishes the new state after the transaction commits.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Iterable
+from typing import Any
+
+from django.db import IntegrityError, transaction
+from django.db.models import F
+from django.utils import timezone
+
+from backend.uploads.errors import ClaimLost, InvalidState
+from backend.uploads.models import TERMINAL_STATUSES, FileUpload, UploadPart, UploadStatus
+from backend.uploads.progress import progress_publish
+from backend.uploads.services.queueing import upload_enqueue
+from backend.uploads.signals import upload_finished
+from backend.uploads.staging import staging_delete
+from backend.uploads.storage import PartReceipt
+
+# One logger for the whole service layer, as before it was a package: log filters and readers
+# look for "backend.uploads.services".
+logger = logging.getLogger("backend.uploads.services")
+
+# The state table of CONTRACT section 3: which status each status may move to.
+ALLOWED_MOVES: dict[str, frozenset[str]] = {
+    UploadStatus.RECEIVING: frozenset({UploadStatus.QUEUED, UploadStatus.FAILED, UploadStatus.CANCELLED}),
+    UploadStatus.QUEUED: frozenset({UploadStatus.UPLOADING, UploadStatus.CANCELLED}),
+    UploadStatus.UPLOADING: frozenset(
+        {UploadStatus.COMPLETED, UploadStatus.FAILED, UploadStatus.CANCELLED, UploadStatus.QUEUED}
+    ),
+    UploadStatus.COMPLETED: frozenset(),
+    UploadStatus.FAILED: frozenset({UploadStatus.QUEUED}),
+    UploadStatus.CANCELLED: frozenset({UploadStatus.QUEUED}),
+}
+
+
+def upload_transition(
+    *,
+    upload_id: uuid.UUID,
+    to: str,
+    expected: Iterable[str] | None = None,
+    owned_by: uuid.UUID | None = None,
+    staged: bool = False,
+    part_number: int | None = None,
+    **fields: Any,
+) -> FileUpload:
+    """Move an upload to status `to` if the state table allows it from the status it has now.
+
+    `expected` narrows the statuses the move may start from; `owned_by` requires the row to carry
+    that transfer claim; `staged` requires its staged bytes to be kept (the sweep has not expired
+    them). Raises InvalidState when no row matched, or ClaimLost with `owned_by`.
+    """
+    sources = [s for s, targets in ALLOWED_MOVES.items() if to in targets]
+    if expected is not None:
+        sources = [s for s in sources if s in set(expected)]
+    rows = FileUpload.objects.filter(id=upload_id, status__in=sources)
+    if owned_by is not None:
+        rows = rows.filter(claim=owned_by)
+    if staged:
+        rows = rows.filter(staged_at__isnull=False)
+    with transaction.atomic():
+        moved = rows.update(status=to, sequence=F("sequence") + 1, updated_at=timezone.now(), **fields)
+        if not moved:
+            if owned_by is not None:
+                raise ClaimLost(f"upload {upload_id} is no longer this transfer's")
+            raise InvalidState(f"an upload in this state cannot become {to}")
+        upload = FileUpload.objects.get(id=upload_id)
+        transaction.on_commit(lambda: progress_publish(upload, part_number=part_number))
+        if to in TERMINAL_STATUSES:
+            upload_finished.send(sender=FileUpload, upload=upload)
+    return upload
+
+
+def upload_claim(*, upload_id: uuid.UUID) -> tuple[FileUpload, uuid.UUID] | None:
+    """Take a QUEUED upload for one transfer run; None if it is not QUEUED (cancelled, taken)."""
+    claim = uuid.uuid4()
+    try:
+        upload = upload_transition(
+            upload_id=upload_id,
+            to=UploadStatus.UPLOADING,
+            expected=[UploadStatus.QUEUED],
+            claim=claim,
+            attempts=F("attempts") + 1,
+            heartbeat_at=timezone.now(),
+            error=None,
+        )
+    except InvalidState:
+        return None
+    return upload, claim
+
+
+def upload_set_storage_handle(*, upload_id: uuid.UUID, claim: uuid.UUID, handle: str) -> None:
+    if not FileUpload.objects.filter(id=upload_id, claim=claim, status=UploadStatus.UPLOADING).update(
+        storage_upload_id=handle, updated_at=timezone.now()
+    ):
+        raise ClaimLost(f"upload {upload_id} is no longer this transfer's")
+
+
+def upload_record_part(*, upload_id: uuid.UUID, claim: uuid.UUID, receipt: PartReceipt) -> FileUpload:
+    """Add a confirmed part to the ledger and the counters, then publish. Idempotent per part."""
+    with transaction.atomic():
+        owned = FileUpload.objects.filter(id=upload_id, claim=claim, status=UploadStatus.UPLOADING)
+        try:
+            with transaction.atomic():
+                UploadPart.objects.create(
+                    upload_id=upload_id,
+                    part_number=receipt.part_number,
+                    size=receipt.size,
+                    etag=receipt.etag,
+                    checksum=receipt.checksum,
+                )
+        except IntegrityError:
+            UploadPart.objects.filter(upload_id=upload_id, part_number=receipt.part_number).update(
+                etag=receipt.etag, checksum=receipt.checksum
+            )
+            counters: dict[str, Any] = {}
+        else:
+            counters = {"bytes_uploaded": F("bytes_uploaded") + receipt.size, "parts_uploaded": F("parts_uploaded") + 1}
+        now = timezone.now()
+        if not owned.update(sequence=F("sequence") + 1, updated_at=now, heartbeat_at=now, **counters):
+            raise ClaimLost(f"upload {upload_id} is no longer this transfer's")
+        upload = FileUpload.objects.get(id=upload_id)
+        transaction.on_commit(lambda: progress_publish(upload, part_number=receipt.part_number))
+    return upload
+
+
+def upload_heartbeat(*, upload_id: uuid.UUID, claim: uuid.UUID) -> bool:
+    """Tell the reaper this transfer is alive; False if the claim is gone (stop transferring)."""
+    return bool(
+        FileUpload.objects.filter(id=upload_id, claim=claim, status=UploadStatus.UPLOADING).update(
+            heartbeat_at=timezone.now()
+        )
+    )
+
+
+def upload_complete(*, upload_id: uuid.UUID, claim: uuid.UUID, **found: Any) -> FileUpload:
+    """UPLOADING -> COMPLETED; `found`: what finishing learned of the object (a DIRECT upload's type, sha256)."""
+    upload = upload_transition(
+        upload_id=upload_id,
+        to=UploadStatus.COMPLETED,
+        owned_by=claim,
+        completed_at=timezone.now(),
+        staged_at=None,
+        error=None,
+        **found,
+    )
+    staging_delete(upload.id)
+    logger.info("upload %s completed", upload.id)
+    return upload
+
+
+def upload_fail(*, upload_id: uuid.UUID, claim: uuid.UUID, error: str) -> FileUpload:
+    upload = upload_transition(
+        upload_id=upload_id, to=UploadStatus.FAILED, owned_by=claim, error=error[:2000], staged_at=timezone.now()
+    )
+    logger.warning("upload %s failed: %s", upload.id, error)
+    return upload
+
+
+def upload_release(*, upload_id: uuid.UUID, claim: uuid.UUID) -> FileUpload:
+    """Give a transfer back to the queue (the worker is stopping): UPLOADING -> QUEUED, re-enqueued."""
+    with transaction.atomic():
+        upload = upload_transition(upload_id=upload_id, to=UploadStatus.QUEUED, owned_by=claim, claim=None)
+        upload_enqueue(upload)
+    return upload
