@@ -29,16 +29,34 @@ UPLOADS = 10
 SUBSCRIBERS = 10_000
 CONNECTING_AT_ONCE = 50
 GOAL_KIB = 20.0
+RETRIES = 3
 
 
-async def _hold(ws_url: str, token: str, upload_id: str, gate: asyncio.Semaphore, ready: asyncio.Event) -> None:
-    """Subscribe, read the snapshot, then read on (answering pings) until cancelled."""
+async def _hold(
+    ws_url: str, token: str, upload_id: str, gate: asyncio.Semaphore, ready: asyncio.Event, retries: list[str]
+) -> None:
+    """Subscribe, read the snapshot, then read on (answering pings) until cancelled.
+
+    A connection the server closes while it is being set up (on a loaded machine, the server may not
+    get to a socket's `connection_init` within its 10 s limit) is opened again, as a client would,
+    up to RETRIES times; each is counted in `retries` and named in the figure's note.
+    """
     connection: StalledSocket | None = None
     try:
         async with gate:
-            connection, session = await stalled_subscriber(ws_url, token)
-            sub_id = await session.subscribe(upload_id)
-            message = await session.receive()
+            for attempt in range(RETRIES + 1):
+                try:
+                    connection, session = await stalled_subscriber(ws_url, token)
+                    sub_id = await session.subscribe(upload_id)
+                    message = await session.receive()
+                    break
+                except ConnectionError as exc:
+                    if connection is not None:
+                        connection.close()
+                        connection = None
+                    if attempt == RETRIES:
+                        raise
+                    retries.append(str(exc))
             if (message.get("id"), message["type"]) != (sub_id, "next"):
                 raise RuntimeError(f"idle subscriber got {message}")
         ready.set()
@@ -49,20 +67,21 @@ async def _hold(ws_url: str, token: str, upload_id: str, gate: asyncio.Semaphore
             connection.close()
 
 
-async def _measure(bench: Bench, stack: Any) -> tuple[float, float, float]:
+async def _measure(bench: Bench, stack: Any) -> tuple[float, float, float, list[str]]:
     with http_client() as client:
         path = bench.file(1024)
         upload_ids = [str(upload_ours(client, stack.url, path, headers=bench.headers)[1]["id"]) for _ in range(UPLOADS)]
     server = psutil.Process(stack.server_pid)
     gate = asyncio.Semaphore(CONNECTING_AT_ONCE)
     first = asyncio.Event()
-    holders = [asyncio.create_task(_hold(stack.ws_url, bench.token, upload_ids[0], gate, first))]
+    retries: list[str] = []
+    holders = [asyncio.create_task(_hold(stack.ws_url, bench.token, upload_ids[0], gate, first, retries))]
     await asyncio.wait_for(first.wait(), timeout=60)
     before = server.memory_info().rss
     started = time.monotonic()
     readiness = [asyncio.Event() for _ in range(SUBSCRIBERS - 1)]
     holders += [
-        asyncio.create_task(_hold(stack.ws_url, bench.token, upload_ids[(n + 1) % UPLOADS], gate, ready))
+        asyncio.create_task(_hold(stack.ws_url, bench.token, upload_ids[(n + 1) % UPLOADS], gate, ready, retries))
         for n, ready in enumerate(readiness)
     ]
     try:
@@ -79,7 +98,7 @@ async def _measure(bench: Bench, stack: Any) -> tuple[float, float, float]:
             holder.cancel()
         with contextlib.suppress(Exception):
             await asyncio.gather(*holders, return_exceptions=True)
-    return (after - before) / SUBSCRIBERS / 1024, (after - before) / 2**20, connected
+    return (after - before) / SUBSCRIBERS / 1024, (after - before) / 2**20, connected, retries
 
 
 def run(bench: Bench) -> list[Figure]:
@@ -87,8 +106,9 @@ def run(bench: Bench) -> list[Figure]:
     if soft < SUBSCRIBERS + 1000:
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, SUBSCRIBERS * 2), hard))
     with bench.stack(env={"PROGRESS_RESYNC_SECONDS": "60"}, workers=0) as stack:
-        per_subscriber, total_mib, connected = asyncio.run(_measure(bench, stack))
+        per_subscriber, total_mib, connected, retries = asyncio.run(_measure(bench, stack))
         bench.clear_staging()
+    again = f"; {len(retries)} opened again after the server closed them: {sorted(set(retries))[:3]}" if retries else ""
     return [
         figure(
             "fanout_10000_idle_rss_per_subscriber_kib",
@@ -97,6 +117,6 @@ def run(bench: Bench) -> list[Figure]:
             unit="KiB",
             goal="report; <= 20 KiB",
             check=lambda f: f.ours <= GOAL_KIB,
-            note=f"server RSS grew {total_mib:.0f} MiB for {SUBSCRIBERS:,} subscribers (opened in {connected:.0f} s)",
+            note=f"RSS +{total_mib:.0f} MiB for {SUBSCRIBERS:,} subscribers, all open after {connected:.0f} s{again}",
         )
     ]
