@@ -28,7 +28,7 @@ from backend.client.display import print_api_error, print_error
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 DEV_CREDENTIALS = Path("var") / "dev-credentials"
-STATUSES = ("QUEUED", "UPLOADING", "COMPLETED", "FAILED", "CANCELLED")
+STATUSES = ("RECEIVING", "QUEUED", "UPLOADING", "COMPLETED", "FAILED", "CANCELLED")
 _LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 
 _DESCRIPTION = "Upload files to the GraphQL upload service and manage your uploads."
@@ -81,7 +81,7 @@ def parser_build() -> argparse.ArgumentParser:
     listing = command("list", "list your uploads, newest first")
     listing.add_argument("--status", choices=STATUSES, help="only uploads in this status")
     listing.add_argument("--limit", type=_positive_int, help="at most this many (default: all)")
-    command("cancel", "cancel a QUEUED or UPLOADING upload").add_argument("upload_id", metavar="ID")
+    command("cancel", "cancel a RECEIVING, QUEUED or UPLOADING upload").add_argument("upload_id", metavar="ID")
     command("retry", "retry a FAILED or CANCELLED upload").add_argument("upload_id", metavar="ID")
     command("delete", "delete an upload: its stored object, staged bytes and record").add_argument(
         "upload_id", metavar="ID"

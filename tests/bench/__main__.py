@@ -22,6 +22,7 @@ def _figures() -> dict[str, Callable[[Bench], list[Figure]]]:
         fanout_stalled,
         local_throughput,
         progress_latency,
+        recovery,
         s3_throughput,
         server_memory,
         small_uploads,
@@ -46,6 +47,7 @@ def _figures() -> dict[str, Callable[[Bench], list[Figure]]]:
         "concurrent_uploads": concurrent_uploads.run,
         "webhook_delivery": webhooks.run_delivery,
         "webhook_hanging": webhooks.run_hanging,
+        "recovery": recovery.run,
     }
 
 

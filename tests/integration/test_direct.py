@@ -17,13 +17,14 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
 import httpx
 import pytest
+from django.utils import timezone
 
 from backend.uploads.models import FileUpload, UploadStatus
 from tests.support.client import data_of, error_codes, graphql, subscriber
@@ -62,7 +63,7 @@ def bucket(moto: Moto) -> str:
 def s3_stack(session_root: Path, moto: Moto, bucket: str) -> Iterator[Any]:
     from tests.conftest import _new_stack
 
-    env = s3_env(moto, bucket, UPLOAD_RECEIVING_TTL="2", DIRECT_UPLOAD_URL_TTL="1")
+    env = s3_env(moto, bucket, DIRECT_UPLOAD_URL_TTL="1")
     stack = _new_stack(session_root, env=env, workers=1, faults=None, server="uvicorn")
     yield stack
     stack.stop()
@@ -302,8 +303,8 @@ def test_cancel_and_delete_abort_the_multipart_upload(s3_stack, api_user, moto, 
 
 def test_an_expired_upload_is_aborted_by_the_sweep(s3_stack, api_user, moto, bucket):
     created = _with_a_part(s3_stack, api_user.headers)
-    deadline = FileUpload.objects.get(id=created["id"]).expires_at.timestamp()
-    time.sleep(max(0.0, deadline - time.time()) + 0.2)  # sync-ok: letting UPLOAD_RECEIVING_TTL (2 s) elapse
+    # As if UPLOAD_RECEIVING_TTL had passed with no part signed or confirmed.
+    FileUpload.objects.filter(id=created["id"]).update(expires_at=timezone.now() - timedelta(seconds=1))
     subprocess.run(
         [sys.executable, "manage.py", "sweep_uploads"], cwd=ROOT, env=s3_stack.env, check=True, capture_output=True
     )
@@ -315,3 +316,52 @@ def test_an_expired_upload_is_aborted_by_the_sweep(s3_stack, api_user, moto, buc
 def test_direct_uploads_are_not_offered_on_the_local_store(stack, api_user):
     answer = direct_create(stack.url, api_user.headers, filename="a", size=10)
     assert error_codes(answer) == ["BAD_USER_INPUT"] and "not offered" in answer.json()["errors"][0]["message"]
+
+
+def test_s3_setup_puts_the_cors_rule_browsers_need(moto, monkeypatch, capsys):
+    from django.core.management import call_command
+    from django.test import override_settings
+
+    from backend.uploads.storage.s3_bucket import CORS_RULE_ID
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
+    name = f"cors-{uuid.uuid4().hex[:12]}"
+    client = moto.client()
+    with override_settings(
+        S3_BUCKET=name, S3_ENDPOINT_URL=moto.url, S3_PUBLIC_ENDPOINT_URL=moto.url, CORS_ALLOWED_ORIGINS=[]
+    ):
+        call_command("s3_setup", "--create-bucket")
+        assert "no CORS rule" in capsys.readouterr().out
+        # (moto refuses a preflight unless every rule allows its origin, so this one does too.)
+        other = {
+            "ID": "theirs",
+            "AllowedOrigins": ["https://other.example", "https://app.example"],
+            "AllowedMethods": ["GET"],
+        }
+        client.put_bucket_cors(Bucket=name, CORSConfiguration={"CORSRules": [other]})
+    with override_settings(
+        S3_BUCKET=name,
+        S3_ENDPOINT_URL=moto.url,
+        S3_PUBLIC_ENDPOINT_URL=moto.url,
+        CORS_ALLOWED_ORIGINS=["https://app.example"],
+    ):
+        call_command("s3_setup", "--cors-origin", "http://localhost:8000")
+        call_command("s3_setup")  # idempotent: the rule is replaced, not added again
+    assert "may PUT parts and read their ETag" in capsys.readouterr().out
+    rules = {r.get("ID"): r for r in client.get_bucket_cors(Bucket=name)["CORSRules"]}
+    assert set(rules) == {"theirs", CORS_RULE_ID}
+    assert rules[CORS_RULE_ID]["AllowedOrigins"] == ["https://app.example"]
+    assert rules[CORS_RULE_ID]["ExposeHeaders"] == ["ETag"]
+    # What a browser asks before its PUT, and what moto answers from the rule.
+    preflight = httpx.options(
+        f"{moto.url}/{name}/uploads/x?partNumber=1&uploadId=u",
+        headers={
+            "Origin": "https://app.example",
+            "Access-Control-Request-Method": "PUT",
+            "Access-Control-Request-Headers": "x-amz-checksum-sha256",
+        },
+    )
+    assert preflight.status_code == 200
+    assert preflight.headers["access-control-allow-origin"] == "https://app.example"
+    assert "ETag" in preflight.headers.get("access-control-expose-headers", "")
