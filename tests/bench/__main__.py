@@ -26,6 +26,7 @@ def _figures() -> dict[str, Callable[[Bench], list[Figure]]]:
         s3_throughput,
         server_memory,
         small_uploads,
+        tus_throughput,
         upload_answer,
         webhooks,
         worker_memory,
@@ -48,6 +49,7 @@ def _figures() -> dict[str, Callable[[Bench], list[Figure]]]:
         "webhook_delivery": webhooks.run_delivery,
         "webhook_hanging": webhooks.run_hanging,
         "recovery": recovery.run,
+        "tus": tus_throughput.run,
     }
 
 
