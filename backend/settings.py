@@ -198,8 +198,11 @@ UPLOAD_PART_DELAY_MS = env.int("UPLOAD_PART_DELAY_MS", default=0)
 # the storage factory hands the backend to stand in for it, and the class a job publishes through.
 STORAGE_WRAPPER = env.str("STORAGE_WRAPPER", default="") or None
 PROGRESS_PUBLISHER = env.str("PROGRESS_PUBLISHER", default="backend.uploads.progress.ProgressPublisher")
-UPLOAD_HEARTBEAT_SECONDS = env.float("UPLOAD_HEARTBEAT_SECONDS", default=5.0)
-UPLOAD_STALE_AFTER_SECONDS = env.float("UPLOAD_STALE_AFTER_SECONDS", default=60.0)
+# A killed worker's upload resumes within 15 s (CONTRACT section 6): a transfer's heartbeat comes
+# from a thread of its own every 2 s, the reaper runs every fifth of the stale window (2 s) and
+# takes an upload silent for 10 s; a work horse that dies under a live worker is given back at once.
+UPLOAD_HEARTBEAT_SECONDS = env.float("UPLOAD_HEARTBEAT_SECONDS", default=2.0)
+UPLOAD_STALE_AFTER_SECONDS = env.float("UPLOAD_STALE_AFTER_SECONDS", default=10.0)
 # Resumable uploads (tus at /uploads/, createUpload/uploadChunk): a RECEIVING upload with no new
 # byte this long expires. The lock that keeps a second writer off an upload lives in Redis with this
 # TTL, renewed by its holder while it writes, so a holder that died frees it by itself.

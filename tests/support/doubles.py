@@ -14,6 +14,8 @@ the object's key, time) and fails as TEST_STORAGE_FAULTS (JSON) says:
                               PATH is gone (tests/support/uploads.py `Gate`): the test knows the
                               worker is at part 3, and lets it on when it is ready
                               ("hold_part_also": a second gate, the same way)
+  {"slow_part": {"2": 6}}     part 2's first attempt takes 6 s more before the store answers
+  {"slow_complete": 6}        complete takes 6 s more (a store assembling a large object)
 
 PROGRESS_PUBLISHER=tests.support.doubles.DroppingPublisher skips some progress events of a job
 while the rows still change as usual, as if the channel layer had lost them; TEST_DROP_PROGRESS
@@ -62,6 +64,10 @@ class FaultyStorage:
             return faulty
         return getattr(self.inner, name)
 
+    def complete(self, **kwargs: Any) -> None:
+        time.sleep(float(self.plan.get("slow_complete", 0)))  # sync-ok: the injected slowness itself
+        self.inner.complete(**kwargs)
+
     def put_part(self, *, key: str, handle: str, part_number: int, offset: int, data: bytes) -> PartReceipt:
         self._inject(key, part_number)
         return self.inner.put_part(key=key, handle=handle, part_number=part_number, offset=offset, data=data)
@@ -91,6 +97,8 @@ class FaultyStorage:
             raise StorageError(f"injected permanent failure of part {part_number}", retryable=True)
         if self.plan.get("fatal_part") == part_number:
             raise StorageError("injected refusal: access denied", retryable=False)
+        if attempt == 1 and str(part_number) in self.plan.get("slow_part", {}):
+            time.sleep(float(self.plan["slow_part"][str(part_number)]))  # sync-ok: the injected slowness itself
 
 
 class DroppingPublisher(ProgressPublisher):

@@ -38,6 +38,7 @@ WORKER_OVERRIDES: dict[str, list[str]] = {
         "work_horse_killed_handler",
     ],
     "fork_work_horse": ["job", "queue"],
+    "handle_work_horse_killed": ["job", "retpid", "ret_val", "rusage"],
     "setup_work_horse_signals": [],
     "handle_warm_shutdown_request": [],
     "heartbeat": ["timeout", "pipeline"],
