@@ -16,10 +16,11 @@ from datetime import datetime
 from typing import Any
 
 import django_rq
-import redis
 from rq.intermediate_queue import IntermediateQueue
 from rq.job import JobStatus
 from rq.utils import now as rq_now
+
+from backend.redis_errors import REDIS_UNREACHABLE
 
 logger = logging.getLogger(__name__)
 
@@ -32,9 +33,6 @@ PIPELINE_JOB = "backend.uploads.jobs.upload_pipeline"
 # A pipeline request older than this whose job never started (lost with a SIGKILLed worker, or a
 # Redis that forgot it) no longer holds back the next one.
 PIPELINE_REQUEST_TTL_SECONDS = 120
-
-# A connection error or timeout talking to Redis: the one definition of "Redis is unreachable".
-REDIS_UNREACHABLE: tuple[type[Exception], ...] = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
 
 # How long a job may sit between the queue and a worker's started registry before it counts as lost.
 IN_TRANSIT_GRACE_SECONDS = 5.0
