@@ -208,13 +208,15 @@ def _upload_pipeline(upload_id: uuid.UUID) -> None:
 
 
 def _pipeline_run(upload: FileUpload, claim: uuid.UUID) -> FileUpload | None:
+    store = get_capabilities()
     try:
         with TransferLease(upload_id=upload.id, claim=claim, every=settings.UPLOAD_HEARTBEAT_SECONDS) as lease:
             ledger = UploadLedger(upload_id=upload.id, claim=claim, lease=lease)
             sent = transfer_arrived_parts(
                 spec=transfer_spec(upload),
                 source=staging_path(upload.id),
-                storage=get_storage(),
+                storage=store.core,
+                part_from_file=store.part_from_file,
                 ledger=ledger,
                 should_stop=ledger.should_stop,
                 config=transfer_settings(),

@@ -171,6 +171,7 @@ def transfer_arrived_parts(
     should_stop: Callable[[], bool],
     config: TransferSettings,
     arrived: Callable[[], int],
+    part_from_file: PartFromFile | None = None,
     count: Callable[[Mapping[str, int]], None] = _no_counts,
 ) -> int:
     """Send the whole parts of an upload whose bytes are still arriving; never complete the object.
@@ -194,6 +195,7 @@ def transfer_arrived_parts(
         ledger=ledger,
         should_stop=should_stop,
         config=config,
+        part_from_file=part_from_file,
         count=count,
     )
     handle = run.open_object()
