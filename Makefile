@@ -20,13 +20,14 @@ test: $(STAMP)
 	$(PY) -m pytest
 
 # The web page in a real browser: Playwright (requirements/browser.txt) drives Debian's Chromium at
-# /usr/bin/chromium (apt-get install chromium; `.ci/run` does it). Not part of `make test`.
+# /usr/bin/chromium (apt-get install chromium; `.ci/run` does it). Not part of `make test`. The npm
+# packages too (Uppy's @uppy/tus from another origin), so node and npm as for test-clients.
 BROWSER_STAMP := $(VENV)/.installed-browser
 $(BROWSER_STAMP): $(STAMP) requirements/browser.txt
 	$(PY) -m pip install --quiet -r requirements/browser.txt
 	touch $(BROWSER_STAMP)
 
-test-browser: $(BROWSER_STAMP)
+test-browser: $(BROWSER_STAMP) $(JS_STAMP)
 	$(PY) -m pytest tests/browser
 
 # The real tus clients from npm (tus-js-client in Node) and the reference tus server for `make bench`:

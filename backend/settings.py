@@ -174,6 +174,10 @@ S3_SSE_KMS_KEY_ID = env.str("S3_SSE_KMS_KEY_ID", default="") or None
 S3_STORAGE_CLASS = env.str("S3_STORAGE_CLASS", default="") or None
 PUBLIC_BASE_URL = env.str("PUBLIC_BASE_URL", default="").rstrip("/") or None
 DOWNLOAD_URL_TTL = env.int("DOWNLOAD_URL_TTL", default=3600)
+# Direct-to-bucket uploads (createUpload mode DIRECT, the /s3/ routes Uppy calls): S3 only. Clients
+# put parts straight into the bucket with presigned URLs valid this many seconds.
+DIRECT_UPLOADS = env.bool("DIRECT_UPLOADS", default=STORAGE_BACKEND == "s3") and STORAGE_BACKEND == "s3"
+DIRECT_UPLOAD_URL_TTL = env.int("DIRECT_UPLOAD_URL_TTL", default=3600)
 
 # --- Uploads ----------------------------------------------------------------------------------
 
@@ -190,8 +194,11 @@ UPLOAD_PART_SIZE = env.int("UPLOAD_PART_SIZE", default=8 * 1024**2)
 UPLOAD_PART_CONCURRENCY = env.int("UPLOAD_PART_CONCURRENCY", default=4)
 UPLOAD_PART_RETRIES = env.int("UPLOAD_PART_RETRIES", default=5)
 UPLOAD_PART_DELAY_MS = env.int("UPLOAD_PART_DELAY_MS", default=0)
-UPLOAD_HEARTBEAT_SECONDS = env.float("UPLOAD_HEARTBEAT_SECONDS", default=5.0)
-UPLOAD_STALE_AFTER_SECONDS = env.float("UPLOAD_STALE_AFTER_SECONDS", default=60.0)
+# A killed worker's upload resumes within 15 s (CONTRACT section 6): a transfer's heartbeat comes
+# from a thread of its own every 2 s, the reaper runs every fifth of the stale window (2 s) and
+# takes an upload silent for 10 s; a work horse that dies under a live worker is given back at once.
+UPLOAD_HEARTBEAT_SECONDS = env.float("UPLOAD_HEARTBEAT_SECONDS", default=2.0)
+UPLOAD_STALE_AFTER_SECONDS = env.float("UPLOAD_STALE_AFTER_SECONDS", default=10.0)
 # Resumable uploads (tus at /uploads/, createUpload/uploadChunk): a RECEIVING upload with no new
 # byte this long expires. The lock that keeps a second writer off an upload lives in Redis with this
 # TTL, renewed by its holder while it writes, so a holder that died frees it by itself.
@@ -239,7 +246,7 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = GRAPHQL_MAX_OPERATIONS_BYTES
 REQUEST_IDLE_TIMEOUT_SECONDS = env.float("REQUEST_IDLE_TIMEOUT_SECONDS", default=30.0)
 WS_AUTH_RECHECK_SECONDS = env.float("WS_AUTH_RECHECK_SECONDS", default=30.0)
 CORS_ALLOWED_ORIGINS = env.list("CORS_ALLOWED_ORIGINS", default=[])
-CORS_URLS_REGEX = r"^/graphql/?$"
+CORS_URLS_REGEX = r"^/(graphql/?$|s3/)"
 CORS_ALLOW_HEADERS = ["authorization", "content-type", "x-csrftoken"]
 
 # --- Logging ----------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ from django.urls import include, path, re_path
 from django.views.decorators.csrf import csrf_exempt
 
 from backend import health
+from backend.companion import views as companion
 from backend.metrics_view import metrics
 from backend.uploads.views import download
 from backend.web.views import upload_page
@@ -25,6 +26,12 @@ urlpatterns = [
     path("", upload_page, name="upload-page"),
     re_path(r"^graphql/?$", graphql_view, name="graphql"),
     path("files/<str:token>", download),
+    # Uppy's @uppy/aws-s3 in Companion mode (CONTRACT section 9).
+    path("s3/multipart", companion.multipart_create),
+    path("s3/multipart/<str:upload_id>", companion.multipart_upload),
+    path("s3/multipart/<str:upload_id>/complete", companion.multipart_complete),
+    path("s3/multipart/<str:upload_id>/<str:part_number>", companion.multipart_sign),
+    path("s3/params", companion.single_request_params),
     path("healthz", health.healthz),
     path("readyz", health.readyz),
     path("metrics", metrics),

@@ -11,10 +11,12 @@ from backend.uploads.models import UploadMode
 from backend.uploads.selectors import upload_id_parse
 from backend.uploads.services import upload_cancel, upload_create, upload_delete, upload_retry
 from backend.uploads.services.chunks import chunk_append_file
+from backend.uploads.services.direct import direct_create
 from backend.uploads.services.resumable import resumable_create
 from backend.uploads.staging import StagedFile
 from schema.auth import require_user
 from schema.context import Info
+from schema.direct import DirectMutation
 from schema.types import BigInt, FileUploadType
 from schema.webhooks import WebhookMutation
 
@@ -28,7 +30,7 @@ class CreateUploadInput:
 
 
 @strawberry.type
-class Mutation(WebhookMutation):
+class Mutation(WebhookMutation, DirectMutation):
     @strawberry.mutation
     async def upload_file(self, info: Info, file: Upload, sha256: str | None = None) -> FileUploadType:
         user = require_user(info)
@@ -73,7 +75,12 @@ class Mutation(WebhookMutation):
     async def create_upload(self, info: Info, input: CreateUploadInput) -> FileUploadType:
         user = require_user(info)
         if input.mode == UploadMode.DIRECT:
-            raise BadUserInput("direct-to-bucket uploads are not available on this server yet")
+            if input.size is None:
+                raise BadUserInput("a DIRECT upload needs its size")
+            direct = await sync_to_async(direct_create)(
+                user=user, filename=input.filename, size=input.size, sha256=input.sha256
+            )
+            return FileUploadType.from_model(direct, base_url=info.context.base_url)
         if input.mode not in (None, UploadMode.RESUMABLE):
             raise BadUserInput("mode SINGLE is uploadFile's; createUpload makes RESUMABLE uploads")
         upload = await sync_to_async(resumable_create)(

@@ -72,7 +72,7 @@ class FileUploadType:
             id=strawberry.ID(str(upload.id)),
             filename=upload.filename,
             content_type=upload.content_type,
-            size=BigInt(upload.size),
+            size=BigInt(upload.known_size),
             sha256=upload.sha256,
             status=models.UploadStatus(upload.status),
             mode=models.UploadMode(upload.mode),
@@ -82,7 +82,7 @@ class FileUploadType:
             parts_total=upload.parts_total,
             progress=progress_fraction(
                 bytes_uploaded=upload.bytes_uploaded,
-                size=upload.size,
+                size=upload.known_size,
                 completed=upload.status == models.UploadStatus.COMPLETED,
             ),
             attempts=upload.attempts,

@@ -17,8 +17,10 @@ from backend.uploads.jobs import uploads_reap, uploads_sweep
 from backend.uploads.worker import MAINTENANCE_QUEUE
 from backend.webhooks.jobs import webhooks_requeue
 
+# Every fifth of the stale window (2 s with the defaults, at least 1 s): a silent transfer is picked
+# up at most that long after it goes stale.
 cron.register(
-    uploads_reap, queue_name=MAINTENANCE_QUEUE, interval=max(5, int(settings.UPLOAD_STALE_AFTER_SECONDS // 4))
+    uploads_reap, queue_name=MAINTENANCE_QUEUE, interval=max(1, round(settings.UPLOAD_STALE_AFTER_SECONDS / 5))
 )
 # Webhook deliveries whose queued attempt was lost (Redis, a worker): queued again.
 cron.register(webhooks_requeue, queue_name=MAINTENANCE_QUEUE, interval=30)

@@ -16,7 +16,9 @@ from typing import Any
 
 import django_rq
 import redis
+from rq.intermediate_queue import IntermediateQueue
 from rq.job import JobStatus
+from rq.utils import now as rq_now
 
 logger = logging.getLogger(__name__)
 
@@ -27,6 +29,9 @@ TRANSFER_JOB = "backend.uploads.jobs.upload_transfer"
 
 # A connection error or timeout talking to Redis: the one definition of "Redis is unreachable".
 REDIS_UNREACHABLE: tuple[type[Exception], ...] = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+
+# How long a job may sit between the queue and a worker's started registry before it counts as lost.
+IN_TRANSIT_GRACE_SECONDS = 5.0
 
 # Statuses of a job RQ still means to run although it is not in the queue's list.
 _PENDING = (
@@ -77,24 +82,51 @@ def transfer_job_cancel(job_id: str | None) -> None:
 
 
 class TransferJobs:
-    """A look at the transfer queue for the reaper: which job ids RQ will never run."""
+    """A look at the transfer queue for the reaper: which job ids RQ will never run, and why.
+
+    RQ hands a job to a worker in two steps: its dequeue moves the id from the queue's list to an
+    intermediate list (BLMOVE), then, moments later, into the started registry with the status
+    STARTED. A job seen between the two is in transit, not lost: it counts as lost only once it has
+    stayed there IN_TRANSIT_GRACE_SECONDS (its worker died taking it). The lists are read in the
+    order a job moves through them (waiting, in transit, then the job's own status), so a job that
+    moves on while we look is always seen at one of its stages.
+    """
 
     def __init__(self) -> None:
         self.queue: Any = django_rq.get_queue(TRANSFER_QUEUE)
         self.waiting = set(self.queue.get_job_ids())
+        self.in_transit = IntermediateQueue(self.queue.key, self.queue.connection)
+        self.moving = set(self.in_transit.get_job_ids())
 
-    def lost(self, *, job_id: str | None, cutoff: datetime) -> bool:
-        """Whether RQ will never run `job_id`: not waiting, not scheduled, not started after `cutoff`."""
+    def lost(self, *, job_id: str | None, cutoff: datetime) -> str | None:
+        """Why RQ will never run `job_id`; None while it still may (waiting, in transit, scheduled,
+        or started after `cutoff`)."""
         if not job_id:
-            return True
+            return "the upload names no job"
         if job_id in self.waiting:
-            return False
+            return None
+        if job_id in self.moving:
+            # RQ's own first sighting, which its intermediate-queue clean-up goes by too.
+            self.in_transit.set_first_seen(job_id)
+            first_seen = self.in_transit.get_first_seen(job_id)
+            in_transit = (rq_now() - first_seen).total_seconds() if first_seen else 0.0
+            if in_transit < IN_TRANSIT_GRACE_SECONDS:
+                return None
+            return (
+                f"job {job_id} was taken from the queue by a worker that never started it"
+                f" (in transit {in_transit:.0f} s)"
+            )
         job = self.queue.fetch_job(job_id)
         if job is None:
-            return True
+            return f"job {job_id} is gone from Redis"
         status = job.get_status(refresh=False)
         if status == JobStatus.STARTED:
             # A live run claims the upload within moments of starting.
-            return job.started_at is None or job.started_at < cutoff
-        # QUEUED yet not in the queue: taken by a worker that died before starting it.
-        return status not in _PENDING
+            if job.started_at is not None and job.started_at >= cutoff:
+                return None
+            return f"job {job_id} started but no run claimed the upload (its worker died before the claim)"
+        if status in _PENDING:
+            return None
+        if status == JobStatus.QUEUED:
+            return f"job {job_id} is queued in no queue (a worker took it and died)"
+        return f"job {job_id} ended {status} without a run claiming the upload"

@@ -7,18 +7,23 @@ ledger, complete, fail, the clean-up after a stop) are services; the reads are s
 
 from __future__ import annotations
 
+import contextvars
 import logging
+import threading
 import time
 import uuid
+from types import TracebackType
+from typing import Any
 
 from django.conf import settings
-from django.db import close_old_connections
+from django.db import close_old_connections, connection
 
 from backend.logs import upload_log_context
 from backend.uploads import services
 from backend.uploads.errors import ClaimLost
+from backend.uploads.finishing import FinishSpec, direct_finish
 from backend.uploads.metrics import metrics_add, metrics_observe_transfer
-from backend.uploads.models import FileUpload
+from backend.uploads.models import FileUpload, UploadMode
 from backend.uploads.progress import progress_publisher
 from backend.uploads.selectors import upload_is_claimed_by, upload_parts_list
 from backend.uploads.staging import staging_path
@@ -35,12 +40,56 @@ from backend.uploads.transfer import (
 logger = logging.getLogger(__name__)
 
 
+class TransferLease:
+    """The heartbeat of one claimed run, kept from a thread of its own.
+
+    Every UPLOAD_HEARTBEAT_SECONDS it touches the row's `heartbeat_at` (on the claim), whatever the
+    transfer is doing meanwhile: a part slower than the stale window, a store assembling a large
+    object in `complete`, a ledger write waiting for a lock. So a live run is never taken for dead,
+    and the heartbeat stops exactly when the process running the transfer dies. Once the claim is
+    gone (the reaper gave the upload to another run, a cancel, a delete) `held` turns False and the
+    run's stop check stops it before its next part.
+    """
+
+    def __init__(self, *, upload_id: uuid.UUID, claim: uuid.UUID, every: float) -> None:
+        self.upload_id = upload_id
+        self.claim = claim
+        self.every = max(0.1, every)
+        self.held = True
+        self._done = threading.Event()
+        self._thread = threading.Thread(
+            target=contextvars.copy_context().run, args=(self._beat,), name=f"lease-{upload_id}", daemon=True
+        )
+
+    def __enter__(self) -> TransferLease:
+        self._thread.start()
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None) -> None:
+        self._done.set()
+        self._thread.join(timeout=30)
+
+    def _beat(self) -> None:
+        try:
+            while not self._done.wait(self.every):
+                try:
+                    if not services.upload_heartbeat(upload_id=self.upload_id, claim=self.claim):
+                        self.held = False
+                        return
+                except Exception:
+                    # A database hiccup: the next beat tries again; silence long enough is the reaper's call.
+                    logger.warning("upload %s: heartbeat not written", self.upload_id, exc_info=True)
+        finally:
+            connection.close()  # this thread's own connection
+
+
 class UploadLedger:
     """The engine's `Ledger` for one claimed run: the upload row and its parts, through the services."""
 
-    def __init__(self, *, upload_id: uuid.UUID, claim: uuid.UUID) -> None:
+    def __init__(self, *, upload_id: uuid.UUID, claim: uuid.UUID, lease: TransferLease) -> None:
         self.upload_id = upload_id
         self.claim = claim
+        self.lease = lease
 
     def parts(self) -> list[PartReceipt]:
         return upload_parts_list(upload_id=self.upload_id)
@@ -52,11 +101,16 @@ class UploadLedger:
         services.upload_set_storage_handle(upload_id=self.upload_id, claim=self.claim, handle=handle)
 
     def heartbeat(self) -> bool:
-        return services.upload_heartbeat(upload_id=self.upload_id, claim=self.claim)
+        # The lease's thread writes the heartbeat on its own clock; the engine only asks whether it holds.
+        return self.lease.held
 
     def should_stop(self) -> bool:
         """The engine's stop check: the worker is stopping, or the run no longer owns the upload."""
-        return stop_requested.is_set() or not upload_is_claimed_by(upload_id=self.upload_id, claim=self.claim)
+        return (
+            stop_requested.is_set()
+            or not self.lease.held
+            or not upload_is_claimed_by(upload_id=self.upload_id, claim=self.claim)
+        )
 
 
 def transfer_spec(upload: FileUpload) -> TransferSpec:
@@ -98,19 +152,24 @@ def _upload_transfer(upload_id: str) -> None:
             logger.info("upload %s is not queued any more; nothing to do", upload_id)
             return
         upload, claim = claimed
-        ledger = UploadLedger(upload_id=upload.id, claim=claim)
         started = time.monotonic()
         try:
-            transfer_upload(
-                spec=transfer_spec(upload),
-                source=staging_path(upload.id),
-                storage=get_storage(),
-                ledger=ledger,
-                should_stop=ledger.should_stop,
-                config=transfer_settings(),
-                count=metrics_add,
-            )
-            services.upload_complete(upload_id=upload.id, claim=claim)
+            with TransferLease(upload_id=upload.id, claim=claim, every=settings.UPLOAD_HEARTBEAT_SECONDS) as lease:
+                ledger = UploadLedger(upload_id=upload.id, claim=claim, lease=lease)
+                if upload.mode == UploadMode.DIRECT:
+                    found = _direct_finish(upload=upload, ledger=ledger)
+                else:
+                    transfer_upload(
+                        spec=transfer_spec(upload),
+                        source=staging_path(upload.id),
+                        storage=get_storage(),
+                        ledger=ledger,
+                        should_stop=ledger.should_stop,
+                        config=transfer_settings(),
+                        count=metrics_add,
+                    )
+                    found = {}
+                services.upload_complete(upload_id=upload.id, claim=claim, **found)
             metrics_observe_transfer(seconds=time.monotonic() - started, outcome="completed")
         except TransferFailed as exc:
             _fail_or_stop(upload=upload, claim=claim, error=str(exc), started=started)
@@ -119,6 +178,28 @@ def _upload_transfer(upload_id: str) -> None:
         except Exception as exc:
             logger.exception("upload %s: unexpected error in the transfer", upload.id)
             _fail_or_stop(upload=upload, claim=claim, error=f"internal error: {type(exc).__name__}", started=started)
+
+
+def _direct_finish(*, upload: FileUpload, ledger: UploadLedger) -> dict[str, Any]:
+    """A DIRECT upload: its client put the parts; complete the object and verify it (`finishing`)."""
+    spec = FinishSpec(
+        upload_id=upload.id,
+        key=upload.storage_key,
+        handle=upload.storage_upload_id,
+        size=upload.size,
+        parts_total=upload.parts_total,
+        expected_sha256=upload.expected_sha256,
+        allowed_types=settings.UPLOAD_ALLOWED_TYPES,
+    )
+    finished = direct_finish(
+        spec=spec,
+        parts=ledger.parts(),
+        storage=get_storage(),
+        heartbeat=ledger.heartbeat,
+        heartbeat_seconds=settings.UPLOAD_HEARTBEAT_SECONDS,
+        attempts=settings.UPLOAD_PART_RETRIES,
+    )
+    return {"content_type": finished.content_type, "sha256": finished.sha256}
 
 
 def _fail_or_stop(*, upload: FileUpload, claim: uuid.UUID, error: str, started: float) -> None:
@@ -133,6 +214,14 @@ def _fail_or_stop(*, upload: FileUpload, claim: uuid.UUID, error: str, started: 
 
 def _after_stop(*, upload: FileUpload, claim: uuid.UUID) -> None:
     services.upload_transfer_stopped(upload=upload, claim=claim, worker_stopping=stop_requested.is_set())
+
+
+def upload_transfer_orphaned(*, job_id: str, upload_id: str, cause: str) -> None:
+    """The work horse running `job_id` died under a live worker (SIGKILL, out of memory, a crash):
+    give its upload back to the queue now rather than after the stale window."""
+    close_old_connections()
+    with upload_log_context(upload_id):
+        services.upload_requeue_orphaned(upload_id=uuid.UUID(upload_id), job_id=job_id, cause=cause)
 
 
 def uploads_reap() -> None:

@@ -87,6 +87,11 @@ class FileUpload(models.Model):
     def __str__(self) -> str:
         return f"{self.filename} ({self.id}, {self.status})"
 
+    @property
+    def known_size(self) -> int:
+        """The size clients see: 0 while the length is deferred (`size` then holds the quota reserved)."""
+        return 0 if self.length_deferred else self.size
+
 
 class UploadPart(models.Model):
     """A part the bucket confirmed: the ledger a resumed transfer trusts."""

@@ -49,10 +49,10 @@ def progress_event(upload: FileUpload, *, part_number: int | None = None) -> dic
         "parts_total": upload.parts_total,
         "bytes_received": upload.bytes_received,
         "bytes_uploaded": upload.bytes_uploaded,
-        "bytes_total": upload.size,
+        "bytes_total": upload.known_size,
         "progress": progress_fraction(
             bytes_uploaded=upload.bytes_uploaded,
-            size=upload.size,
+            size=upload.known_size,
             completed=upload.status == UploadStatus.COMPLETED,
         ),
         "error": upload.error,

@@ -25,6 +25,7 @@ horses share nothing but code.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 from collections.abc import Callable
 from importlib import import_module
@@ -40,6 +41,8 @@ from rq import Queue, Worker
 from rq.cron import CronJob
 from rq.job import Job
 
+from backend.uploads import jobs
+from backend.uploads.jobqueue import TRANSFER_JOB
 from backend.uploads.transfer import stop_requested
 
 logger = logging.getLogger(__name__)
@@ -108,6 +111,27 @@ class UploadWorker(Worker):
                 "Worker %s: asking the transfer in horse %s to stop after its parts", self.name, self.horse_pid
             )
             self.kill_horse(sig=signal.SIGTERM)
+
+    # --- a work horse that dies ----------------------------------------------------------------
+
+    def handle_work_horse_killed(self, job: Job, retpid: int, ret_val: int, rusage: Any) -> None:
+        """RQ calls this when the horse ended without finishing its job (SIGKILL, out of memory, a
+        crash); RQ then marks the job failed. The upload it was transferring goes back to the queue
+        now (`jobs.upload_transfer_orphaned`), instead of waiting out UPLOAD_STALE_AFTER_SECONDS
+        for the reaper: this worker saw its child die, so nothing is left to wait for."""
+        super().handle_work_horse_killed(job, retpid, ret_val, rusage)
+        if job.func_name != TRANSFER_JOB or not job.args:
+            return
+        if ret_val is not None and os.WIFSIGNALED(ret_val):
+            cause = f"killed by signal {os.WTERMSIG(ret_val)}"
+        else:
+            cause = f"exit status {os.waitstatus_to_exitcode(ret_val) if ret_val is not None else 'unknown'}"
+        try:
+            jobs.upload_transfer_orphaned(job_id=job.id, upload_id=str(job.args[0]), cause=cause)
+        except Exception:
+            self.log.warning("Worker %s: could not give back job %s; the reaper will", self.name, job.id, exc_info=True)
+        finally:
+            connections.close_all()  # the next horse must not inherit this connection
 
     # --- riding out a Redis outage -------------------------------------------------------------
 

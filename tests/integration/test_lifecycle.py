@@ -16,9 +16,11 @@ import pytest
 import redis
 from django.utils import timezone
 from rq import Queue
+from rq.intermediate_queue import IntermediateQueue
 from rq.job import Job
 
 from backend.uploads.errors import InvalidState
+from backend.uploads.jobqueue import IN_TRANSIT_GRACE_SECONDS
 from backend.uploads.models import FileUpload, UploadPart, UploadStatus
 from backend.uploads.services import ClaimLost, upload_transition
 from backend.uploads.staging import INCOMING, staging_delete
@@ -423,8 +425,19 @@ def test_reaper_queues_again_an_upload_whose_job_a_dead_worker_took(make_stack, 
         timeout=10,
         what="the queued upload to be older than UPLOAD_STALE_AFTER_SECONDS",
     )
+    # The reaper's first look finds the job in RQ's intermediate list: in transit, so left alone ...
     queue.enqueue("backend.uploads.jobs.uploads_reap")
     stack.add_worker()
+    in_transit = IntermediateQueue(queue.key, queue.connection)
+    first_seen = wait_until(lambda: in_transit.get_first_seen(taken.id), timeout=30, what="the reaper's first look")
+    assert _row(upload_id).job_id == taken.id
+    # ... until it has stayed there past the grace: its worker died taking it.
+    wait_until(
+        lambda: (timezone.now() - first_seen).total_seconds() > IN_TRANSIT_GRACE_SECONDS,
+        timeout=30,
+        what="the job to be in transit longer than the grace",
+    )
+    queue.enqueue("backend.uploads.jobs.uploads_reap")
     upload_wait_for_status(stack.url, api_user.headers, upload_id, {"COMPLETED"}, timeout=30)
     row = _row(upload_id)
     assert row.attempts == 1 and row.job_id != taken.id

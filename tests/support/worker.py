@@ -9,6 +9,8 @@ which upload were sent, by which work horse, and how often.
   {"crash_after_parts": 2}    the work horse dies (os._exit) when a 3rd put_part starts
   {"outage_while": PATH}      every put_part fails (retryable) while the file PATH exists: a store
                               outage the test starts and ends by creating and removing PATH
+  {"slow_part": {"2": 6}}     part 2's first attempt takes 6 s more before the store answers
+  {"slow_complete": 6}        complete takes 6 s more (a store assembling a large object)
 """
 
 from __future__ import annotations
@@ -63,6 +65,10 @@ class FaultyStorage:
             return faulty
         return getattr(self.inner, name)
 
+    def complete(self, **kwargs: Any) -> None:
+        time.sleep(float(self.plan.get("slow_complete", 0)))  # sync-ok: the injected slowness itself
+        self.inner.complete(**kwargs)
+
     def put_part(self, *, key: str, handle: str, part_number: int, offset: int, data: bytes) -> PartReceipt:
         self._inject(key, part_number)
         return self.inner.put_part(key=key, handle=handle, part_number=part_number, offset=offset, data=data)
@@ -87,6 +93,8 @@ class FaultyStorage:
             raise StorageError(f"injected permanent failure of part {part_number}", retryable=True)
         if self.plan.get("fatal_part") == part_number:
             raise StorageError("injected refusal: access denied", retryable=False)
+        if attempt == 1 and str(part_number) in self.plan.get("slow_part", {}):
+            time.sleep(float(self.plan["slow_part"][str(part_number)]))  # sync-ok: the injected slowness itself
 
 
 # --- dropped progress events ------------------------------------------------------------------

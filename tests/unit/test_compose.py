@@ -144,7 +144,11 @@ def test_health_checks_and_dependencies_on_health(services: dict[str, Any]) -> N
 
 def test_the_bucket_is_created_at_start(services: dict[str, Any]) -> None:
     bucket = services["bucket"]
-    assert _command(bucket) == "python manage.py s3_setup --create-bucket"
+    # With the CORS rule the page's origin needs for direct uploads (README, Direct-to-bucket uploads).
+    assert (
+        _command(bucket)
+        == "python manage.py s3_setup --create-bucket --cors-origin http://localhost:${HTTP_PORT:-8000}"
+    )
     assert bucket["restart"] == "no"
     assert bucket["depends_on"]["minio"]["condition"] == "service_healthy"
     assert bucket["environment"]["S3_ENDPOINT_URL"] == "http://minio:9000"

@@ -100,8 +100,8 @@ def test_contract_defaults() -> None:
         "UPLOAD_PART_CONCURRENCY": 4,
         "UPLOAD_PART_RETRIES": 5,
         "UPLOAD_PART_DELAY_MS": 0,
-        "UPLOAD_HEARTBEAT_SECONDS": 5,
-        "UPLOAD_STALE_AFTER_SECONDS": 60,
+        "UPLOAD_HEARTBEAT_SECONDS": 2,
+        "UPLOAD_STALE_AFTER_SECONDS": 10,
         "PROGRESS_RESYNC_SECONDS": 10,
         "CORS_ALLOWED_ORIGINS": [],
     }

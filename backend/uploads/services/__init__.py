@@ -33,7 +33,7 @@ from backend.uploads.services.transitions import (
     upload_set_storage_handle,
     upload_transition,
 )
-from backend.uploads.services.upkeep import upload_requeue_lost, upload_requeue_stale
+from backend.uploads.services.upkeep import upload_requeue_lost, upload_requeue_orphaned, upload_requeue_stale
 
 __all__ = [
     "ALLOWED_MOVES",
@@ -54,6 +54,7 @@ __all__ = [
     "upload_record_part",
     "upload_release",
     "upload_requeue_lost",
+    "upload_requeue_orphaned",
     "upload_requeue_stale",
     "upload_retry",
     "upload_set_storage_handle",

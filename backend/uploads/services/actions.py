@@ -28,7 +28,7 @@ from backend.uploads.errors import (
 )
 from backend.uploads.jobqueue import transfer_job_cancel
 from backend.uploads.metrics import metrics_count
-from backend.uploads.models import ACTIVE_STATUSES, FileUpload, UploadPart, UploadStatus
+from backend.uploads.models import ACTIVE_STATUSES, FileUpload, UploadMode, UploadPart, UploadStatus
 from backend.uploads.naming import filename_sanitise, storage_key_for
 from backend.uploads.parts import part_count, part_size_for
 from backend.uploads.selectors import upload_active_count, upload_get, upload_get_for_user
@@ -101,7 +101,14 @@ def upload_cancel(*, user: User, upload_id: uuid.UUID) -> FileUpload:
     `upload_retry` can start over.
     """
     upload = upload_get_for_user(user=user, upload_id=upload_id)
-    if upload.status == UploadStatus.RECEIVING:
+    if upload.status == UploadStatus.RECEIVING and upload.mode == UploadMode.DIRECT:
+        from backend.uploads.services.direct import direct_cancel
+
+        try:
+            return direct_cancel(upload=upload)
+        except InvalidState:
+            pass  # every part came in meanwhile: cancel it as QUEUED
+    elif upload.status == UploadStatus.RECEIVING:
         from backend.uploads.services.resumable import resumable_cancel
 
         try:

@@ -15,7 +15,7 @@ from django.conf import settings
 from django.db.models import Q
 from django.utils import timezone
 
-from backend.uploads.models import FileUpload, UploadStatus
+from backend.uploads.models import FileUpload, UploadMode, UploadStatus
 from backend.uploads.services.actions import upload_abort_store
 from backend.uploads.staging import INCOMING, staging_dir, staging_path
 from backend.uploads.storage import Storage, StorageError, TemporaryArea, get_storage
@@ -79,12 +79,14 @@ def upload_sweep(
 
 def _sweep_receiving(*, report: SweepReport, dry_run: bool) -> None:
     """RECEIVING uploads with no new byte for UPLOAD_RECEIVING_TTL: FAILED "expired", bytes removed."""
+    from backend.uploads.services.direct import direct_expire
     from backend.uploads.services.resumable import resumable_expire
 
     due = FileUpload.objects.filter(status=UploadStatus.RECEIVING, expires_at__lt=timezone.now())
     for upload in due:
         size = _size_of(staging_path(upload.id))
-        if dry_run or resumable_expire(upload=upload):
+        expire = direct_expire if upload.mode == UploadMode.DIRECT else resumable_expire
+        if dry_run or expire(upload=upload):
             reason = f"upload {upload.id} expired while receiving"
             report.items.append(SweepItem(kind="staged", target=str(staging_path(upload.id)), reason=reason, size=size))
 

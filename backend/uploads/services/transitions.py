@@ -141,7 +141,8 @@ def upload_heartbeat(*, upload_id: uuid.UUID, claim: uuid.UUID) -> bool:
     )
 
 
-def upload_complete(*, upload_id: uuid.UUID, claim: uuid.UUID) -> FileUpload:
+def upload_complete(*, upload_id: uuid.UUID, claim: uuid.UUID, **found: Any) -> FileUpload:
+    """UPLOADING -> COMPLETED; `found`: what finishing learned of the object (a DIRECT upload's type, sha256)."""
     upload = upload_transition(
         upload_id=upload_id,
         to=UploadStatus.COMPLETED,
@@ -149,6 +150,7 @@ def upload_complete(*, upload_id: uuid.UUID, claim: uuid.UUID) -> FileUpload:
         completed_at=timezone.now(),
         staged_at=None,
         error=None,
+        **found,
     )
     staging_delete(upload.id)
     logger.info("upload %s completed", upload.id)

@@ -26,18 +26,20 @@ def upload_requeue_stale(*, stale_after_seconds: float) -> list[uuid.UUID]:
     """
     cutoff = timezone.now() - timedelta(seconds=stale_after_seconds)
     requeued = []
-    for upload_id, claim in FileUpload.objects.filter(
+    for upload_id, claim, heartbeat_at in FileUpload.objects.filter(
         status=UploadStatus.UPLOADING, heartbeat_at__lt=cutoff
-    ).values_list("id", "claim"):
+    ).values_list("id", "claim", "heartbeat_at"):
         try:
             with transaction.atomic():
                 upload = upload_transition(upload_id=upload_id, to=UploadStatus.QUEUED, owned_by=claim, claim=None)
                 upload_enqueue(upload)
         except ClaimLost:
             continue
+        silent = (timezone.now() - heartbeat_at).total_seconds() if heartbeat_at else float("inf")
         logger.warning(
-            "upload %s: transfer silent for %ss, queued again",
+            "upload %s: transfer silent for %.1f s (stale after %g s), queued again",
             upload_id,
+            silent,
             stale_after_seconds,
             extra={"upload_id": str(upload_id)},
         )
@@ -62,17 +64,43 @@ def upload_requeue_lost(*, stale_after_seconds: float) -> list[uuid.UUID]:
     jobs = TransferJobs()
     requeued = []
     for upload in candidates:
-        if not jobs.lost(job_id=upload.job_id, cutoff=cutoff):
+        why = jobs.lost(job_id=upload.job_id, cutoff=cutoff)
+        if why is None:
             continue
         with transaction.atomic():
             if not FileUpload.objects.filter(id=upload.id, status=UploadStatus.QUEUED, job_id=upload.job_id).exists():
                 continue  # claimed, cancelled or queued again since we looked
             upload_enqueue(upload, redelivery=True)
-        logger.warning(
-            "upload %s: its queued job %s was lost; queued again",
-            upload.id,
-            upload.job_id,
-            extra={"upload_id": str(upload.id)},
-        )
+        logger.warning("upload %s: %s; queued again", upload.id, why, extra={"upload_id": str(upload.id)})
         requeued.append(upload.id)
     return requeued
+
+
+def upload_requeue_orphaned(*, upload_id: uuid.UUID, job_id: str, cause: str) -> bool:
+    """Give the upload of a job whose work horse died back to the queue at once; False if it is not
+    that job's any more (completed, failed, cancelled, or already queued again by the reaper).
+
+    Called by the worker that saw its horse die (`cause` says how), which knows the job but not
+    the run's claim: the move is conditional on the row still naming this job, so it can only take
+    the upload from the dead run, never from a newer one.
+    """
+    with transaction.atomic():
+        row = FileUpload.objects.filter(
+            id=upload_id, job_id=job_id, status__in=[UploadStatus.UPLOADING, UploadStatus.QUEUED]
+        ).first()
+        if row is None:
+            return False
+        if row.status == UploadStatus.UPLOADING:
+            try:
+                row = upload_transition(upload_id=upload_id, to=UploadStatus.QUEUED, owned_by=row.claim, claim=None)
+            except ClaimLost:
+                return False
+        upload_enqueue(row, redelivery=True)
+    logger.warning(
+        "upload %s: the work horse running job %s died (%s); queued again",
+        upload_id,
+        job_id,
+        cause,
+        extra={"upload_id": str(upload_id)},
+    )
+    return True

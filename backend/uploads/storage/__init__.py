@@ -9,8 +9,8 @@ picks one from settings.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from functools import cache
 from typing import Protocol, TypeVar, runtime_checkable
 
@@ -108,6 +108,32 @@ class PartFromFile(Protocol):
 class Presigner(Protocol):
     def download_url(self, *, key: str, filename: str, ttl: int, base_url: str | None) -> str:
         """An absolute URL that serves the object's bytes for `ttl` seconds without other credentials."""
+
+
+@dataclass(frozen=True)
+class PresignedPut:
+    """Where a client puts one part itself: the URL, the headers it must send, and for how long."""
+
+    url: str
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@runtime_checkable
+class DirectUploads(Protocol):
+    """Optional: a store clients write to themselves, with presigned part URLs (S3).
+
+    The server keeps the ledger: it opens the multipart object, signs each part, checks each part
+    the client says it put (`list_parts`), completes it (`complete`) and reads it back to verify it.
+    """
+
+    def direct_start(self, *, key: str, content_type: str, metadata: dict[str, str], part_checksums: bool) -> str:
+        """`start`, for parts a client sends; `part_checksums`: every part will carry the configured checksum."""
+
+    def presign_part(self, *, key: str, handle: str, part_number: int, ttl: int, checksum: str | None) -> PresignedPut:
+        """A URL to PUT part `part_number` to for `ttl` seconds; `checksum` (base64 SHA-256) is signed in."""
+
+    def object_read(self, *, key: str, length: int | None = None, chunk_size: int = 1024 * 1024) -> Iterator[bytes]:
+        """The object's bytes from the start (the first `length`, or all), streamed in chunks."""
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ import re
 import time
 import unicodedata
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from functools import partial
 from typing import Any, Protocol
 from urllib.parse import quote, unquote
@@ -31,7 +31,7 @@ from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 
 from backend.uploads.parts import S3_MIN_PART_SIZE, backoff_delay
-from backend.uploads.storage import PartReceipt, StorageError, storage_call_with_retries
+from backend.uploads.storage import PartReceipt, PresignedPut, StorageError, storage_call_with_retries
 
 logger = logging.getLogger(__name__)
 
@@ -91,6 +91,7 @@ class S3API(S3Presigner, Protocol):
     def abort_multipart_upload(self, **kwargs: Any) -> dict[str, Any]: ...
     def put_object(self, **kwargs: Any) -> dict[str, Any]: ...
     def head_object(self, **kwargs: Any) -> dict[str, Any]: ...
+    def get_object(self, **kwargs: Any) -> dict[str, Any]: ...
     def delete_object(self, **kwargs: Any) -> dict[str, Any]: ...
     def head_bucket(self, **kwargs: Any) -> dict[str, Any]: ...
 
@@ -363,6 +364,48 @@ class S3Storage:
             },
             ExpiresIn=max(1, min(ttl, MAX_PRESIGN_SECONDS)),
         )
+
+    # -- direct uploads (clients put the parts) ------------------------------------------------
+
+    def direct_start(self, *, key: str, content_type: str, metadata: dict[str, str], part_checksums: bool) -> str:
+        """An S3 multipart upload for a client's parts; with a checksum algorithm only if every part has one."""
+        params = {**self._object_params(key=key, content_type=content_type, metadata=metadata)}
+        if part_checksums and self.checksum_algorithm == "SHA256":
+            params["ChecksumAlgorithm"] = "SHA256"
+        response = self._call("CreateMultipartUpload", lambda: self.client.create_multipart_upload(**params))
+        return str(response["UploadId"])
+
+    def presign_part(self, *, key: str, handle: str, part_number: int, ttl: int, checksum: str | None) -> PresignedPut:
+        """A presigned UploadPart on the public endpoint; a checksum is a signed header the client must send."""
+        params: dict[str, Any] = {"Bucket": self.bucket, "Key": key, "UploadId": handle, "PartNumber": part_number}
+        headers = {}
+        if checksum is not None:
+            params["ChecksumSHA256"] = checksum
+            headers["x-amz-checksum-sha256"] = checksum
+        url = self.presigner.generate_presigned_url(
+            ClientMethod="upload_part", Params=params, ExpiresIn=max(1, min(ttl, MAX_PRESIGN_SECONDS))
+        )
+        return PresignedPut(url=url, headers=headers)
+
+    def object_read(self, *, key: str, length: int | None = None, chunk_size: int = 1024 * 1024) -> Iterator[bytes]:
+        params: dict[str, Any] = {"Bucket": self.bucket, "Key": key}
+        if length is not None:
+            if length <= 0:
+                return
+            params["Range"] = f"bytes=0-{length - 1}"
+        response = self._call("GetObject", lambda: self.client.get_object(**params))
+        body = response["Body"]
+        try:
+            while True:
+                try:
+                    chunk = body.read(chunk_size)
+                except (BotoCoreError, OSError) as exc:
+                    raise S3StorageError(f"GetObject: the store stopped sending: {exc}", retryable=True) from exc
+                if not chunk:
+                    return
+                yield chunk
+        finally:
+            body.close()
 
     # -- internals ----------------------------------------------------------------------------
 

@@ -1,5 +1,6 @@
-"""Bucket set-up (`manage.py s3_setup`): create the bucket if asked, and ship the lifecycle rule
-that aborts incomplete multipart uploads as a backstop (NOTES, "S3 multipart").
+"""Bucket set-up (`manage.py s3_setup`): create the bucket if asked, ship the lifecycle rule
+that aborts incomplete multipart uploads as a backstop (NOTES, "S3 multipart"), and the CORS rule
+browsers need to put parts straight into the bucket (direct uploads) and read each part's ETag.
 
 Kept apart from the backend (`s3.py`): the service never calls this while it runs.
 """
@@ -23,6 +24,52 @@ class S3BucketAPI(Protocol):
     def head_bucket(self, **kwargs: Any) -> dict[str, Any]: ...
     def get_bucket_lifecycle_configuration(self, **kwargs: Any) -> dict[str, Any]: ...
     def put_bucket_lifecycle_configuration(self, **kwargs: Any) -> dict[str, Any]: ...
+    def get_bucket_cors(self, **kwargs: Any) -> dict[str, Any]: ...
+    def put_bucket_cors(self, **kwargs: Any) -> dict[str, Any]: ...
+
+
+CORS_RULE_ID = "upload-service-direct-uploads"
+
+
+def cors_rules_with_direct_uploads(*, rules: list[dict[str, Any]], origins: list[str]) -> list[dict[str, Any]]:
+    """`rules` with this service's rule for `origins` added or replaced; others kept.
+
+    Browsers PUT parts to presigned URLs (with `x-amz-checksum-sha256`) and must read each answer's
+    `ETag`, which S3 hides from scripts unless the rule exposes it: without it every multipart
+    upload from a browser fails (NOTES, "Direct-to-bucket"). GET and HEAD serve `downloadUrl`s.
+    """
+    ours = {
+        "ID": CORS_RULE_ID,
+        "AllowedOrigins": list(origins),
+        "AllowedMethods": ["PUT", "GET", "HEAD"],
+        "AllowedHeaders": ["*"],
+        "ExposeHeaders": ["ETag"],
+        "MaxAgeSeconds": 3600,
+    }
+    return [rule for rule in rules if rule.get("ID") != CORS_RULE_ID] + [ours]
+
+
+def s3_bucket_cors(*, client: S3BucketAPI, bucket: str, origins: list[str]) -> str:
+    """Put the direct-upload CORS rule for `origins` on the bucket; one line saying what was done."""
+    if not origins:
+        return (
+            "no CORS rule: set CORS_ALLOWED_ORIGINS (or pass --cors-origin) to let browsers upload straight "
+            "to the bucket"
+        )
+    try:
+        current = s3_call("GetBucketCors", lambda: client.get_bucket_cors(Bucket=bucket), bucket=bucket)
+        rules = list(current.get("CORSRules", []))
+    except S3StorageError as exc:
+        if exc.code != "NoSuchCORSConfiguration":
+            raise
+        rules = []
+    configuration = {"CORSRules": cors_rules_with_direct_uploads(rules=rules, origins=origins)}
+    s3_call(
+        "PutBucketCors",
+        lambda: client.put_bucket_cors(Bucket=bucket, CORSConfiguration=configuration),
+        bucket=bucket,
+    )
+    return f"CORS rule {CORS_RULE_ID!r}: {', '.join(origins)} may PUT parts and read their ETag"
 
 
 def lifecycle_rules_with_abort(*, rules: list[dict[str, Any]], days: int) -> list[dict[str, Any]]:

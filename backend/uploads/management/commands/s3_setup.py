@@ -8,7 +8,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from backend.uploads.storage import StorageError
-from backend.uploads.storage.s3_bucket import s3_bucket_setup
+from backend.uploads.storage.s3_bucket import s3_bucket_cors, s3_bucket_setup
 from backend.uploads.storage.s3_client import s3_clients_from_settings
 
 
@@ -21,7 +21,8 @@ def _default_days() -> int:
 class Command(BaseCommand):
     help = (
         "Prepare S3_BUCKET: create it with --create-bucket if missing, and put the lifecycle rule "
-        "that aborts multipart uploads left incomplete (where the store supports it)."
+        "that aborts multipart uploads left incomplete (where the store supports it), and the CORS rule for "
+        "CORS_ALLOWED_ORIGINS that lets browsers put parts straight into it (exposing ETag)."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -32,6 +33,13 @@ class Command(BaseCommand):
             default=None,
             help="abort incomplete multipart uploads this many days after they start "
             "(default: UPLOAD_STAGING_TTL in days, plus one)",
+        )
+
+        parser.add_argument(
+            "--cors-origin",
+            action="append",
+            default=[],
+            help="a browser origin allowed to upload straight to the bucket, besides CORS_ALLOWED_ORIGINS (repeatable)",
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
@@ -47,6 +55,8 @@ class Command(BaseCommand):
                 create_bucket=options["create_bucket"],
                 days=days,
             )
+            origins = list(dict.fromkeys([*settings.CORS_ALLOWED_ORIGINS, *options["cors_origin"]]))
+            report.append(s3_bucket_cors(client=client, bucket=settings.S3_BUCKET, origins=origins))
         except (ImproperlyConfigured, StorageError) as exc:
             raise CommandError(str(exc)) from exc
         for line in report:
