@@ -77,6 +77,11 @@ def parser_build() -> argparse.ArgumentParser:
 
     upload = command("upload", "upload files, with a live progress bar per file")
     upload.add_argument("files", nargs="+", metavar="FILE")
+    upload.add_argument(
+        "--direct",
+        action="store_true",
+        help="put the parts straight into the bucket with presigned URLs (S3 servers with direct uploads)",
+    )
     command("status", "show every field of one upload").add_argument("upload_id", metavar="ID")
     listing = command("list", "list your uploads, newest first")
     listing.add_argument("--status", choices=STATUSES, help="only uploads in this status")
@@ -184,7 +189,7 @@ def _command_run(
 ) -> int:
     match args.command:
         case "upload":
-            return command_upload(endpoint=endpoint, files=args.files, as_json=as_json)
+            return command_upload(endpoint=endpoint, files=args.files, as_json=as_json, direct=args.direct)
         case "status":
             return command_status(endpoint=endpoint, upload_id=args.upload_id, as_json=as_json)
         case "list":

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from backend.client.api import TERMINAL_STATUSES, ApiError, Endpoint, ProgressFeed, UploadApi
+from backend.client.direct import DirectSender
 from backend.client.display import UploadDisplay
 from backend.client.files import file_sha256
 from backend.client.places import PlaceStore, places_path
@@ -48,6 +49,7 @@ class UploadRun:
     endpoint: Endpoint
     paths: list[str]
     display: UploadDisplay
+    direct: bool = False  # `upload --direct`: parts straight to the bucket (backend.client.direct)
     outcomes: list[FileOutcome] = field(init=False)
     in_flight: dict[str, int] = field(default_factory=dict)
     cancelling: bool = False
@@ -113,7 +115,8 @@ class UploadRun:
             self.display.finished(key, None, outcome.error)
             return None
         assert self._api is not None and self._sender is not None
-        self._sending = asyncio.create_task(self._send_resumably(key, path, sha256))
+        send = self._send_directly if self.direct else self._send_resumably
+        self._sending = asyncio.create_task(send(key, path, sha256))
         await asyncio.wait([self._sending])
         sending, self._sending = self._sending, None
         self._receiving = None
@@ -147,6 +150,22 @@ class UploadRun:
             sha256=sha256,
             on_sent=lambda done: self.display.sending(key, done),
             on_resumed=lambda offset: self.display.resuming(key, offset),
+            on_created=created,
+        )
+        return await self._api.upload_get(upload_id=upload_id)
+
+    async def _send_directly(self, key: int, path: str, sha256: str) -> dict[str, Any]:
+        """Every part of the file straight into the bucket, completed; the upload (QUEUED)."""
+        assert self._api is not None
+
+        def created(upload_id: str) -> None:
+            self._receiving = upload_id
+
+        upload_id = await DirectSender(self._api).send(
+            path=path,
+            filename=os.path.basename(path),
+            sha256=sha256,
+            on_sent=lambda done: self.display.sending(key, done),
             on_created=created,
         )
         return await self._api.upload_get(upload_id=upload_id)
@@ -224,6 +243,9 @@ class UploadRun:
 
     async def _terminate(self, upload_id: str) -> None:
         assert self._sender is not None
+        if self.direct:
+            await self._cancel(upload_id)  # cancelUpload aborts the bucket's multipart upload
+            return
         try:
             await self._sender.terminate(upload_id=upload_id)
         except ApiError as error:

@@ -14,6 +14,7 @@ from django.shortcuts import render
 from django.views.decorators.csrf import ensure_csrf_cookie
 
 from backend.tus.protocol import PATH_PREFIX as TUS_PATH_PREFIX
+from backend.uploads.services.direct import direct_offered
 
 # Uploads per page of the list; the API allows up to 100.
 PAGE_SIZE = 10
@@ -32,5 +33,7 @@ def upload_page(request: HttpRequest) -> HttpResponse:
         "page_size": PAGE_SIZE,
         "graphiql": settings.GRAPHIQL,
         "tus_path": f"{TUS_PATH_PREFIX}/",
+        # The page sends straight to the bucket when the server offers it (README, Direct-to-bucket uploads).
+        "direct_uploads": "true" if direct_offered() else "false",
     }
     return render(request, "web/uploads.html", context)

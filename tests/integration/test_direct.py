@@ -365,3 +365,22 @@ def test_s3_setup_puts_the_cors_rule_browsers_need(moto, monkeypatch, capsys):
     assert preflight.status_code == 200
     assert preflight.headers["access-control-allow-origin"] == "https://app.example"
     assert "ETag" in preflight.headers.get("access-control-expose-headers", "")
+
+
+def test_the_cli_uploads_direct(s3_stack, api_user, moto, bucket, tmp_path):
+    import json
+
+    from tests.integration.test_cli import cli
+
+    content = os.urandom(2 * PART + 5)
+    path = tmp_path / "cli-direct.bin"
+    path.write_bytes(content)
+    done = cli(
+        "--url", s3_stack.url, "--token", api_user.token, "--json", "upload", "--direct", str(path), cwd=tmp_path
+    )
+    assert done.returncode == 0, done.stderr
+    (upload,) = json.loads(done.stdout)["uploads"]
+    assert (upload["status"], upload["mode"], upload["partsTotal"]) == ("COMPLETED", "DIRECT", 3)
+    assert upload["sha256"] == hashlib.sha256(content).hexdigest()  # declared by the CLI, verified by the worker
+    key = FileUpload.objects.get(id=upload["id"]).storage_key
+    assert moto.client().get_object(Bucket=bucket, Key=key)["Body"].read() == content

@@ -13,11 +13,14 @@
  */
 import { ProgressSocket, graphqlClient } from "./api.js";
 import { Rate, formatBytes } from "./format.js";
+import { DirectSend, directSupported } from "./send-direct.js";
 import { ResumableSend, fingerprintOf, places } from "./send-resumable.js";
 
 const app = document.getElementById("app");
 const GRAPHQL_PATH = app.dataset.graphqlPath;
 const TUS_PATH = app.dataset.tusPath;
+// The server offers direct-to-bucket uploads (S3 and DIRECT_UPLOADS): files go straight to the bucket.
+const DIRECT = app.dataset.directUploads === "true" && directSupported();
 const MAX_BYTES = Number(app.dataset.maxBytes);
 const PAGE_SIZE = Number(app.dataset.pageSize);
 const ACTIVE = new Set(["QUEUED", "UPLOADING"]);
@@ -267,8 +270,10 @@ class UploadRow {
     this.rate = new Rate();
     const size = this.file.size;
     this.describe("Sending to the server: 0%");
-    const sender = new ResumableSend(this.file, {
+    const Send = DIRECT ? DirectSend : ResumableSend;
+    const sender = new Send(this.file, {
       collection: TUS_PATH,
+      graphql,
       events: {
         created: (id, resumedAt) => {
           this.rekey(id);
