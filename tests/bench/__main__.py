@@ -16,6 +16,7 @@ from tests.bench.stack import Bench
 def _figures() -> dict[str, Callable[[Bench], list[Figure]]]:
     from tests.bench import (
         concurrent_uploads,
+        direct_throughput,
         event_gap,
         fanout,
         fanout_idle,
@@ -50,6 +51,7 @@ def _figures() -> dict[str, Callable[[Bench], list[Figure]]]:
         "webhook_hanging": webhooks.run_hanging,
         "recovery": recovery.run,
         "tus": tus_throughput.run,
+        "direct": direct_throughput.run,
     }
 
 
