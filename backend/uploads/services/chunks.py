@@ -61,6 +61,7 @@ class ChunkAppend:
     checksum: ChunkChecksum | None
     offset: int
     committed: int
+    started: int
     digest: Any  # the running sha256 (None for a partial upload: hashed at concatenation)
     digest_before: Any = None
     checkpoint_every: int = 0
@@ -166,7 +167,9 @@ class ChunkAppend:
             if self.checksum is not None and not self.checksum.matches():
                 self._discard()
                 raise ChunkChecksumMismatch(f"the chunk does not match its {self.checksum.algorithm} checksum")
-            self.checkpoint()
+            if self.offset != self.committed or self.offset == self.started:
+                # A chunk that ended on a checkpoint was committed (and published) there already.
+                self.checkpoint()
             if self.whole and self.upload.concat_role != ConcatRole.PARTIAL:
                 upload = FileUpload.objects.get(id=self.upload.id)
                 head = self.head if upload.content_type else os.pread(self.fd, SNIFF_BYTES, 0)
@@ -274,6 +277,7 @@ def chunk_append_begin(
         checksum=checksum,
         offset=offset,
         committed=offset,
+        started=offset,
         digest=digest,
         digest_before=digest.copy() if digest is not None and checksum is not None else None,
         checkpoint_every=max(upload.part_size, 1024 * 1024) if upload.part_size else settings.UPLOAD_PART_SIZE,
