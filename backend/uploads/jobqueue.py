@@ -15,10 +15,11 @@ from datetime import datetime
 from typing import Any
 
 import django_rq
-import redis
 from rq.intermediate_queue import IntermediateQueue
 from rq.job import JobStatus
 from rq.utils import now as rq_now
+
+from backend.redis_errors import REDIS_UNREACHABLE
 
 logger = logging.getLogger(__name__)
 
@@ -26,9 +27,6 @@ logger = logging.getLogger(__name__)
 TRANSFER_QUEUE = "default"
 # What RQ runs for one transfer: `backend.uploads.jobs.upload_transfer(upload_id)`.
 TRANSFER_JOB = "backend.uploads.jobs.upload_transfer"
-
-# A connection error or timeout talking to Redis: the one definition of "Redis is unreachable".
-REDIS_UNREACHABLE: tuple[type[Exception], ...] = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
 
 # How long a job may sit between the queue and a worker's started registry before it counts as lost.
 IN_TRANSIT_GRACE_SECONDS = 5.0

@@ -27,7 +27,7 @@ from backend.uploads.models import FileUpload, UploadMode
 from backend.uploads.progress import progress_publisher
 from backend.uploads.selectors import upload_is_claimed_by, upload_parts_list
 from backend.uploads.staging import staging_path
-from backend.uploads.storage import PartReceipt, get_storage
+from backend.uploads.storage import PartReceipt, get_capabilities, storage_retry_policy
 from backend.uploads.transfer import (
     TransferFailed,
     TransferSettings,
@@ -130,7 +130,7 @@ def transfer_settings() -> TransferSettings:
     return TransferSettings(
         concurrency=settings.UPLOAD_PART_CONCURRENCY,
         heartbeat_seconds=settings.UPLOAD_HEARTBEAT_SECONDS,
-        attempts=settings.UPLOAD_PART_RETRIES,
+        retry=storage_retry_policy(),
         part_delay_ms=settings.UPLOAD_PART_DELAY_MS,
     )
 
@@ -152,6 +152,7 @@ def _upload_transfer(upload_id: str) -> None:
             logger.info("upload %s is not queued any more; nothing to do", upload_id)
             return
         upload, claim = claimed
+        store = get_capabilities()
         started = time.monotonic()
         try:
             with TransferLease(upload_id=upload.id, claim=claim, every=settings.UPLOAD_HEARTBEAT_SECONDS) as lease:
@@ -162,7 +163,8 @@ def _upload_transfer(upload_id: str) -> None:
                     transfer_upload(
                         spec=transfer_spec(upload),
                         source=staging_path(upload.id),
-                        storage=get_storage(),
+                        storage=store.core,
+                        part_from_file=store.part_from_file,
                         ledger=ledger,
                         should_stop=ledger.should_stop,
                         config=transfer_settings(),
@@ -191,13 +193,15 @@ def _direct_finish(*, upload: FileUpload, ledger: UploadLedger) -> dict[str, Any
         expected_sha256=upload.expected_sha256,
         allowed_types=settings.UPLOAD_ALLOWED_TYPES,
     )
+    store = get_capabilities()
     finished = direct_finish(
         spec=spec,
         parts=ledger.parts(),
-        storage=get_storage(),
+        storage=store.core,
+        direct=store.direct,
         heartbeat=ledger.heartbeat,
         heartbeat_seconds=settings.UPLOAD_HEARTBEAT_SECONDS,
-        attempts=settings.UPLOAD_PART_RETRIES,
+        retry=storage_retry_policy(),
     )
     return {"content_type": finished.content_type, "sha256": finished.sha256}
 

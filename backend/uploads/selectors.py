@@ -14,7 +14,7 @@ from django.db.models import Q
 
 from backend.uploads.errors import BadUserInput, NotFound
 from backend.uploads.models import ACTIVE_STATUSES, ConcatRole, FileUpload, UploadPart, UploadStatus
-from backend.uploads.storage import PartReceipt, Presigner, get_storage
+from backend.uploads.storage import PartReceipt, get_capabilities
 
 MAX_PAGE = 100
 
@@ -111,10 +111,10 @@ def upload_download_url(*, upload: FileUpload, base_url: str | None) -> str | No
     """An absolute, expiring URL serving the object, once the upload is COMPLETED."""
     if upload.status != UploadStatus.COMPLETED:
         return None
-    storage = get_storage()
-    if not isinstance(storage, Presigner):
+    presigner = get_capabilities().presigner
+    if presigner is None:
         return None
-    return storage.download_url(
+    return presigner.download_url(
         key=upload.storage_key,
         filename=upload.filename,
         ttl=settings.DOWNLOAD_URL_TTL,

@@ -6,11 +6,12 @@ opens the staged file. The caller then feeds the bytes as they arrive (`write`) 
 `finish` (the whole chunk arrived) or `abort` (the body was cut off: what arrived is kept, unless
 the chunk carries a checksum, which can only be judged whole).
 
-What the offset means: the bytes before it are in staging and were flushed (`fdatasync`) before
-the offset that covers them was committed, at every checkpoint (one per part size of new bytes,
-and at the end of the chunk). A server killed mid-chunk leaves the committed offset behind the
-bytes it wrote; the next writer cuts the file back to the offset before appending, so HEAD never
-reports a byte that is not really there, and nothing after it can be a torn write.
+What the offset means: the bytes before it are in staging and were flushed (`fdatasync`, unless
+UPLOAD_RECEIVING_FSYNC is off) before the offset that covers them was committed, at every
+checkpoint (one per part size of new bytes, and at the end of the chunk). A server killed
+mid-chunk leaves the committed offset behind the bytes it wrote; the next writer cuts the file
+back to the offset before appending, so HEAD never reports a byte that is not really there, and
+nothing after it can be a torn write.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from backend.uploads.errors import (
 from backend.uploads.models import ConcatRole, FileUpload, UploadStatus
 from backend.uploads.resumable.checksums import ChunkChecksum
 from backend.uploads.resumable.events import receiving_event_due, receiving_publish
-from backend.uploads.resumable.hashing import running_hash_keep, running_hash_take
+from backend.uploads.resumable.hashing import running_hash_forget, running_hash_keep, running_hash_take
 from backend.uploads.resumable.locking import WriterLock
 from backend.uploads.services import resumable
 from backend.uploads.sniffing import SNIFF_BYTES
@@ -120,7 +121,8 @@ class ChunkAppend:
 
     def checkpoint(self) -> None:
         """Flush what was written, then commit the offset that covers it (and maybe publish)."""
-        os.fdatasync(self.fd)
+        if settings.UPLOAD_RECEIVING_FSYNC:
+            os.fdatasync(self.fd)
         if not self.lock.renew():
             raise UploadLocked("this request lost the upload's lock; retry")
         publish = receiving_event_due(self.upload.id)
@@ -244,6 +246,15 @@ def chunk_append_begin(
         lock.release()
         raise
     try:
+        staged = os.fstat(fd).st_size
+        if staged < offset:
+            # Staging lost bytes the offset covers (an OS crash with UPLOAD_RECEIVING_FSYNC off): go
+            # back to what is really there, and let the client resume from it.
+            FileUpload.objects.filter(id=upload.id, status=UploadStatus.RECEIVING, bytes_received=offset).update(
+                bytes_received=staged
+            )
+            running_hash_forget(upload.id)
+            raise OffsetMismatch(f"the upload's offset is {staged}, not {offset}", offset=staged)
         # Bytes past the committed offset are a killed writer's unflushed tail: they go.
         os.ftruncate(fd, offset)
         partial = upload.concat_role == ConcatRole.PARTIAL

@@ -47,7 +47,7 @@ from backend.uploads.resumable.hashing import running_hash_forget
 from backend.uploads.resumable.locking import WriterLock
 from backend.uploads.selectors import upload_active_count, upload_get_for_user
 from backend.uploads.sniffing import SNIFF_BYTES, content_type_allowed, content_type_sniff
-from backend.uploads.staging import staging_delete, staging_free_bytes, staging_path
+from backend.uploads.staging import staging_delete, staging_path, staging_short_of_space
 from backend.uploads.storage import get_storage
 
 logger = logging.getLogger(__name__)
@@ -80,7 +80,7 @@ def _check_room(*, user: User, size: int | None, counted: bool) -> None:
         raise BadUserInput("the length must not be negative")
     if size is not None and size > settings.UPLOAD_MAX_BYTES:
         raise UploadTooLarge(f"uploads are limited to {settings.UPLOAD_MAX_BYTES} bytes")
-    if staging_free_bytes() < settings.UPLOAD_STAGING_MIN_FREE_BYTES:
+    if staging_short_of_space() is not None:
         raise InsufficientStorage("the server is short of staging space; try again later")
     if counted:
         active = upload_active_count(user=user)
