@@ -22,4 +22,5 @@ USER app
 EXPOSE 8000
 # uvicorn streams request bodies with backpressure (daphne buffers them in memory: see the README).
 CMD ["uvicorn", "backend.asgi:application", "--host", "0.0.0.0", "--port", "8000", "--lifespan", "off", \
-     "--proxy-headers", "--forwarded-allow-ips", "*", "--timeout-graceful-shutdown", "30"]
+     "--proxy-headers", "--forwarded-allow-ips", "*", "--timeout-graceful-shutdown", "30", \
+     "--ws-per-message-deflate", "false"]

@@ -26,7 +26,7 @@ $(BROWSER_STAMP): $(STAMP) requirements/browser.txt
 	$(PY) -m pip install --quiet -r requirements/browser.txt
 	touch $(BROWSER_STAMP)
 
-test-browser: $(BROWSER_STAMP)
+test-browser: $(BROWSER_STAMP) $(JS_STAMP)
 	$(PY) -m pytest tests/browser
 
 # The real tus clients from npm (tus-js-client in Node) and the reference tus server for `make bench`:

@@ -155,6 +155,10 @@ def server_command(server: str, port: int) -> list[str]:
         "off",
         "--timeout-graceful-shutdown",
         "10",
+        # Progress messages are a few hundred bytes: compressing each for each socket costs CPU and
+        # a zlib state per socket for little (README, Subscriptions at scale).
+        "--ws-per-message-deflate",
+        "false",
     ]
 
 

@@ -9,11 +9,13 @@ and at execution) unless GraphiQL is on: a public endpoint should not hand out i
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Callable, Iterator
+from functools import lru_cache
 from typing import Any
 
-from graphql import ASTValidationRule, GraphQLError, NoSchemaIntrospectionCustomRule, validate
+from graphql import ASTValidationRule, DocumentNode, GraphQLError, NoSchemaIntrospectionCustomRule, parse, validate
 from strawberry.extensions import MaxAliasesLimiter, QueryDepthLimiter, SchemaExtension
 from strawberry.schema.validation_rules.maybe_null import MaybeNullValidationRule
 from strawberry.schema.validation_rules.one_of import OneOfInputValidationRule
@@ -21,6 +23,25 @@ from strawberry.schema.validation_rules.one_of import OneOfInputValidationRule
 from schema.fanout import FanoutExecutor
 
 QUERY_TOO_COMPLEX = "QUERY_TOO_COMPLEX"
+# Documents kept parsed: thousands of subscribers sending one subscription share one tree (about
+# 11 KiB each, held for the subscription's life) instead of parsing it again each.
+PARSED_DOCUMENTS = 256
+
+
+@lru_cache(maxsize=PARSED_DOCUMENTS)
+def _parsed(query: str, max_tokens: int) -> DocumentNode:
+    # graphql-core never changes a document while it validates or executes it (strawberry's
+    # ParserCache shares them the same way). A document that does not parse raises: not cached.
+    return parse(query, max_tokens=max_tokens)
+
+
+@lru_cache(maxsize=8)
+def _limit_rules(max_depth: int, max_aliases: int) -> tuple[type[ASTValidationRule], ...]:
+    # strawberry's limiters build their rule classes anew on each call: once per setting here.
+    return (
+        *QueryDepthLimiter(max_depth=max_depth).validation_rules,
+        *MaxAliasesLimiter(max_alias_count=max_aliases).validation_rules,
+    )
 
 
 def _too_many_tokens_message(max_tokens: int) -> str:
@@ -39,13 +60,16 @@ class QueryLimits(SchemaExtension):
     def __init__(self, *, max_depth: int, max_aliases: int, max_tokens: int, public_schema: bool) -> None:
         self.max_tokens = max_tokens
         self.public_schema = public_schema
-        self.limit_rules: tuple[type[ASTValidationRule], ...] = (
-            *QueryDepthLimiter(max_depth=max_depth).validation_rules,
-            *MaxAliasesLimiter(max_alias_count=max_aliases).validation_rules,
-        )
+        self.limit_rules = _limit_rules(max_depth, max_aliases)
 
     def on_parse(self) -> Iterator[None]:
-        self.execution_context.parse_options["max_tokens"] = self.max_tokens
+        context = self.execution_context
+        context.parse_options["max_tokens"] = self.max_tokens
+        if context.query and context.graphql_document is None:
+            # A document that does not parse (or nests too deeply to) is left to strawberry, which
+            # parses it again and reports it as usual (marked below when over the token limit).
+            with contextlib.suppress(Exception):
+                context.graphql_document = _parsed(context.query, self.max_tokens)
         yield
         # The parse error is already in the result being built: mark it in place.
         for error in self.execution_context.pre_execution_errors or []:

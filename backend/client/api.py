@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import io
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
-from gql import Client, FileVar, GraphQLRequest
+from gql import Client, GraphQLRequest
 from gql.transport.exceptions import (
     TransportError,
     TransportProtocolError,
@@ -35,6 +34,8 @@ UPLOAD_FIELDS = (
     "size",
     "sha256",
     "status",
+    "mode",
+    "bytesReceived",
     "bytesUploaded",
     "partsUploaded",
     "partsTotal",
@@ -47,6 +48,9 @@ UPLOAD_FIELDS = (
     "createdAt",
     "updatedAt",
     "completedAt",
+    "expiresAt",
+    "resumeUrl",
+    "partSize",
 )
 PROGRESS_FIELDS = (
     "uploadId",
@@ -66,10 +70,6 @@ TERMINAL_STATUSES = frozenset({"COMPLETED", "FAILED", "CANCELLED"})
 PAGE_SIZE = 100
 
 _UPLOAD = " ".join(UPLOAD_FIELDS)
-UPLOAD_FILE = (
-    "mutation UploadFile($file: Upload!, $sha256: String) {"
-    f" uploadFile(file: $file, sha256: $sha256) {{ {_UPLOAD} }} }}"
-)
 UPLOAD_GET = f"query Upload($id: ID!) {{ upload(id: $id) {{ {_UPLOAD} }} }}"
 UPLOADS_PAGE = (
     "query Uploads($first: Int!, $after: String, $status: UploadStatus) {"
@@ -83,10 +83,7 @@ UPLOAD_PROGRESS = (
     f"subscription UploadProgress($id: ID!) {{ uploadProgress(id: $id) {{ {' '.join(PROGRESS_FIELDS)} }} }}"
 )
 
-# Waiting for the answer to a multipart upload includes the server finishing the file (hashing,
-# staging, queueing): allow minutes, not the seconds a plain query gets.
 _QUERY_TIMEOUT = httpx.Timeout(30.0)
-_UPLOAD_TIMEOUT = httpx.Timeout(30.0, read=600.0)
 
 
 class ApiError(Exception):
@@ -147,10 +144,6 @@ def websocket_close_code(error: BaseException) -> int | None:
     return None
 
 
-def _caused_by(error: BaseException, *kinds: type[BaseException]) -> bool:
-    return any(isinstance(each, kinds) for each in _chain(error))
-
-
 def api_error_from(error: BaseException, *, where: str) -> ApiError:
     """The `ApiError` a transport or query failure stands for; the first GraphQL error decides."""
     if isinstance(error, ApiError):
@@ -175,51 +168,6 @@ def api_error_from(error: BaseException, *, where: str) -> ApiError:
         reason = str(innermost) or type(innermost).__name__
         return ApiError("CONNECTION_FAILED", f"cannot reach {where}: {reason}")
     raise error
-
-
-class CountingReader(io.RawIOBase):
-    """A read-only view of a binary file that reports how many bytes have been read from it.
-
-    httpx streams a multipart file part by reading its file object in chunks, so the count is
-    the bytes handed to the socket: enough to draw a sending bar.
-    """
-
-    def __init__(self, raw: io.BufferedReader, on_read: Callable[[int], None]) -> None:
-        super().__init__()
-        self._raw = raw
-        self._on_read = on_read
-        self._position = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def fileno(self) -> int:
-        return self._raw.fileno()
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        self._position = self._raw.seek(offset, whence)
-        return self._position
-
-    def tell(self) -> int:
-        return self._position
-
-    def read(self, size: int = -1) -> bytes:
-        data = self._raw.read(size)
-        self._position += len(data)
-        self._on_read(self._position)
-        return data
-
-    def readinto(self, buffer: Any) -> int:
-        data = self.read(len(buffer))
-        buffer[: len(data)] = data
-        return len(data)
-
-    def close(self) -> None:
-        self._raw.close()
-        super().close()
 
 
 class UploadApi:
@@ -253,36 +201,6 @@ class UploadApi:
             return await self._session.execute(GraphQLRequest(document, variable_values=variables), **extra)
         except (TransportError, httpx.HTTPError, OSError) as error:
             raise api_error_from(error, where=self.endpoint.graphql_url) from error
-
-    async def upload_file(
-        self, *, path: str, filename: str, sha256: str, on_sent: Callable[[int], None]
-    ) -> dict[str, Any]:
-        """Send one file with the multipart `uploadFile` mutation; the server verifies `sha256`.
-
-        A connection that breaks once the body is on its way is `CONNECTION_LOST`, not
-        `CONNECTION_FAILED`: the server is there, and may have refused this file before reading it
-        (a server that answers 413 from Content-Length and closes can reset the connection before
-        its answer is read), so the next file is still worth sending.
-        """
-        with open(path, "rb") as raw:
-            reader = CountingReader(raw, on_sent)
-            file = FileVar(reader, filename=filename, content_type="application/octet-stream")
-            try:
-                data = await self._execute(
-                    UPLOAD_FILE,
-                    {"file": file, "sha256": sha256},
-                    upload_files=True,
-                    extra_args={"timeout": _UPLOAD_TIMEOUT},
-                )
-            except ApiError as error:
-                if error.code != "CONNECTION_FAILED" or _caused_by(error, httpx.ConnectError, httpx.ConnectTimeout):
-                    raise
-                raise ApiError(
-                    "CONNECTION_LOST",
-                    f"the connection broke while sending {filename}: the server may have refused it unread"
-                    " (over its size limit?) or gone away",
-                ) from error
-        return data["uploadFile"]
 
     async def upload_get(self, *, upload_id: str) -> dict[str, Any]:
         return (await self._execute(UPLOAD_GET, {"id": upload_id}))["upload"]

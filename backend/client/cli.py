@@ -28,7 +28,7 @@ from backend.client.display import print_api_error, print_error
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 DEV_CREDENTIALS = Path("var") / "dev-credentials"
-STATUSES = ("QUEUED", "UPLOADING", "COMPLETED", "FAILED", "CANCELLED")
+STATUSES = ("RECEIVING", "QUEUED", "UPLOADING", "COMPLETED", "FAILED", "CANCELLED")
 _LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 
 _DESCRIPTION = "Upload files to the GraphQL upload service and manage your uploads."
@@ -77,11 +77,16 @@ def parser_build() -> argparse.ArgumentParser:
 
     upload = command("upload", "upload files, with a live progress bar per file")
     upload.add_argument("files", nargs="+", metavar="FILE")
+    upload.add_argument(
+        "--direct",
+        action="store_true",
+        help="put the parts straight into the bucket with presigned URLs (S3 servers with direct uploads)",
+    )
     command("status", "show every field of one upload").add_argument("upload_id", metavar="ID")
     listing = command("list", "list your uploads, newest first")
     listing.add_argument("--status", choices=STATUSES, help="only uploads in this status")
     listing.add_argument("--limit", type=_positive_int, help="at most this many (default: all)")
-    command("cancel", "cancel a QUEUED or UPLOADING upload").add_argument("upload_id", metavar="ID")
+    command("cancel", "cancel a RECEIVING, QUEUED or UPLOADING upload").add_argument("upload_id", metavar="ID")
     command("retry", "retry a FAILED or CANCELLED upload").add_argument("upload_id", metavar="ID")
     command("delete", "delete an upload: its stored object, staged bytes and record").add_argument(
         "upload_id", metavar="ID"
@@ -184,7 +189,7 @@ def _command_run(
 ) -> int:
     match args.command:
         case "upload":
-            return command_upload(endpoint=endpoint, files=args.files, as_json=as_json)
+            return command_upload(endpoint=endpoint, files=args.files, as_json=as_json, direct=args.direct)
         case "status":
             return command_status(endpoint=endpoint, upload_id=args.upload_id, as_json=as_json)
         case "list":

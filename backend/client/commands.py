@@ -29,14 +29,14 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 
 
-def command_upload(*, endpoint: Endpoint, files: list[str], as_json: bool) -> int:
+def command_upload(*, endpoint: Endpoint, files: list[str], as_json: bool, direct: bool = False) -> int:
     """Upload every FILE; 0 only if every one ends COMPLETED."""
     unreadable = [path for path in files if not os.path.isfile(path) or not os.access(path, os.R_OK)]
     for path in unreadable:
         print_error("USAGE", f"{path}: not a readable file")
     if unreadable:
         return EXIT_USAGE
-    run = UploadRun(endpoint=endpoint, paths=files, display=upload_display(as_json=as_json))
+    run = UploadRun(endpoint=endpoint, paths=files, display=upload_display(as_json=as_json), direct=direct)
     outcomes = asyncio.run(run.run())
     for outcome in outcomes:
         upload = outcome.upload

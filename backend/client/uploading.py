@@ -1,9 +1,11 @@
 """The `upload` command: send files one after another, follow each one's progress until it ends.
 
-Sending is sequential (one multipart request at a time: the network is the limit, and the
-server's per-user active-upload cap is not raced); following is concurrent (one `uploadProgress`
-subscription per accepted upload, all on one websocket). Ctrl-C pauses the display and asks
-whether to cancel what is in flight; a second Ctrl-C at that question leaves at once.
+Sending is sequential and resumable (tus, `backend.client.resumable`: one file at a time, since
+the network is the limit and the server's per-user active-upload cap is not raced); following is
+concurrent (one `uploadProgress` subscription per accepted upload, all on one websocket). Ctrl-C
+pauses the display and asks whether to cancel what is in flight (the file being sent is cancelled
+with a tus DELETE); a second Ctrl-C at that question leaves at once, and the next run of the same
+`upload FILE` resumes the file that was being sent from the server's offset.
 """
 
 from __future__ import annotations
@@ -17,8 +19,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from backend.client.api import TERMINAL_STATUSES, ApiError, Endpoint, ProgressFeed, UploadApi
+from backend.client.direct import DirectSender
 from backend.client.display import UploadDisplay
 from backend.client.files import file_sha256
+from backend.client.places import PlaceStore, places_path
+from backend.client.resumable import ResumableSender
 
 # Errors that every later file would meet too: stop sending after the first one.
 _FATAL_CODES = frozenset({"UNAUTHENTICATED", "FORBIDDEN", "CONNECTION_FAILED", "BAD_RESPONSE"})
@@ -44,11 +49,14 @@ class UploadRun:
     endpoint: Endpoint
     paths: list[str]
     display: UploadDisplay
+    direct: bool = False  # `upload --direct`: parts straight to the bucket (backend.client.direct)
     outcomes: list[FileOutcome] = field(init=False)
     in_flight: dict[str, int] = field(default_factory=dict)
     cancelling: bool = False
     _asking: bool = False
     _api: UploadApi | None = None
+    _sender: ResumableSender | None = None
+    _receiving: str | None = None  # the upload being sent, once the server has made it
     _sending: asyncio.Task[dict[str, Any]] | None = None
     _question: asyncio.Task[None] | None = None
     _main: asyncio.Task[Any] | None = None
@@ -63,8 +71,12 @@ class UploadRun:
         loop.add_signal_handler(signal.SIGINT, self._interrupted)
         self.display.start()
         try:
-            async with UploadApi(self.endpoint) as api, ProgressFeed(self.endpoint) as feed:
-                self._api = api
+            async with (
+                UploadApi(self.endpoint) as api,
+                ProgressFeed(self.endpoint) as feed,
+                ResumableSender(self.endpoint, PlaceStore(places_path())) as sender,
+            ):
+                self._api, self._sender = api, sender
                 followers: list[asyncio.Task[None]] = []
                 for key, path in enumerate(self.paths):
                     self.display.add(key, os.path.basename(path), os.path.getsize(path))
@@ -102,17 +114,12 @@ class UploadRun:
             outcome.error = ApiError("NOT_SENT", f"{path}: not sent, the uploads were cancelled")
             self.display.finished(key, None, outcome.error)
             return None
-        assert self._api is not None
-        self._sending = asyncio.create_task(
-            self._api.upload_file(
-                path=path,
-                filename=os.path.basename(path),
-                sha256=sha256,
-                on_sent=lambda done: self.display.sending(key, done),
-            )
-        )
+        assert self._api is not None and self._sender is not None
+        send = self._send_directly if self.direct else self._send_resumably
+        self._sending = asyncio.create_task(send(key, path, sha256))
         await asyncio.wait([self._sending])
         sending, self._sending = self._sending, None
+        self._receiving = None
         if sending.cancelled():
             outcome.error = ApiError("NOT_SENT", f"{path}: sending was cancelled")
         elif isinstance(failure := sending.exception(), ApiError):
@@ -129,6 +136,39 @@ class UploadRun:
             return upload
         self.display.finished(key, None, outcome.error)
         return None
+
+    async def _send_resumably(self, key: int, path: str, sha256: str) -> dict[str, Any]:
+        """Every byte of the file to the server (resuming an earlier run's upload); the upload."""
+        assert self._api is not None and self._sender is not None
+
+        def created(upload_id: str) -> None:
+            self._receiving = upload_id
+
+        upload_id = await self._sender.send(
+            path=path,
+            filename=os.path.basename(path),
+            sha256=sha256,
+            on_sent=lambda done: self.display.sending(key, done),
+            on_resumed=lambda offset: self.display.resuming(key, offset),
+            on_created=created,
+        )
+        return await self._api.upload_get(upload_id=upload_id)
+
+    async def _send_directly(self, key: int, path: str, sha256: str) -> dict[str, Any]:
+        """Every part of the file straight into the bucket, completed; the upload (QUEUED)."""
+        assert self._api is not None
+
+        def created(upload_id: str) -> None:
+            self._receiving = upload_id
+
+        upload_id = await DirectSender(self._api).send(
+            path=path,
+            filename=os.path.basename(path),
+            sha256=sha256,
+            on_sent=lambda done: self.display.sending(key, done),
+            on_created=created,
+        )
+        return await self._api.upload_get(upload_id=upload_id)
 
     async def _follow(self, feed: ProgressFeed, key: int, upload: dict[str, Any]) -> None:
         """Relay the upload's events to the display until it ends, then read its final fields."""
@@ -186,8 +226,11 @@ class UploadRun:
             print("continuing", file=sys.stderr, flush=True)
             return
         self.cancelling = True
+        receiving = self._receiving
         if self._sending is not None:
             self._sending.cancel()
+        if receiving is not None:
+            await self._terminate(receiving)
         await asyncio.gather(*(self._cancel(upload_id) for upload_id in list(self.in_flight)))
 
     async def _cancel(self, upload_id: str) -> None:
@@ -197,6 +240,16 @@ class UploadRun:
         except ApiError as error:
             if error.code != "INVALID_STATE":  # INVALID_STATE: it ended meanwhile; its stream says how
                 print(f"{error.code}: cancelling {upload_id}: {error.message}", file=sys.stderr, flush=True)
+
+    async def _terminate(self, upload_id: str) -> None:
+        assert self._sender is not None
+        if self.direct:
+            await self._cancel(upload_id)  # cancelUpload aborts the bucket's multipart upload
+            return
+        try:
+            await self._sender.terminate(upload_id=upload_id)
+        except ApiError as error:
+            print(f"{error.code}: cancelling {upload_id}: {error.message}", file=sys.stderr, flush=True)
 
 
 async def _ask(prompt: str) -> str:

@@ -1,7 +1,8 @@
 """The web page at `/` (CONTRACT section 1): pick or drop files and watch one bar per upload.
 
-The page is a template and one static script; everything it does goes through the public API
-(`/graphql` over HTTP and graphql-transport-ws) with the session cookie, like any other client.
+The page is a template and a few static ES modules; everything it does goes through the public API
+(`/uploads/` for the bytes, tus; `/graphql` over HTTP and graphql-transport-ws for the rest) with the
+session cookie, like any other client.
 """
 
 from __future__ import annotations
@@ -11,6 +12,9 @@ from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.views.decorators.csrf import ensure_csrf_cookie
+
+from backend.tus.protocol import PATH_PREFIX as TUS_PATH_PREFIX
+from backend.uploads.services.direct import direct_offered
 
 # Uploads per page of the list; the API allows up to 100.
 PAGE_SIZE = 10
@@ -24,5 +28,12 @@ def upload_page(request: HttpRequest) -> HttpResponse:
     `ensure_csrf_cookie` guarantees the `csrftoken` cookie the script copies into `X-CSRFToken`.
     The size limit is given to the page so it refuses an oversized file before sending it.
     """
-    context = {"max_bytes": settings.UPLOAD_MAX_BYTES, "page_size": PAGE_SIZE, "graphiql": settings.GRAPHIQL}
+    context = {
+        "max_bytes": settings.UPLOAD_MAX_BYTES,
+        "page_size": PAGE_SIZE,
+        "graphiql": settings.GRAPHIQL,
+        "tus_path": f"{TUS_PATH_PREFIX}/",
+        # The page sends straight to the bucket when the server offers it (README, Direct-to-bucket uploads).
+        "direct_uploads": "true" if direct_offered() else "false",
+    }
     return render(request, "web/uploads.html", context)

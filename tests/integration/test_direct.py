@@ -17,13 +17,14 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
 import httpx
 import pytest
+from django.utils import timezone
 
 from backend.uploads.models import FileUpload, UploadStatus
 from tests.support.client import data_of, error_codes, graphql, subscriber
@@ -62,7 +63,7 @@ def bucket(moto: Moto) -> str:
 def s3_stack(session_root: Path, moto: Moto, bucket: str) -> Iterator[Any]:
     from tests.conftest import _new_stack
 
-    env = s3_env(moto, bucket, UPLOAD_RECEIVING_TTL="2", DIRECT_UPLOAD_URL_TTL="1")
+    env = s3_env(moto, bucket, DIRECT_UPLOAD_URL_TTL="1")
     stack = _new_stack(session_root, env=env, workers=1, faults=None, server="uvicorn")
     yield stack
     stack.stop()
@@ -302,8 +303,8 @@ def test_cancel_and_delete_abort_the_multipart_upload(s3_stack, api_user, moto, 
 
 def test_an_expired_upload_is_aborted_by_the_sweep(s3_stack, api_user, moto, bucket):
     created = _with_a_part(s3_stack, api_user.headers)
-    deadline = FileUpload.objects.get(id=created["id"]).expires_at.timestamp()
-    time.sleep(max(0.0, deadline - time.time()) + 0.2)  # sync-ok: letting UPLOAD_RECEIVING_TTL (2 s) elapse
+    # As if UPLOAD_RECEIVING_TTL had passed with no part signed or confirmed.
+    FileUpload.objects.filter(id=created["id"]).update(expires_at=timezone.now() - timedelta(seconds=1))
     subprocess.run(
         [sys.executable, "manage.py", "sweep_uploads"], cwd=ROOT, env=s3_stack.env, check=True, capture_output=True
     )
@@ -364,3 +365,22 @@ def test_s3_setup_puts_the_cors_rule_browsers_need(moto, monkeypatch, capsys):
     assert preflight.status_code == 200
     assert preflight.headers["access-control-allow-origin"] == "https://app.example"
     assert "ETag" in preflight.headers.get("access-control-expose-headers", "")
+
+
+def test_the_cli_uploads_direct(s3_stack, api_user, moto, bucket, tmp_path):
+    import json
+
+    from tests.integration.test_cli import cli
+
+    content = os.urandom(2 * PART + 5)
+    path = tmp_path / "cli-direct.bin"
+    path.write_bytes(content)
+    done = cli(
+        "--url", s3_stack.url, "--token", api_user.token, "--json", "upload", "--direct", str(path), cwd=tmp_path
+    )
+    assert done.returncode == 0, done.stderr
+    (upload,) = json.loads(done.stdout)["uploads"]
+    assert (upload["status"], upload["mode"], upload["partsTotal"]) == ("COMPLETED", "DIRECT", 3)
+    assert upload["sha256"] == hashlib.sha256(content).hexdigest()  # declared by the CLI, verified by the worker
+    key = FileUpload.objects.get(id=upload["id"]).storage_key
+    assert moto.client().get_object(Bucket=bucket, Key=key)["Body"].read() == content

@@ -13,24 +13,13 @@ from typing import Any
 import pytest
 
 from backend.uploads.models import FileUpload
-from tests.support.client import Subscriber, data_of, subscriber, upload_file
+from tests.support.client import PROGRESS_SUBSCRIPTION, Subscriber, data_of, subscriber, upload_file
 from tests.support.progress_driver import drive_parts, publishing_to
 from tests.support.stalled import stalled_subscriber
 
 NARROW_SUBSCRIPTION = "subscription Narrow($id: ID!) { uploadProgress(id: $id) { sequence status } }"
-FULL_FIELDS = {
-    "uploadId",
-    "sequence",
-    "status",
-    "partNumber",
-    "partsUploaded",
-    "partsTotal",
-    "bytesUploaded",
-    "bytesTotal",
-    "progress",
-    "error",
-    "at",
-}
+# The fields PROGRESS_SUBSCRIPTION asks for, as its selection set lists them.
+FULL_FIELDS = set(PROGRESS_SUBSCRIPTION.split("{")[2].split("}")[0].split())
 PART = 100
 
 

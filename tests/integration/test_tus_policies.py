@@ -6,6 +6,7 @@ import hashlib
 import os
 import subprocess
 import sys
+from datetime import timedelta
 from pathlib import Path
 
 import httpx
@@ -13,7 +14,7 @@ from django.utils import timezone
 
 from backend.uploads.models import FileUpload
 from tests.support.client import UPLOAD_QUERY, data_of, graphql
-from tests.support.processes import ROOT, wait_until
+from tests.support.processes import ROOT
 from tests.support.tus import TUS, code_of, metadata, tus_create, tus_head, tus_patch
 
 MIB = 1024 * 1024
@@ -96,14 +97,17 @@ def test_a_declared_sha256_is_checked_when_the_last_byte_arrives(stack, api_user
 
 def test_an_upload_with_no_new_bytes_expires_and_the_sweep_removes_its_bytes(make_stack, api_user, tmp_path) -> None:
     staging = _staging(tmp_path)
-    stack = make_stack(env={"UPLOAD_STAGING_DIR": str(staging), "UPLOAD_RECEIVING_TTL": "2"}, workers=0)
+    stack = make_stack(env={"UPLOAD_STAGING_DIR": str(staging), "UPLOAD_RECEIVING_TTL": "600"}, workers=0)
     idle = tus_create(stack.url, api_user.headers, length=100).headers["Location"]
     asked = tus_create(stack.url, api_user.headers, length=100).headers["Location"]
     for location in (idle, asked):
+        before = timezone.now()
         assert tus_patch(location, api_user.headers, 0, b"x" * 10).status_code == 204
+        expires = FileUpload.objects.get(id=location.rsplit("/", 1)[1]).expires_at
+        assert before + timedelta(seconds=600) <= expires <= timezone.now() + timedelta(seconds=600)
+    # Ten minutes without a byte, without waiting them: the deadline each chunk set is moved back.
     rows = FileUpload.objects.filter(id__in=[loc.rsplit("/", 1)[1] for loc in (idle, asked)])
-    latest = max(row.expires_at for row in rows)
-    wait_until(lambda: timezone.now() > latest, timeout=10, what="the uploads to pass their expiry")
+    rows.update(expires_at=timezone.now() - timedelta(seconds=1))
 
     # A request to an expired upload finds it gone, and it expires right then.
     assert tus_head(asked, api_user.headers).status_code == 410
@@ -175,3 +179,28 @@ def test_location_is_https_behind_a_tls_proxy(make_stack, api_user) -> None:
     assert FileUpload.objects.filter(owner=api_user.user).count() == before, "nothing made for a refused request"
     assert httpx.options(f"{plain.url}/uploads/", headers=TUS, timeout=10).status_code == 204
     assert os.environ.get("PUBLIC_BASE_URL") is None
+
+
+def test_the_session_cookie_is_a_credential_too_and_a_token_decides(stack, make_user) -> None:
+    from tests.integration.test_sessions import browser_login, make_password_user
+
+    password = "correct horse battery staple"
+    owner = make_password_user(password)
+    browser = browser_login(stack.url, owner, password)
+    try:
+        created = browser.http.post("/uploads/", headers={**TUS, "Upload-Length": "3"})
+        assert created.status_code == 201, created.text
+        location = created.headers["Location"]
+        patched = browser.http.patch(
+            location,
+            headers={**TUS, "Content-Type": "application/offset+octet-stream", "Upload-Offset": "0"},
+            content=b"abc",
+        )
+        assert patched.status_code == 204
+        assert FileUpload.objects.get(id=location.rsplit("/", 1)[1]).owner_id == owner.pk
+        # A bearer token of someone else decides over the cookie: their request does not find it.
+        other = make_user()
+        head = browser.http.head(location, headers={**TUS, **other.headers})
+        assert head.status_code == 404
+    finally:
+        browser.http.close()

@@ -34,7 +34,7 @@ def _open_patch(server_url: str, location: str, token: str, offset: int, length:
 def test_a_second_writer_on_another_server_is_locked_out_until_a_killed_holder_frees_the_lock(
     make_stack, api_user
 ) -> None:
-    stack = make_stack(env={"UPLOAD_LOCK_TTL_SECONDS": "2"})
+    stack = make_stack(env={"UPLOAD_LOCK_TTL_SECONDS": "3"})
     server_a, server_b = stack.server, stack.add_server()
     content = os.urandom(8 * MIB)
     location_a = tus_create(server_a.url, api_user.headers, length=len(content)).headers["Location"]
@@ -62,7 +62,7 @@ def test_a_second_writer_on_another_server_is_locked_out_until_a_killed_holder_f
         answer = tus_patch(location_b, api_user.headers, offset, content[offset:])
         return answer if answer.status_code != 423 else None
 
-    answer = wait_until(resumed, timeout=10, interval=0.2, what="the killed holder's lock to expire")
+    answer = wait_until(resumed, timeout=30, interval=0.2, what="the killed holder's lock to expire")
     assert answer.status_code == 204, answer.text
     assert answer.headers["Upload-Offset"] == str(len(content))
     done = upload_wait_for_status(server_b.url, api_user.headers, upload_id, {"COMPLETED", "FAILED"})

@@ -79,6 +79,8 @@ class Server:
                 "off",
                 "--log-level",
                 "warning",
+                "--ws-per-message-deflate",
+                "false",
             ]
         self.process = _spawn(args, self.env, self.log)
         wait_until(self._healthy, timeout=30, what=f"server on {self.url} (log {self.log})")

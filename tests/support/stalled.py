@@ -65,7 +65,8 @@ class StalledSocket:
     async def _read(self) -> list[Any]:
         data = await self.loop.sock_recv(self.sock, 65536)
         if not data:
-            raise ConnectionError("the server closed the connection")
+            close = self.protocol.close_rcvd
+            raise ConnectionError(f"the server closed the connection ({close or 'no close frame'})")
         self.protocol.receive_data(data)
         events = self.protocol.events_received()
         for event in events:

@@ -37,6 +37,7 @@ EVENTS = [
             "part_number": part,
             "parts_uploaded": part or 0,
             "parts_total": 2,
+            "bytes_received": 20,
             "bytes_uploaded": (part or 0) * 10,
             "bytes_total": 20,
             "progress": (part or 0) / 2,

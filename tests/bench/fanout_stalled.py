@@ -1,0 +1,106 @@
+"""Stalled readers: 100 subscribers that stop reading their sockets beside 900 healthy ones.
+
+One server process, 10 uploads driven as in `fanout` (claim, parts, COMPLETED through the real
+services and the job's publisher) at 2 events/s per upload: 1,800 deliveries/s to the healthy
+subscribers. Baseline: the same 900 healthy subscribers without the stalled ones, measured in the
+same run; the two alternate (RUNS of each) and each figure is the median of its runs. A stalled
+subscriber (tests/support/stalled.py) reads its snapshot and then nothing: its TCP window closes
+and the server's sends to it back up into its kernel buffers, then into its mailbox, coalesced.
+
+Goal: the healthy subscribers' p99 (arrival minus the event's `at`) within 1.2x of the baseline's,
+every healthy subscriber getting every part in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from tests.bench.client import http_client, upload_ours
+from tests.bench.fanout import CONNECTING_AT_ONCE, STACK_ENV, Seen, _drive, _subscribe
+from tests.bench.results import Figure, figure, median, percentile
+from tests.bench.stack import Bench
+from tests.support.stalled import stalled_subscriber
+
+UPLOADS = 10
+HEALTHY = 90
+STALLED = 10
+PHASE = (2.0, 20)
+PART_SIZE = 1024
+RUNS = 2
+RATIO_GOAL = 1.2
+
+
+async def _stall(ws_url: str, token: str, upload_id: str, gate: asyncio.Semaphore) -> Any:
+    async with gate:
+        connection, session = await stalled_subscriber(ws_url, token)
+        sub_id = await session.subscribe(upload_id)
+        message = await session.receive()
+        if (message.get("id"), message["type"]) != (sub_id, "next"):
+            raise RuntimeError(f"stalled subscriber got {message}")
+        return connection  # from here on nothing reads it
+
+
+async def _once(bench: Bench, stack: Any, *, stalled: bool) -> tuple[float, bool]:
+    """(healthy p99 in ms, every healthy subscriber got every part in order)."""
+    with http_client() as client:
+        path = bench.file(PHASE[1] * PART_SIZE)
+        upload_ids = [str(upload_ours(client, stack.url, path, headers=bench.headers)[1]["id"]) for _ in range(UPLOADS)]
+    gate = asyncio.Semaphore(CONNECTING_AT_ONCE)
+    connections = (
+        await asyncio.gather(
+            *(_stall(stack.ws_url, bench.token, upload_id, gate) for upload_id in upload_ids for _ in range(STALLED))
+        )
+        if stalled
+        else []
+    )
+    try:
+        seen = [Seen() for _ in upload_ids for _ in range(HEALTHY)]
+        tasks = [
+            asyncio.create_task(_subscribe(stack.ws_url, bench.token, upload_id, seen[index * HEALTHY + n], gate))
+            for index, upload_id in enumerate(upload_ids)
+            for n in range(HEALTHY)
+        ]
+        await asyncio.wait_for(asyncio.gather(*(each.ready.wait() for each in seen)), timeout=300)
+        await asyncio.to_thread(_drive, bench, stack.env["REDIS_URL"], upload_ids, [PHASE])
+        await asyncio.wait_for(asyncio.gather(*tasks), timeout=300)
+    finally:
+        for connection in connections:
+            connection.close()
+    latencies = [value * 1000 for each in seen for value in each.latencies.values()]
+    whole = all(
+        len(each.latencies) == PHASE[1]
+        and each.statuses[-1:] == ["COMPLETED"]
+        and all(a < b for a, b in zip(each.sequences, each.sequences[1:], strict=False))
+        for each in seen
+    )
+    return percentile(latencies, 99), whole
+
+
+def run(bench: Bench) -> list[Figure]:
+    with_stalled: list[float] = []
+    without: list[float] = []
+    complete = True
+    with bench.stack(env=STACK_ENV, workers=0) as stack:
+        for _ in range(RUNS):
+            for stalled, into in ((False, without), (True, with_stalled)):
+                p99, whole = asyncio.run(_once(bench, stack, stalled=stalled))
+                into.append(p99)
+                complete = complete and whole
+        bench.clear_staging()
+    detail = (
+        f"healthy p99 with {UPLOADS * STALLED} stalled: {', '.join(f'{v:.0f}' for v in with_stalled)} ms; "
+        f"without: {', '.join(f'{v:.0f}' for v in without)} ms; "
+        f"{'every healthy subscriber got every part in order' if complete else 'a healthy subscriber MISSED events'}"
+    )
+    return [
+        figure(
+            "fanout_stalled_p99",
+            ours=median(with_stalled),
+            baseline=median(without),
+            unit="ms",
+            goal="ratio <= 1.2, nothing lost",
+            check=lambda f: complete and f.ratio is not None and f.ratio <= RATIO_GOAL,
+            note=detail,
+        )
+    ]
