@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-browser test-clients js-deps test-postgres test-all soak bench lint format typecheck audit clean
+.PHONY: run test test-slow test-browser test-clients js-deps test-postgres test-all soak bench lint format typecheck audit clean
 
 $(STAMP): requirements/base.txt requirements/dev.txt requirements/prod.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,8 +19,14 @@ run: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest
 
+# The tests marked slow (512 MiB through a live server, a real full disk, `make run` itself): out
+# of `make test`, run by CI (`.ci/run`).
+test-slow: $(STAMP)
+	$(PY) -m pytest -m slow
+
 # The web page in a real browser: Playwright (requirements/browser.txt) drives Debian's Chromium at
-# /usr/bin/chromium (apt-get install chromium; `.ci/run` does it). Not part of `make test`.
+# /usr/bin/chromium (apt-get install chromium; `.ci/run` does it). Not part of `make test`. The npm
+# packages too (Uppy's @uppy/tus from another origin), so node and npm as for test-clients.
 BROWSER_STAMP := $(VENV)/.installed-browser
 $(BROWSER_STAMP): $(STAMP) requirements/browser.txt
 	$(PY) -m pip install --quiet -r requirements/browser.txt

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import shutil
-
 import django_rq
-from django.conf import settings
 from django.db import connection
 from django.http import HttpRequest, JsonResponse
 
-from backend.uploads.staging import staging_dir
+from backend.uploads.staging import staging_short_of_space
 from backend.uploads.storage import get_storage
 
 
@@ -44,8 +41,6 @@ def _storage() -> None:
 
 
 def _staging() -> None:
-    directory = staging_dir()
-    directory.mkdir(parents=True, exist_ok=True)
-    free = shutil.disk_usage(directory).free
-    if free < settings.UPLOAD_STAGING_MIN_FREE_BYTES:
+    free = staging_short_of_space()
+    if free is not None:
         raise RuntimeError(f"only {free} bytes free")

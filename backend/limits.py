@@ -19,7 +19,6 @@ only when the view parses a body that arrived whole.
 from __future__ import annotations
 
 import asyncio
-import shutil
 from typing import Any
 
 from asgiref.sync import sync_to_async
@@ -27,6 +26,7 @@ from django.conf import settings
 
 from backend.http_errors import error_body
 from backend.quotas.requests import quota_room_for_request
+from backend.uploads.staging import staging_short_of_space
 
 ENVELOPE_ALLOWANCE = 1024 * 1024
 
@@ -157,8 +157,7 @@ def _refusal_from_headers(headers: dict[str, str]) -> Refusal | None:
         return 411, "LENGTH_REQUIRED", "a multipart upload needs a Content-Length header"
     if int(length) > settings.UPLOAD_MAX_BYTES + ENVELOPE_ALLOWANCE:
         return 413, "FILE_TOO_LARGE", f"uploads are limited to {settings.UPLOAD_MAX_BYTES} bytes"
-    settings.UPLOAD_STAGING_DIR.mkdir(parents=True, exist_ok=True)
-    if shutil.disk_usage(settings.UPLOAD_STAGING_DIR).free < settings.UPLOAD_STAGING_MIN_FREE_BYTES:
+    if staging_short_of_space() is not None:
         return 507, "INSUFFICIENT_STORAGE", "the server is short of staging space; try again later"
     return None
 

@@ -9,7 +9,6 @@ from importlib import import_module
 from typing import Any
 from urllib.parse import urlsplit
 
-import redis
 from asgiref.sync import sync_to_async
 from channels.auth import get_user
 from django.conf import settings
@@ -19,6 +18,8 @@ from strawberry.exceptions import ConnectionRejectionError
 from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import BaseGraphQLTransportWSHandler
 from strawberry.subscriptions.protocols.graphql_ws.handlers import BaseGraphQLWSHandler
 
+from backend.redis_errors import REDIS_UNREACHABLE
+from backend.tokens.bearer import bearer_token
 from backend.tokens.services import token_user
 from schema.context import Context
 from schema.fanout import shared_message_json
@@ -70,7 +71,7 @@ class UploadGraphQLWSConsumer(GraphQLWSConsumer):
         """
         try:
             await super().__call__(scope, receive, send)
-        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+        except REDIS_UNREACHABLE as exc:
             if hasattr(self, "channel_receive"):
                 raise  # the socket got its channel: a later failure is not the handshake's
             logger.warning("websocket refused: the channel layer's Redis is unreachable: %s", exc)
@@ -112,8 +113,7 @@ class UploadGraphQLWSConsumer(GraphQLWSConsumer):
         authorization = next((v for k, v in params.items() if str(k).lower() == "authorization"), None)
         token: str | None = None
         if authorization is not None:
-            scheme, _, token = str(authorization).partition(" ")
-            token = token.strip() if scheme.lower() == "bearer" else None
+            token = bearer_token(str(authorization))
             user = await sync_to_async(token_user)(token=token) if token else None
         else:
             user = await _session_user(self.scope)

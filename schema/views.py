@@ -18,6 +18,7 @@ from django.middleware.csrf import CsrfViewMiddleware
 from strawberry.django.views import AsyncGraphQLView
 
 from backend.http_errors import error_response
+from backend.tokens.bearer import bearer_token
 from backend.tokens.services import token_user
 from backend.uploads.staging import FileTooLarge, StagingFull, staging_discard_incoming
 from schema.context import Context
@@ -105,10 +106,10 @@ async def _authenticate(request: HttpRequest) -> tuple[Any, bool]:
     """(user or None, whether the user came from the session cookie). A bearer token decides."""
     header = request.headers.get("Authorization", "")
     if header:
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
+        token = bearer_token(header)
+        if token is None:
             raise InvalidToken
-        user = await sync_to_async(token_user)(token=token.strip())
+        user = await sync_to_async(token_user)(token=token)
         if user is None:
             raise InvalidToken
         return user, False

@@ -3,8 +3,11 @@
 Everything the suite needs is started here, on free ports under a temporary directory; nothing
 running on the machine is used. The database is a SQLite file, or with `TEST_DATABASE=postgres`
 (`make test-postgres`) a fresh database on a private PostgreSQL cluster started for the session.
-Either way every stack of the session shares it, as the test process does (it makes the users
-and tokens the servers check, and reads the rows the workers write).
+The shared `stack` and the module stacks use the session's database, as the test process does (it
+makes the users and tokens the servers check, and reads the rows the workers write). A test that
+makes stacks of its own (`make_stack`) gets a database of its own for the test and its stacks, a
+copy of the freshly migrated one (`_test_database`): no other test's rows are there, so no stack's
+reaper ever adopts another test's uploads.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import shutil
 import tempfile
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -67,6 +71,64 @@ def pytest_configure(config: pytest.Config) -> None:
     from django.core.management import call_command
 
     call_command("migrate", "--noinput", verbosity=0)
+    _database_template_make(database)
+
+
+def _database_template_make(database: str) -> None:
+    """Keep the migrated, still empty database as the template each test database is copied from."""
+    from django.db import connections
+
+    connections.close_all()
+    if database == "postgres":
+        url = _SESSION["postgres"].database_copy(source="uploads_tests", name="uploads_template")
+        _SESSION["database_template"] = url
+    else:
+        template = Path(_SESSION["root"]) / "template.sqlite3"
+        shutil.copyfile(Path(_SESSION["root"]) / "db.sqlite3", template)
+        _SESSION["database_template"] = template
+    _SESSION["database"] = database
+
+
+_DATABASE_NUMBERS = iter(range(1, 100_000))
+
+
+@contextmanager
+def _database_of_its_own() -> Iterator[str]:
+    """Point this process (and, through DATABASE_URL, the stacks made meanwhile) at a fresh copy of the template."""
+    from django.conf import settings
+    from django.db import connections
+
+    number = next(_DATABASE_NUMBERS)
+    if _SESSION["database"] == "postgres":
+        name = f"uploads_test_{number}"
+        url = _SESSION["postgres"].database_copy(source="uploads_template", name=name)
+    else:
+        path = Path(_SESSION["root"]) / f"db-{number}.sqlite3"
+        shutil.copyfile(_SESSION["database_template"], path)
+        name, url = str(path), f"sqlite:///{path}"
+    saved_url, saved_name = os.environ["DATABASE_URL"], settings.DATABASES["default"]["NAME"]
+    connections["default"].close()
+    os.environ["DATABASE_URL"] = url
+    settings.DATABASES["default"]["NAME"] = connections["default"].settings_dict["NAME"] = name
+    try:
+        yield url
+    finally:
+        connections["default"].close()
+        os.environ["DATABASE_URL"] = saved_url
+        settings.DATABASES["default"]["NAME"] = connections["default"].settings_dict["NAME"] = saved_name
+
+
+@pytest.fixture(autouse=True)
+def _test_database(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A database of its own for each test that makes its own stacks (see the module docstring)."""
+    if "make_stack" not in request.fixturenames:
+        yield
+        return
+    for shared in ("stack", "target"):
+        if shared in request.fixturenames:
+            request.getfixturevalue(shared)  # made on the session's database, before the switch
+    with _database_of_its_own():
+        yield
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -26,6 +26,8 @@ from gql.transport.exceptions import (
 from gql.transport.httpx import HTTPXAsyncTransport
 from gql.transport.websockets import WebsocketsTransport
 from websockets.exceptions import ConnectionClosed
+
+from backend.retries import RetryPolicy
 
 UPLOAD_FIELDS = (
     "id",
@@ -68,6 +70,9 @@ PROGRESS_FIELDS = (
 TERMINAL_STATUSES = frozenset({"COMPLETED", "FAILED", "CANCELLED"})
 # The server refuses more than this many uploads per page (BAD_USER_INPUT above it).
 PAGE_SIZE = 100
+# Reconnecting the progress stream, through the service's one retry policy: waits of 1, 2, 4, 8, 8 s
+# at most and at least half that (a server restart takes seconds; ~12 s of trying at the least).
+RECONNECT = RetryPolicy(base=1.0, cap=8.0, jitter=0.5)
 
 _UPLOAD = " ".join(UPLOAD_FIELDS)
 UPLOAD_GET = f"query Upload($id: ID!) {{ upload(id: $id) {{ {_UPLOAD} }} }}"
@@ -313,15 +318,14 @@ class ProgressFeed:
                 raise ApiError("BAD_RESPONSE", f"the progress stream of {upload_id} kept ending before a final status")
 
     async def _connect_with_retries(self, failures: int) -> Any:
-        while True:
-            if failures:
-                await asyncio.sleep(min(0.25 * 2**failures, 8.0))  # backoff before reconnecting
-            try:
-                return await self._connect()
-            except ApiError as error:
-                failures += 1
-                if failures > self.reconnect_attempts or _refused(error.__cause__ or error):
-                    raise
+        """Connect under the service's one retry policy; the `failures` already seen count against it."""
+        if failures:
+            await asyncio.sleep(RECONNECT.delay(attempt=failures))  # sync-ok: backoff before reconnecting
+        policy = replace(RECONNECT, attempts=max(1, self.reconnect_attempts + 1 - failures))
+        retrying = policy.async_retrying(
+            retry_on=ApiError, give_up=lambda error: _refused(error.__cause__ or error), failed_before=failures
+        )
+        return await retrying(self._connect)
 
 
 def _refused(error: BaseException) -> bool:

@@ -19,6 +19,7 @@ from django.db.models import Sum
 from django.db.models.functions import Coalesce
 
 from backend.quotas.selectors import quota_usage_for
+from backend.tokens.bearer import bearer_token
 from backend.tokens.services import token_user
 from backend.uploads.models import FileUpload
 
@@ -27,8 +28,8 @@ def request_user(*, headers: dict[str, str]) -> User | None:
     """The user a request's credentials name, as the GraphQL view will find them (a bearer token decides)."""
     authorization = headers.get("authorization", "")
     if authorization:
-        scheme, _, token = authorization.partition(" ")
-        return token_user(token=token.strip()) if scheme.lower() == "bearer" else None
+        token = bearer_token(authorization)
+        return token_user(token=token) if token else None
     try:
         cookies = SimpleCookie(headers.get("cookie", ""))
     except CookieError:

@@ -21,8 +21,18 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
+from tenacity import RetryCallState
+
+from backend.retries import RetryPolicy
 from backend.uploads.sniffing import SNIFF_BYTES, content_type_allowed, content_type_sniff
-from backend.uploads.storage import DirectUploads, PartReceipt, Storage, StorageError, storage_call_with_retries
+from backend.uploads.storage import (
+    DirectUploads,
+    PartReceipt,
+    Storage,
+    StorageError,
+    storage_call_with_retries,
+    storage_retrying,
+)
 from backend.uploads.transfer import TransferFailed, TransferStopped
 
 logger = logging.getLogger(__name__)
@@ -56,16 +66,22 @@ def direct_finish(
     parts: list[PartReceipt],
     storage: Storage,
     heartbeat: Callable[[], bool],
+    direct: DirectUploads | None,
     heartbeat_seconds: float = 5.0,
-    attempts: int = 5,
+    retry: RetryPolicy | None = None,
 ) -> FinishedObject:
-    """Complete and verify the object; raises TransferFailed (the object removed) or TransferStopped."""
-    if not isinstance(storage, DirectUploads):
+    """Complete and verify the object; raises TransferFailed (the object removed) or TransferStopped.
+
+    `direct` is the store's direct-upload capability (the factory resolves it; None: it has none).
+    """
+    if direct is None:
         raise TransferFailed("this server's store takes no direct uploads (STORAGE_BACKEND is not s3)")
+    policy = retry if retry is not None else RetryPolicy()
+    reader = direct
 
     def call(operation: Callable[[], T]) -> T:
         try:
-            return storage_call_with_retries(operation, attempts=attempts)
+            return storage_call_with_retries(operation, retry=policy)
         except StorageError as exc:
             raise TransferFailed(str(exc)) from exc
 
@@ -77,7 +93,7 @@ def direct_finish(
         handle = spec.handle or ""
         call(lambda: storage.complete(key=spec.key, handle=handle, parts=parts, size=spec.size))
     sniff = min(SNIFF_BYTES, spec.size)
-    head = b"".join(call(lambda: list(storage.object_read(key=spec.key, length=sniff)))) if sniff else b""
+    head = b"".join(call(lambda: list(reader.object_read(key=spec.key, length=sniff)))) if sniff else b""
     content_type = content_type_sniff(head)
     if not content_type_allowed(content_type, spec.allowed_types):
         _reject(spec, storage, f"UNSUPPORTED_MEDIA_TYPE: content type {content_type} is not allowed here")
@@ -87,7 +103,7 @@ def direct_finish(
         # The server never saw these bytes, and reports no sha256 it did not compute (CONTRACT section 9).
         return FinishedObject(content_type=content_type, sha256=None)
     digest = _object_sha256(
-        spec=spec, storage=storage, heartbeat=heartbeat, heartbeat_seconds=heartbeat_seconds, attempts=attempts
+        spec=spec, storage=reader, heartbeat=heartbeat, heartbeat_seconds=heartbeat_seconds, retry=policy
     )
     if digest != spec.expected_sha256:
         _reject(
@@ -99,26 +115,35 @@ def direct_finish(
 
 
 def _object_sha256(
-    *, spec: FinishSpec, storage: DirectUploads, heartbeat: Callable[[], bool], heartbeat_seconds: float, attempts: int
+    *,
+    spec: FinishSpec,
+    storage: DirectUploads,
+    heartbeat: Callable[[], bool],
+    heartbeat_seconds: float,
+    retry: RetryPolicy,
 ) -> str:
     """The object's sha256, read back chunk by chunk, heartbeating as it goes; a broken read starts over."""
-    last_beat = time.monotonic()
-    for attempt in range(1, max(1, attempts) + 1):
+    beats = [time.monotonic()]
+
+    def read_once() -> str:
         digest = hashlib.sha256()
-        try:
-            for chunk in storage.object_read(key=spec.key, chunk_size=READ_CHUNK):
-                digest.update(chunk)
-                if time.monotonic() - last_beat >= heartbeat_seconds:
-                    last_beat = time.monotonic()
-                    if not heartbeat():
-                        raise TransferStopped("the upload was taken from this run while it was read back")
-        except StorageError as exc:
-            if not exc.retryable or attempt >= attempts:
-                raise TransferFailed(f"reading the object back failed: {exc}") from exc
-            logger.info("upload %s: reading back failed (attempt %d): %s", spec.upload_id, attempt, exc)
-            continue
+        for chunk in storage.object_read(key=spec.key, chunk_size=READ_CHUNK):
+            digest.update(chunk)
+            if time.monotonic() - beats[-1] >= heartbeat_seconds:
+                beats.append(time.monotonic())
+                if not heartbeat():
+                    raise TransferStopped("the upload was taken from this run while it was read back")
         return digest.hexdigest()
-    raise AssertionError("unreachable")
+
+    def again(state: RetryCallState) -> None:
+        error = state.outcome.exception() if state.outcome else None
+        logger.info("upload %s: reading back failed (attempt %d): %s", spec.upload_id, state.attempt_number, error)
+
+    try:
+        result: str = storage_retrying(retry, before_sleep=again)(read_once)
+    except StorageError as exc:
+        raise TransferFailed(f"reading the object back failed: {exc}") from exc
+    return result
 
 
 def _reject(spec: FinishSpec, storage: Storage, error: str) -> None:

@@ -33,6 +33,7 @@ from prometheus_client.registry import Collector
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from backend.redis_errors import REDIS_UNREACHABLE
 from backend.uploads.models import FileUpload, UploadStatus
 
 logger = logging.getLogger(__name__)
@@ -223,7 +224,7 @@ class UploadCollector(Collector):
             depth = django_rq.get_queue("default", connection=connection).count
             durations = _duration_histogram(connection)
             subscriptions = _subscriptions_active(connection)
-        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
+        except REDIS_UNREACHABLE:
             # Redis is away: the scrape still answers, without what only Redis knows.
             logger.warning("metrics: Redis unreachable; counters, durations, queue depth and subscriptions left out")
             return

@@ -1,9 +1,8 @@
-"""Pure arithmetic of a multipart transfer: part sizes, part ranges, backoff, progress."""
+"""Pure arithmetic of a multipart transfer: part sizes, part ranges, progress (backoff: backend/retries.py)."""
 
 from __future__ import annotations
 
 import math
-import random
 
 MAX_PARTS = 10_000
 S3_MIN_PART_SIZE = 5 * 1024 * 1024
@@ -33,12 +32,6 @@ def part_range(*, part_number: int, size: int, part_size: int) -> tuple[int, int
     if part_number < 1 or offset >= size:
         raise ValueError(f"part {part_number} is outside a file of {size} bytes")
     return offset, min(part_size, size - offset)
-
-
-def backoff_delay(*, attempt: int, base: float = 0.25, cap: float = 8.0, rng: random.Random | None = None) -> float:
-    """Seconds to wait after failed attempt number `attempt` (1-based): full-jitter exponential."""
-    ceiling = min(cap, base * (2 ** (attempt - 1)))
-    return (rng or random).uniform(0, ceiling)
 
 
 def progress_fraction(*, bytes_uploaded: int, size: int, completed: bool) -> float:

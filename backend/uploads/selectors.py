@@ -14,7 +14,7 @@ from django.db.models import Q
 
 from backend.uploads.errors import BadUserInput, NotFound
 from backend.uploads.models import ACTIVE_STATUSES, ConcatRole, FileUpload, UploadPart, UploadStatus
-from backend.uploads.storage import PartReceipt, Presigner, get_storage
+from backend.uploads.storage import PartReceipt, get_capabilities
 
 MAX_PAGE = 100
 
@@ -41,8 +41,8 @@ def upload_get(*, upload_id: uuid.UUID) -> FileUpload | None:
 
 
 def upload_is_claimed_by(*, upload_id: uuid.UUID, claim: uuid.UUID) -> bool:
-    """Whether the upload is still UPLOADING under this transfer's claim."""
-    return FileUpload.objects.filter(id=upload_id, claim=claim, status=UploadStatus.UPLOADING).exists()
+    """Whether the upload is still active (UPLOADING, or RECEIVING/QUEUED for a pipeline run) under this claim."""
+    return FileUpload.objects.filter(id=upload_id, claim=claim, status__in=ACTIVE_STATUSES).exists()
 
 
 def upload_parts_list(*, upload_id: uuid.UUID) -> list[PartReceipt]:
@@ -111,10 +111,10 @@ def upload_download_url(*, upload: FileUpload, base_url: str | None) -> str | No
     """An absolute, expiring URL serving the object, once the upload is COMPLETED."""
     if upload.status != UploadStatus.COMPLETED:
         return None
-    storage = get_storage()
-    if not isinstance(storage, Presigner):
+    presigner = get_capabilities().presigner
+    if presigner is None:
         return None
-    return storage.download_url(
+    return presigner.download_url(
         key=upload.storage_key,
         filename=upload.filename,
         ttl=settings.DOWNLOAD_URL_TTL,

@@ -65,6 +65,16 @@ def staging_free_bytes() -> int:
     return shutil.disk_usage(directory).free
 
 
+def staging_short_of_space() -> int | None:
+    """The free bytes left in staging when under UPLOAD_STAGING_MIN_FREE_BYTES, else None.
+
+    The one free-space check: the request limits (507 before a body is read), resumable uploads
+    and readiness (/readyz) all ask this.
+    """
+    free = staging_free_bytes()
+    return free if free < settings.UPLOAD_STAGING_MIN_FREE_BYTES else None
+
+
 @cache
 def _hashing_pool() -> ThreadPoolExecutor:
     """Threads shared by every upload of this process that hash chunks beside the parser."""

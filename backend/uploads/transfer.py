@@ -23,13 +23,16 @@ import uuid
 from collections import deque
 from collections.abc import Callable, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol, TypeVar
 
+from tenacity import RetryCallState
+
+from backend.retries import RetryPolicy
 from backend.uploads.errors import ClaimLost
-from backend.uploads.parts import backoff_delay, part_range
-from backend.uploads.storage import PartFromFile, PartReceipt, Storage, StorageError, storage_call_with_retries
+from backend.uploads.parts import part_range
+from backend.uploads.storage import PartFromFile, PartReceipt, Storage, StorageError, storage_retrying
 
 logger = logging.getLogger(__name__)
 
@@ -70,11 +73,15 @@ class TransferSpec:
 
 @dataclass(frozen=True)
 class TransferSettings:
-    """How to copy: parts in flight, the heartbeat interval, attempts per call, an artificial pause per part."""
+    """How to copy: parts in flight, the heartbeat interval, the retry policy, an artificial pause per part.
+
+    `retry` is the one policy for every store call of the transfer (each part, and start, list,
+    complete); the storage factory gives the backends the same one for the calls they retry.
+    """
 
     concurrency: int = 4
     heartbeat_seconds: float = 5.0
-    attempts: int = 5
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
     part_delay_ms: int = 0
 
 
@@ -110,37 +117,37 @@ def transfer_upload(
     ledger: Ledger,
     should_stop: Callable[[], bool],
     config: TransferSettings,
+    part_from_file: PartFromFile | None = None,
     count: Callable[[Mapping[str, int]], None] = _no_counts,
 ) -> None:
     """Copy the staged bytes at `source` into the store and assemble the object `spec` describes.
 
-    `should_stop` is asked before each part is started; `count` adds to the metrics counters
-    (part_attempts, part_failures, parts_confirmed, bytes_transferred). Raises TransferFailed,
+    `should_stop` is asked before each part is started; `part_from_file` is the store's optional
+    capability of taking a part straight from the staged file (the factory resolves it); `count`
+    adds to the metrics counters (part_attempts, part_failures, parts_confirmed, bytes_transferred)
+    from the retry policy's hooks. Raises TransferFailed,
     TransferStopped or ClaimLost; returns once the object is whole.
     """
     if not source.exists():
         # The web process that accepted the upload staged it; a worker that cannot see it is most
         # likely not sharing the staging directory. Say so, without naming the server's paths.
         raise TransferFailed(STAGED_BYTES_MISSING)
-    run = _Run(spec=spec, storage=storage, ledger=ledger, should_stop=should_stop, config=config, count=count)
+    run = _Run(
+        spec=spec,
+        storage=storage,
+        ledger=ledger,
+        should_stop=should_stop,
+        config=config,
+        part_from_file=part_from_file,
+        count=count,
+    )
     if spec.size == 0:
         run.call_store(
             lambda: storage.put_object(key=spec.key, data=b"", content_type=spec.content_type, metadata=spec.metadata)
         )
         return
 
-    handle = spec.handle
-    if handle is None:
-        handle = run.call_store(
-            lambda: storage.start(key=spec.key, content_type=spec.content_type, metadata=spec.metadata)
-        )
-        try:
-            ledger.set_storage_handle(handle)
-        except ClaimLost:
-            # Cancelled or deleted meanwhile: no row will ever name this object, so abort it now.
-            storage.abort(key=spec.key, handle=handle)
-            raise
-
+    handle = run.open_object()
     confirmed = run.reconcile(handle=handle)
     pending = deque(n for n in range(1, spec.parts_total + 1) if n not in confirmed)
     fd = os.open(source, os.O_RDONLY)
@@ -155,6 +162,62 @@ def transfer_upload(
     run.call_store(lambda: storage.complete(key=spec.key, handle=handle, parts=receipts, size=spec.size))
 
 
+def transfer_arrived_parts(
+    *,
+    spec: TransferSpec,
+    source: Path,
+    storage: Storage,
+    ledger: Ledger,
+    should_stop: Callable[[], bool],
+    config: TransferSettings,
+    arrived: Callable[[], int],
+    part_from_file: PartFromFile | None = None,
+    count: Callable[[Mapping[str, int]], None] = _no_counts,
+) -> int:
+    """Send the whole parts of an upload whose bytes are still arriving; never complete the object.
+
+    `arrived()` answers how many whole parts (each exactly `spec.part_size`) staging holds now;
+    parts 1..arrived() that neither the ledger nor the store confirm are sent, then `arrived()` is
+    asked again, and the run returns once a round finds nothing new: it sends what is there and
+    never waits for more. `spec.size` is not used (the length may not be known yet). The object
+    is opened if `spec.handle` is None. Returns the number of parts sent. Raises as
+    `transfer_upload` does.
+    """
+    whole = arrived()
+    if whole < 1:
+        return 0
+    if not source.exists():
+        raise TransferFailed(STAGED_BYTES_MISSING)
+    # Part ranges are computed against the bytes known whole so far, which every part sent lies in.
+    run = _Run(
+        spec=replace(spec, size=whole * spec.part_size),
+        storage=storage,
+        ledger=ledger,
+        should_stop=should_stop,
+        config=config,
+        part_from_file=part_from_file,
+        count=count,
+    )
+    handle = run.open_object()
+    confirmed = run.reconcile(handle=handle)
+    sent = 0
+    fd = os.open(source, os.O_RDONLY)
+    try:
+        while True:
+            due = [n for n in range(1, whole + 1) if n not in confirmed]
+            if due:
+                run.send_parts(handle=handle, fd=fd, pending=deque(due))
+                confirmed.update(due)
+                sent += len(due)
+            now = arrived()
+            if now <= whole:
+                return sent
+            whole = now
+            run.spec = replace(spec, size=whole * spec.part_size)
+    finally:
+        os.close(fd)
+
+
 @dataclass
 class _Run:
     """One call of `transfer_upload`: what it was handed, shared by its steps."""
@@ -164,7 +227,24 @@ class _Run:
     ledger: Ledger
     should_stop: Callable[[], bool]
     config: TransferSettings
+    part_from_file: PartFromFile | None
     count: Callable[[Mapping[str, int]], None]
+
+    def open_object(self) -> str:
+        """The store's handle for this object: the one an earlier run opened, or a new one recorded now."""
+        spec, storage = self.spec, self.storage
+        if spec.handle is not None:
+            return spec.handle
+        handle = self.call_store(
+            lambda: storage.start(key=spec.key, content_type=spec.content_type, metadata=spec.metadata)
+        )
+        try:
+            self.ledger.set_storage_handle(handle)
+        except ClaimLost:
+            # Cancelled or deleted meanwhile: no row will ever name this object, so abort it now.
+            storage.abort(key=spec.key, handle=handle)
+            raise
+        return handle
 
     def reconcile(self, *, handle: str) -> set[int]:
         """Part numbers both the ledger and the store confirm; parts only the store lists are recorded."""
@@ -227,33 +307,39 @@ class _Run:
             raise TransferStopped("the transfer was asked to stop")
 
     def send_part(self, *, handle: str, fd: int, number: int) -> PartReceipt:
-        """Put one part from staging, trying up to `config.attempts` times."""
-        attempts = max(1, self.config.attempts)
-        for attempt in range(1, attempts + 1):
-            if self.config.part_delay_ms:
-                time.sleep(self.config.part_delay_ms / 1000)
+        """Put one part from staging under the retry policy; attempts and failures are counted by its hooks."""
+
+        def attempted(state: RetryCallState) -> None:
             self.count({"part_attempts": 1})
-            try:
-                receipt = self.put_part(handle=handle, number=number, fd=fd)
-            except StorageError as exc:
-                self.count({"part_failures": 1})
-                if not exc.retryable:
-                    raise TransferFailed(f"part {number}: {exc}") from exc
-                if attempt == attempts:
-                    raise TransferFailed(f"part {number} failed {attempts} times; last error: {exc}") from exc
-                logger.info("upload %s part %d attempt %d failed: %s", self.spec.upload_id, number, attempt, exc)
-            else:
-                self.count({"parts_confirmed": 1, "bytes_transferred": receipt.size})
-                return receipt
-            time.sleep(backoff_delay(attempt=attempt))
-        raise AssertionError("unreachable")
+
+        def failed(state: RetryCallState) -> None:
+            self.count({"part_failures": 1})
+
+        def retrying(state: RetryCallState) -> None:
+            error = state.outcome.exception() if state.outcome else None
+            logger.info(
+                "upload %s part %d attempt %d failed: %s", self.spec.upload_id, number, state.attempt_number, error
+            )
+
+        attempts = storage_retrying(self.config.retry, before=attempted, after=failed, before_sleep=retrying)
+        try:
+            receipt: PartReceipt = attempts(self.put_part, handle=handle, number=number, fd=fd)
+        except StorageError as exc:
+            if not exc.retryable:
+                raise TransferFailed(f"part {number}: {exc}") from exc
+            tries = self.config.retry.attempts
+            raise TransferFailed(f"part {number} failed {tries} times; last error: {exc}") from exc
+        self.count({"parts_confirmed": 1, "bytes_transferred": receipt.size})
+        return receipt
 
     def put_part(self, *, handle: str, number: int, fd: int) -> PartReceipt:
         """One attempt at part `number`: straight from the staged file if the store can, else its bytes."""
+        if self.config.part_delay_ms:
+            time.sleep(self.config.part_delay_ms / 1000)  # sync-ok: UPLOAD_PART_DELAY_MS, a deliberate pause per part
         spec, storage = self.spec, self.storage
         offset, length = part_range(part_number=number, size=spec.size, part_size=spec.part_size)
-        if isinstance(storage, PartFromFile):
-            return storage.put_part_from_file(
+        if self.part_from_file is not None:
+            return self.part_from_file.put_part_from_file(
                 key=spec.key, handle=handle, part_number=number, offset=offset, length=length, source_fd=fd
             )
         data = os.pread(fd, length, offset)
@@ -264,6 +350,7 @@ class _Run:
     def call_store(self, call: Callable[[], T]) -> T:
         """Run a whole-object store call (start, list, complete, put) with the same retry policy as parts."""
         try:
-            return storage_call_with_retries(call, attempts=self.config.attempts)
+            result: T = storage_retrying(self.config.retry)(call)
+            return result
         except StorageError as exc:
             raise TransferFailed(str(exc)) from exc

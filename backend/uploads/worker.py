@@ -32,7 +32,6 @@ from importlib import import_module
 from types import FrameType
 from typing import Any, TypeVar
 
-import redis
 from django.conf import settings
 from django.db import connections
 from django.utils.module_loading import import_string
@@ -41,6 +40,7 @@ from rq import Queue, Worker
 from rq.cron import CronJob
 from rq.job import Job
 
+from backend.redis_errors import REDIS_UNREACHABLE, redis_unless_unreachable
 from backend.uploads import jobs
 from backend.uploads.jobqueue import TRANSFER_JOB
 from backend.uploads.transfer import stop_requested
@@ -53,18 +53,13 @@ T = TypeVar("T")
 # before the transfers, so a backlog of transfers never delays the reaper behind it.
 MAINTENANCE_QUEUE = "maintenance"
 
-REDIS_UNREACHABLE = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
 # How long the scheduler waits before trying Redis again after a failed round.
 CRON_RETRY_SECONDS = 2.0
 
 
 def _unless_redis_away(what: str, call: Callable[[], T], default: T) -> T:
     """Run a bookkeeping call; while Redis is unreachable, log it and answer `default`."""
-    try:
-        return call()
-    except REDIS_UNREACHABLE as exc:
-        logger.warning("Redis unreachable, %s skipped: %s", what, exc)
-        return default
+    return redis_unless_unreachable(what, call, default, logger=logger)
 
 
 def transfer_modules_preload() -> None:

@@ -6,11 +6,11 @@ import logging
 from collections.abc import Iterator
 
 import django_rq
-import redis
 from django.db.models import Count
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from backend.redis_errors import REDIS_UNREACHABLE
 from backend.uploads.metrics import metrics_add, metrics_read
 
 logger = logging.getLogger(__name__)
@@ -44,7 +44,7 @@ class WebhookCollector(Collector):
         try:
             values = metrics_read([_PREFIX + name for name in COUNTERS])
             depth = django_rq.get_queue(WEBHOOK_QUEUE).count
-        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
+        except REDIS_UNREACHABLE:
             logger.warning("metrics: Redis unreachable; webhook counters left out")
             return
         for (name, description), value in zip(COUNTERS.items(), values, strict=True):

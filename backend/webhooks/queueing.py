@@ -17,7 +17,7 @@ from datetime import timedelta
 import django_rq
 from django.conf import settings
 
-from backend.uploads.jobqueue import REDIS_UNREACHABLE
+from backend.redis_errors import REDIS_UNREACHABLE
 
 logger = logging.getLogger(__name__)
 

@@ -35,11 +35,11 @@ CREDENTIALS = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test"}
 @contextmanager
 def _s3_settings(moto: Moto, bucket: str) -> Iterator[None]:
     """This process's settings, and storage backend, pointed at `bucket` on `moto`."""
-    from backend.uploads.storage import get_storage
+    from backend.uploads.storage import get_capabilities
 
     saved = {name: os.environ.get(name) for name in CREDENTIALS}
     os.environ.update(CREDENTIALS)
-    get_storage.cache_clear()
+    get_capabilities.cache_clear()
     try:
         with override_settings(
             STORAGE_BACKEND="s3",
@@ -50,7 +50,7 @@ def _s3_settings(moto: Moto, bucket: str) -> Iterator[None]:
         ):
             yield
     finally:
-        get_storage.cache_clear()
+        get_capabilities.cache_clear()
         for name, value in saved.items():
             if value is None:
                 os.environ.pop(name, None)

@@ -19,6 +19,7 @@ from backend.stack import free_port
 from backend.uploads.models import FileUpload
 from tests.support.client import data_of, upload_file
 from tests.support.processes import wait_until
+from tests.support.uploads import Gate
 
 ROOT = Path(__file__).resolve().parents[2]
 MIB = 1024 * 1024
@@ -243,12 +244,16 @@ def test_status_list_download_delete(stack, api_user, tmp_path) -> None:
 
 
 def test_cancel_and_retry_an_upload_in_flight(make_stack, api_user, tmp_path) -> None:
-    slow = make_stack(env=SLOW)
+    # The worker waits at part 2 until the cancel is in: the CLI's start-up time cannot race it.
+    gate = Gate(tmp_path / "gate", part=2)
+    slow = make_stack(env={"UPLOAD_PART_CONCURRENCY": "1"}, faults=gate.plan)
     auth = ["--url", slow.url, "--token", api_user.token]
     upload = data_of(upload_file(slow.url, os.urandom(4 * MIB), headers=api_user.headers))["uploadFile"]
-    wait_until(lambda: status_of(upload["id"]) == "UPLOADING", what="the transfer to start")
+    gate.reached()
+    assert status_of(upload["id"]) == "UPLOADING"
 
     cancelled = cli("cancel", upload["id"], "--json", *auth, cwd=tmp_path)
+    gate.open()
     assert cancelled.returncode == 0, cancelled
     assert json.loads(cancelled.stdout)["status"] == "CANCELLED"
     again = cli("cancel", upload["id"], *auth, cwd=tmp_path)

@@ -1,8 +1,9 @@
 """Live progress end to end: a real server over TCP, real websocket clients, real workers and Redis.
 
-Each test that needs to watch a transfer as it happens starts a private stack whose workers pause
-before every part (UPLOAD_PART_DELAY_MS), so a subscriber opened right after `uploadFile` answers
-is in place before the first part is confirmed.
+Each test that needs to watch a transfer from its start starts a private stack whose worker waits
+at a gate before part 1 (tests/support/uploads.py `Gate`) until the subscriber has its snapshot:
+the subscriber is in place before the first part is confirmed, however slow the machine, with no
+head start to win.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from tests.support.client import (
     upload_file,
 )
 from tests.support.processes import wait_until
+from tests.support.uploads import Gate
 
 MIB = 1024 * 1024
 TERMINAL = {"COMPLETED", "FAILED", "CANCELLED"}
@@ -39,6 +41,8 @@ RESYNC_SECONDS = float(os.environ["PROGRESS_RESYNC_SECONDS"])
 # Parts one at a time with a pause before each: events arrive about every PART_DELAY_MS.
 PART_DELAY_MS = 120
 PACED = {"UPLOAD_PART_DELAY_MS": str(PART_DELAY_MS), "UPLOAD_PART_CONCURRENCY": "1"}
+# Parts one at a time, the worker held at part 1 until the test's subscriber is in place.
+ONE_AT_A_TIME = {"UPLOAD_PART_CONCURRENCY": "1"}
 CANCEL_MUTATION = "mutation($id: ID!) { cancelUpload(id: $id) { id status } }"
 
 
@@ -66,11 +70,18 @@ async def upload(url: str, content: bytes, headers: dict[str, str]) -> dict[str,
     return data_of(response)["uploadFile"]
 
 
-async def next_payloads(session: Subscriber, sub_ids: list[str]) -> dict[str, list[dict[str, Any]]]:
-    """Every `next` payload per subscription id, each with its arrival time, until all are complete."""
+async def next_payloads(
+    session: Subscriber, sub_ids: list[str], *, gate: Gate | None = None
+) -> dict[str, list[dict[str, Any]]]:
+    """Every `next` payload per subscription id, each with its arrival time, until all are complete.
+
+    With `gate`, it is opened once every subscription has its snapshot (its first payload).
+    """
     received: dict[str, list[dict[str, Any]]] = {sub_id: [] for sub_id in sub_ids}
     open_ids = set(sub_ids)
     while open_ids:
+        if gate is not None and all(received.values()):
+            gate.open()
         message = await session.receive()
         trace(message)
         sub_id = message.get("id")
@@ -120,15 +131,16 @@ def assert_every_part_reported(events: list[dict[str, Any]], parts_total: int) -
 # --- the stream of one transfer ---------------------------------------------------------------
 
 
-def test_subscriber_between_answer_and_first_part_sees_every_event_in_order(make_stack, api_user) -> None:
-    paced = make_stack(env=PACED)
+def test_subscriber_between_answer_and_first_part_sees_every_event_in_order(make_stack, api_user, tmp_path) -> None:
+    gate = Gate(tmp_path / "gate", part=1)
+    paced = make_stack(env=ONE_AT_A_TIME, faults=gate.plan)
     content = os.urandom(5 * MIB + 4321)
 
     async def scenario() -> tuple[dict, list[dict]]:
         async with subscriber(paced.ws_url, api_user.token) as session:
             created = await upload(paced.url, content, api_user.headers)
             sub_id = await session.subscribe(created["id"])
-            return created, (await next_payloads(session, [sub_id]))[sub_id]
+            return created, (await next_payloads(session, [sub_id], gate=gate))[sub_id]
 
     created, events = run(scenario(), paced)
     assert created["partsTotal"] == 6
@@ -191,15 +203,17 @@ def test_subscribing_after_completion_yields_the_terminal_snapshot_then_complete
     assert events[0]["progress"] == 1.0
 
 
-def test_failed_upload_ends_with_its_error(make_stack, api_user) -> None:
-    failing = make_stack(env={**PACED, "UPLOAD_PART_RETRIES": "2"}, faults={"always_fail_part": 2})
+def test_failed_upload_ends_with_its_error(make_stack, api_user, tmp_path) -> None:
+    gate = Gate(tmp_path / "gate", part=1)
+    faults = {"always_fail_part": 2, **gate.plan}
+    failing = make_stack(env={**ONE_AT_A_TIME, "UPLOAD_PART_RETRIES": "2"}, faults=faults)
     content = os.urandom(3 * MIB)
 
     async def scenario() -> tuple[dict, list[dict]]:
         async with subscriber(failing.ws_url, api_user.token) as session:
             created = await upload(failing.url, content, api_user.headers)
             sub_id = await session.subscribe(created["id"])
-            return created, (await next_payloads(session, [sub_id]))[sub_id]
+            return created, (await next_payloads(session, [sub_id], gate=gate))[sub_id]
 
     created, events = run(scenario(), failing)
     assert_consistent_stream(events, created, ends_with="FAILED")
@@ -214,8 +228,9 @@ def test_failed_upload_ends_with_its_error(make_stack, api_user) -> None:
 # --- several subscriptions on one socket ------------------------------------------------------
 
 
-def test_two_subscriptions_to_one_upload_on_one_socket_both_receive_every_event(make_stack, api_user) -> None:
-    paced = make_stack(env=PACED)
+def test_two_subscriptions_to_one_upload_on_one_socket_both_receive_every_event(make_stack, api_user, tmp_path) -> None:
+    gate = Gate(tmp_path / "gate", part=1)
+    paced = make_stack(env=ONE_AT_A_TIME, faults=gate.plan)
     content = os.urandom(5 * MIB)
 
     async def scenario() -> tuple[dict, dict]:
@@ -223,7 +238,7 @@ def test_two_subscriptions_to_one_upload_on_one_socket_both_receive_every_event(
             created = await upload(paced.url, content, api_user.headers)
             first = await session.subscribe(created["id"])
             second = await session.subscribe(created["id"])
-            return created, await next_payloads(session, [first, second])
+            return created, await next_payloads(session, [first, second], gate=gate)
 
     created, received = run(scenario(), paced)
     first, second = received.values()
@@ -238,9 +253,12 @@ def test_two_subscriptions_to_one_upload_on_one_socket_both_receive_every_event(
     assert from_first_part(first) == from_first_part(second)
 
 
-def test_stopping_one_subscription_leaves_its_sibling_receiving(make_stack, api_user) -> None:
+def test_stopping_one_subscription_leaves_its_sibling_receiving(make_stack, api_user, tmp_path) -> None:
     """The client `complete`s one of two subscriptions to the same upload; the other keeps every event."""
-    paced = make_stack(env=PACED)
+    # Held at part 1 until both are in place, then at part 3 until one of them is stopped.
+    first_gate, third_gate = Gate(tmp_path / "gate-1", part=1), Gate(tmp_path / "gate-3", part=3)
+    faults = {"hold_part": first_gate.plan["hold_part"], "hold_part_also": third_gate.plan["hold_part"]}
+    paced = make_stack(env=ONE_AT_A_TIME, faults=faults)
     content = os.urandom(6 * MIB)
 
     async def scenario() -> tuple[dict, list[dict], list[dict], int]:
@@ -252,17 +270,20 @@ def test_stopping_one_subscription_leaves_its_sibling_receiving(make_stack, api_
             stopped_events: list[dict] = []
             # Read until the to-be-stopped subscription has seen its first part, then stop it.
             while not any(e["partNumber"] for e in stopped_events):
+                if stopped_events and kept_events:
+                    first_gate.open()
                 message = await session.receive()
                 assert message["type"] == "next", message
                 event = message["payload"]["data"]["uploadProgress"]
                 (stopped_events if message["id"] == stopped else kept_events).append(event)
             await session.ws.send(json.dumps({"id": stopped, "type": "complete"}))
             stopped_at = max(e["partsUploaded"] for e in stopped_events)
+            third_gate.open()
             received = await next_payloads(session, [kept])
             return created, stopped_events, [*kept_events, *received[kept]], stopped_at
 
     created, stopped_events, kept_events, stopped_at = run(scenario(), paced)
-    assert stopped_at < 4, "the stop came too late to prove anything"
+    assert stopped_at < 3, "the worker was held at part 3 until the stop"
     assert_consistent_stream(kept_events, created, ends_with="COMPLETED")
     assert_every_part_reported(kept_events, 6)
     assert stopped_events[-1]["status"] == "UPLOADING"
@@ -295,19 +316,20 @@ def test_subscriptions_per_connection_are_bounded(make_stack, api_user) -> None:
 
 def test_lost_completed_event_is_recovered_by_the_resync(make_stack, api_user, tmp_path: Path) -> None:
     drop_log = tmp_path / "dropped.jsonl"
+    gate = Gate(tmp_path / "gate", part=1)
     env = {
-        **PACED,
+        **ONE_AT_A_TIME,
         "TEST_DROP_PROGRESS": json.dumps({"statuses": ["COMPLETED"]}),
         "TEST_DROP_PROGRESS_LOG": str(drop_log),
     }
-    lossy = make_stack(env=env)
+    lossy = make_stack(env=env, faults=gate.plan)
     content = os.urandom(3 * MIB)
 
     async def scenario() -> tuple[dict, list[dict], float]:
         async with subscriber(lossy.ws_url, api_user.token) as session:
             created = await upload(lossy.url, content, api_user.headers)
             sub_id = await session.subscribe(created["id"])
-            events = (await next_payloads(session, [sub_id]))[sub_id]
+            events = (await next_payloads(session, [sub_id], gate=gate))[sub_id]
             return created, events, time.time()
 
     created, events, done_at = run(scenario(), lossy)
@@ -326,8 +348,9 @@ def test_lost_completed_event_is_recovered_by_the_resync(make_stack, api_user, t
 # --- protocols and credentials ----------------------------------------------------------------
 
 
-def test_legacy_graphql_ws_protocol_streams_progress(make_stack, api_user) -> None:
-    paced = make_stack(env=PACED)
+def test_legacy_graphql_ws_protocol_streams_progress(make_stack, api_user, tmp_path) -> None:
+    gate = Gate(tmp_path / "gate", part=1)
+    paced = make_stack(env=ONE_AT_A_TIME, faults=gate.plan)
     content = os.urandom(3 * MIB)
 
     async def scenario() -> tuple[dict, list[dict]]:
@@ -350,6 +373,7 @@ def test_legacy_graphql_ws_protocol_streams_progress(make_stack, api_user) -> No
                     return created, events
                 assert message["type"] == "data" and not message["payload"].get("errors"), message
                 events.append(message["payload"]["data"]["uploadProgress"])
+                gate.open()  # the snapshot is in: the worker may start
 
     created, events = run(scenario(), paced)
     assert_consistent_stream(events, created, ends_with="COMPLETED")

@@ -60,6 +60,14 @@ class PostgresCluster:
             c.execute(f'CREATE DATABASE "{name}"')
         return f"postgres://postgres@127.0.0.1:{self.port}/{name}"
 
+    def database_copy(self, *, source: str, name: str) -> str:
+        """A new database copied from `source` (which no one may be connected to); its URL."""
+        with psycopg.connect(
+            host="127.0.0.1", port=self.port, user="postgres", dbname="postgres", autocommit=True
+        ) as c:
+            c.execute(f'CREATE DATABASE "{name}" TEMPLATE "{source}"')
+        return f"postgres://postgres@127.0.0.1:{self.port}/{name}"
+
     def stop(self) -> None:
         try:
             self._run(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "-w", "stop")

@@ -59,9 +59,7 @@ def open_staging_files(pid: int, staging: Path | None = None) -> list[str]:
 def put_part_log(path: Path, *, key: str | None = None) -> list[dict[str, Any]]:
     """The put_part calls a fault-injecting worker logged (TEST_STORAGE_LOG), in call order.
 
-    With `key`, only those for that object. A stack running the reaper (`start_cron`) needs it:
-    the database is the session's, so the reaper also queues uploads earlier tests left QUEUED
-    (their jobs were in another Redis database) and this stack's workers put their parts too.
+    With `key`, only those for that object (a stack may transfer several uploads).
     """
     if not path.exists():
         return []
@@ -72,3 +70,29 @@ def put_part_log(path: Path, *, key: str | None = None) -> list[dict[str, Any]]:
 def put_part_counts(path: Path, *, key: str | None = None) -> Counter[int]:
     """How many times each part number was put (of object `key` only, if given)."""
     return Counter(entry["part"] for entry in put_part_log(path, key=key))
+
+
+class Gate:
+    """Holds a fault-injecting worker at the first put of part `part` until `open()`.
+
+    `plan` goes into the worker's faults (`make_stack(faults=gate.plan)`); `reached()` waits until
+    the worker is at that part (it wrote `<path>.reached`), so a test synchronises on the event
+    itself instead of a head start or a part delay.
+    """
+
+    def __init__(self, path: Path, *, part: int) -> None:
+        self.path = path
+        self.part = part
+        path.touch()
+
+    @property
+    def plan(self) -> dict[str, Any]:
+        return {"hold_part": {"part": self.part, "while": str(self.path)}}
+
+    def reached(self, timeout: float = 60) -> None:
+        wait_until(
+            lambda: Path(f"{self.path}.reached").exists(), timeout=timeout, what=f"the worker at part {self.part}"
+        )
+
+    def open(self) -> None:
+        self.path.unlink(missing_ok=True)

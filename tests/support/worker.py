@@ -1,16 +1,10 @@
-"""A real RQ worker for the tests, with optional faults injected around the storage backend.
+"""A real RQ worker for the tests (`python -m tests.support.worker`).
 
-TEST_STORAGE_FAULTS (JSON) sets the plan; every put_part (or put_part_from_file) call is appended to TEST_STORAGE_LOG
-(one JSON line each: part, attempt, pid, the object's key, time) so a test can count which parts of
-which upload were sent, by which work horse, and how often.
-  {"fail_part": {"2": 2}}     part 2 fails its first 2 attempts with a retryable error
-  {"always_fail_part": 3}     part 3 fails every attempt
-  {"fatal_part": 1}           part 1 fails with a non-retryable error
-  {"crash_after_parts": 2}    the work horse dies (os._exit) when a 3rd put_part starts
-  {"outage_while": PATH}      every put_part fails (retryable) while the file PATH exists: a store
-                              outage the test starts and ends by creating and removing PATH
-  {"slow_part": {"2": 6}}     part 2's first attempt takes 6 s more before the store answers
-  {"slow_complete": 6}        complete takes 6 s more (a store assembling a large object)
+Its test doubles are chosen by settings naming classes by dotted path (tests/support/doubles.py):
+with TEST_STORAGE_FAULTS or TEST_STORAGE_LOG the storage backend is wrapped by the fault-injecting
+store (STORAGE_WRAPPER), with TEST_DROP_PROGRESS the job publishes through the dropping publisher
+(PROGRESS_PUBLISHER). S3 faults on the wire (TEST_S3_FAULTS) are botocore event hooks on the
+backend's real client (below).
 """
 
 from __future__ import annotations
@@ -28,102 +22,16 @@ from botocore.awsrequest import AWSResponse
 from botocore.exceptions import ConnectionClosedError, ReadTimeoutError
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "backend.settings")
+if os.environ.get("TEST_STORAGE_FAULTS") or os.environ.get("TEST_STORAGE_LOG"):
+    os.environ.setdefault("STORAGE_WRAPPER", "tests.support.doubles.FaultyStorage")
+if os.environ.get("TEST_DROP_PROGRESS"):
+    os.environ.setdefault("PROGRESS_PUBLISHER", "tests.support.doubles.DroppingPublisher")
 django.setup()
 
 import django_rq  # noqa: E402
 
-from backend.uploads import jobs  # noqa: E402
-from backend.uploads import storage as storage_module  # noqa: E402
-from backend.uploads.services import actions, sweep, transitions  # noqa: E402
-from backend.uploads.storage import PartReceipt, Storage, StorageError  # noqa: E402
+from backend.uploads.storage import get_storage  # noqa: E402
 from backend.uploads.worker import UploadWorker  # noqa: E402
-
-
-class FaultyStorage:
-    """Passes every call to the real backend, failing some put_part calls as the plan says."""
-
-    def __init__(self, inner: Storage, plan: dict[str, Any], log_path: str | None) -> None:
-        self.inner = inner
-        self.plan = plan
-        self.log_path = log_path
-        self.name = inner.name
-        self.min_part_size = inner.min_part_size
-        self.lock = threading.Lock()
-        self.attempts: dict[int, int] = {}
-        self.started = 0
-
-    def __getattr__(self, name: str) -> Any:
-        if name == "put_part_from_file":
-            # The same faults on the path the engine takes when the backend has it (local disk);
-            # a backend without it (S3) stays without it here too.
-            put_part_from_file = self.inner.put_part_from_file
-
-            def faulty(*, key: str, part_number: int, **kwargs: Any) -> PartReceipt:
-                self._inject(key, part_number)
-                return put_part_from_file(key=key, part_number=part_number, **kwargs)
-
-            return faulty
-        return getattr(self.inner, name)
-
-    def complete(self, **kwargs: Any) -> None:
-        time.sleep(float(self.plan.get("slow_complete", 0)))  # sync-ok: the injected slowness itself
-        self.inner.complete(**kwargs)
-
-    def put_part(self, *, key: str, handle: str, part_number: int, offset: int, data: bytes) -> PartReceipt:
-        self._inject(key, part_number)
-        return self.inner.put_part(key=key, handle=handle, part_number=part_number, offset=offset, data=data)
-
-    def _inject(self, key: str, part_number: int) -> None:
-        """Log the attempt, then fail it, or kill the process, as the plan says."""
-        with self.lock:
-            self.started += 1
-            attempt = self.attempts[part_number] = self.attempts.get(part_number, 0) + 1
-            crash_after = self.plan.get("crash_after_parts")
-            if crash_after is not None and self.started > crash_after:
-                os._exit(17)
-            if self.log_path:
-                with open(self.log_path, "a") as log:
-                    entry = {"part": part_number, "attempt": attempt, "pid": os.getpid(), "key": key, "at": time.time()}
-                    log.write(json.dumps(entry) + "\n")
-        if self.plan.get("outage_while") and os.path.exists(self.plan["outage_while"]):
-            raise StorageError(f"injected store outage: part {part_number} not stored", retryable=True)
-        if attempt <= int(self.plan.get("fail_part", {}).get(str(part_number), 0)):
-            raise StorageError(f"injected failure of part {part_number} attempt {attempt}", retryable=True)
-        if self.plan.get("always_fail_part") == part_number:
-            raise StorageError(f"injected permanent failure of part {part_number}", retryable=True)
-        if self.plan.get("fatal_part") == part_number:
-            raise StorageError("injected refusal: access denied", retryable=False)
-        if attempt == 1 and str(part_number) in self.plan.get("slow_part", {}):
-            time.sleep(float(self.plan["slow_part"][str(part_number)]))  # sync-ok: the injected slowness itself
-
-
-# --- dropped progress events ------------------------------------------------------------------
-# TEST_DROP_PROGRESS (JSON) makes this worker skip publishing some progress events while the rows
-# still change as usual, as if the channel layer had lost them; each skipped event is appended to
-# TEST_DROP_PROGRESS_LOG (one JSON line) so a test can prove the drop happened.
-#   {"statuses": ["COMPLETED"]}   every event carrying one of these statuses
-#   {"sequences": [3, 4]}         the events with these sequence numbers
-#   {"parts": [2]}                the events reporting these part numbers
-
-
-def progress_drops_install(plan: dict[str, Any], log_path: str | None) -> None:
-    """Wrap the progress_publish that services calls after each commit with one that drops per `plan`."""
-    statuses = set(plan.get("statuses", []))
-    sequences = {int(n) for n in plan.get("sequences", [])}
-    parts = {int(n) for n in plan.get("parts", [])}
-    publish = transitions.progress_publish
-
-    def publish_or_drop(upload: Any, *, part_number: int | None = None) -> None:
-        if upload.status in statuses or upload.sequence in sequences or part_number in parts:
-            if log_path:
-                with open(log_path, "a") as log:
-                    record = {"upload_id": str(upload.id), "sequence": upload.sequence, "status": upload.status}
-                    log.write(json.dumps({**record, "part_number": part_number}) + "\n")
-            return
-        publish(upload, part_number=part_number)
-
-    transitions.progress_publish = publish_or_drop  # type: ignore[assignment]
-
 
 # --- S3 faults on the wire --------------------------------------------------------------------
 # TEST_S3_FAULTS (JSON) injects faults into the S3 backend's UploadPart requests through botocore
@@ -255,18 +163,10 @@ def s3_faults_install(storage: Any, plan: dict[str, Any], log_path: str | None) 
 
 
 def main() -> None:
-    plan = json.loads(os.environ.get("TEST_STORAGE_FAULTS", "{}"))
-    log_path = os.environ.get("TEST_STORAGE_LOG")
-    if plan or log_path:
-        faulty = FaultyStorage(storage_module.get_storage(), plan, log_path)
-        for module in (storage_module, jobs, actions, sweep):
-            module.get_storage = lambda: faulty  # type: ignore[attr-defined]
-    drops = json.loads(os.environ.get("TEST_DROP_PROGRESS", "{}"))
-    if drops:
-        progress_drops_install(drops, os.environ.get("TEST_DROP_PROGRESS_LOG"))
     s3_plan = json.loads(os.environ.get("TEST_S3_FAULTS", "{}"))
     if s3_plan or os.environ.get("TEST_S3_LOG"):
-        s3_faults_install(storage_module.get_storage(), s3_plan, os.environ.get("TEST_S3_LOG"))
+        store = get_storage()
+        s3_faults_install(getattr(store, "inner", store), s3_plan, os.environ.get("TEST_S3_LOG"))
     worker = UploadWorker([django_rq.get_queue("default")], connection=django_rq.get_connection("default"))
     worker.work(with_scheduler=False)
 

@@ -1,8 +1,6 @@
-"""Part arithmetic: sizes at the boundaries, ranges, backoff bounds, progress fractions."""
+"""Part arithmetic: sizes at the boundaries, ranges, progress fractions."""
 
 from __future__ import annotations
-
-import random
 
 import pytest
 
@@ -10,7 +8,6 @@ from backend.uploads.parts import (
     MAX_PARTS,
     MIB,
     S3_MIN_PART_SIZE,
-    backoff_delay,
     part_count,
     part_range,
     part_size_for,
@@ -89,28 +86,6 @@ def test_part_range_outside_the_file_is_refused(part_number: int) -> None:
 def test_part_range_of_an_empty_file_is_refused() -> None:
     with pytest.raises(ValueError):
         part_range(part_number=1, size=0, part_size=4)
-
-
-def test_backoff_stays_within_the_exponential_ceiling_and_the_cap() -> None:
-    rng = random.Random(1234)
-    for attempt in range(1, 12):
-        ceiling = min(8.0, 0.25 * 2 ** (attempt - 1))
-        delays = [backoff_delay(attempt=attempt, rng=rng) for _ in range(200)]
-        assert all(0 <= d <= ceiling for d in delays), attempt
-        # Full jitter: the delays spread over the range rather than sitting at the ceiling.
-        assert min(delays) < ceiling / 4 and max(delays) > ceiling * 3 / 4
-
-
-def test_backoff_is_reproducible_with_a_seeded_random() -> None:
-    first = [backoff_delay(attempt=a, rng=random.Random(7)) for a in range(1, 6)]
-    again = [backoff_delay(attempt=a, rng=random.Random(7)) for a in range(1, 6)]
-    assert first == again
-
-
-def test_backoff_honours_base_and_cap() -> None:
-    rng = random.Random(99)
-    assert all(backoff_delay(attempt=20, base=1.0, cap=2.5, rng=rng) <= 2.5 for _ in range(100))
-    assert all(backoff_delay(attempt=1, base=0.01, rng=rng) <= 0.01 for _ in range(100))
 
 
 def test_progress_fraction() -> None:

@@ -45,7 +45,15 @@ from backend.uploads.selectors import upload_active_count, upload_get_for_user
 from backend.uploads.services.actions import SHA256_RE, upload_abort_store
 from backend.uploads.services.resumable import EXPIRED, receiving_expires_at
 from backend.uploads.services.transitions import upload_transition
-from backend.uploads.storage import DirectUploads, Storage, StorageError, get_storage, storage_call_with_retries
+from backend.uploads.storage import (
+    DirectUploads,
+    Storage,
+    StorageError,
+    get_capabilities,
+    get_storage,
+    storage_call_with_retries,
+    storage_retry_policy,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +83,7 @@ class SignedPart:
 
 def direct_offered() -> bool:
     """Whether this server takes direct uploads: DIRECT_UPLOADS and a store that presigns parts."""
-    return bool(settings.DIRECT_UPLOADS) and isinstance(get_storage(), DirectUploads)
+    return bool(settings.DIRECT_UPLOADS) and get_capabilities().direct is not None
 
 
 def direct_store() -> DirectStore:
@@ -325,7 +333,7 @@ def _abort_quietly(upload: FileUpload, *, why: str) -> None:
 def store_call(call: Any) -> Any:
     """A store call, a retryable failure tried again with backoff; SERVICE_UNAVAILABLE if the bucket fails."""
     try:
-        return storage_call_with_retries(call, attempts=settings.UPLOAD_PART_RETRIES)
+        return storage_call_with_retries(call, retry=storage_retry_policy())
     except StorageError as exc:
         logger.warning("direct upload: the bucket failed: %s", exc)
         raise ServiceUnavailable(f"the bucket did not answer as expected; try again ({exc})") from exc

@@ -18,7 +18,7 @@ from django.utils import timezone
 from backend.uploads.models import FileUpload, UploadMode, UploadStatus
 from backend.uploads.services.actions import upload_abort_store
 from backend.uploads.staging import INCOMING, staging_dir, staging_path
-from backend.uploads.storage import Storage, StorageError, TemporaryArea, get_storage
+from backend.uploads.storage import Storage, StorageError, TemporaryArea, get_capabilities
 
 logger = logging.getLogger("backend.uploads.services")
 
@@ -65,14 +65,15 @@ def upload_sweep(
     ttl = settings.UPLOAD_STAGING_TTL if ttl_seconds is None else ttl_seconds
     report = SweepReport(dry_run=dry_run)
     _sweep_receiving(report=report, dry_run=dry_run)
-    storage = get_storage()
+    store = get_capabilities()
+    storage = store.core
     expired = _sweep_expired(
         report=report, storage=storage, cutoff=timezone.now() - timedelta(seconds=ttl), dry_run=dry_run
     )
     _sweep_staging(report=report, grace_seconds=grace_seconds, dry_run=dry_run, already=expired)
     _sweep_incoming(report=report, grace_seconds=grace_seconds, dry_run=dry_run)
-    if isinstance(storage, TemporaryArea):
-        _sweep_store_temporary(report=report, storage=storage, grace_seconds=grace_seconds, dry_run=dry_run)
+    if store.temporary is not None:
+        _sweep_store_temporary(report=report, storage=store.temporary, grace_seconds=grace_seconds, dry_run=dry_run)
     logger.info("sweep%s: %d items, %d bytes", " (dry run)" if dry_run else "", len(report.items), report.freed_bytes)
     return report
 

@@ -8,15 +8,17 @@ picks one from settings.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import cache
-from typing import Protocol, TypeVar, runtime_checkable
+from pathlib import Path
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from django.conf import settings
+from django.utils.module_loading import import_string
+from tenacity import Retrying
 
-from backend.uploads.parts import backoff_delay
+from backend.retries import Hook, RetryPolicy
 
 T = TypeVar("T")
 
@@ -75,16 +77,29 @@ class Storage(Protocol):
         """Raise StorageError if the store cannot be reached or written (readiness)."""
 
 
-def storage_call_with_retries(call: Callable[[], T], *, attempts: int) -> T:
-    """Run a store call, trying a retryable StorageError again (backoff with jitter) up to `attempts` times."""
-    for attempt in range(1, max(1, attempts) + 1):
-        try:
-            return call()
-        except StorageError as exc:
-            if not exc.retryable or attempt >= attempts:
-                raise
-        time.sleep(backoff_delay(attempt=attempt))
-    raise AssertionError("unreachable")
+def storage_retrying(
+    retry: RetryPolicy, *, before: Hook | None = None, after: Hook | None = None, before_sleep: Hook | None = None
+) -> Retrying:
+    """`retry` applied to store calls: a retryable StorageError is tried again, any other is final.
+
+    The hooks are tenacity's: `before` each attempt, `after` each failed one, `before_sleep` each wait.
+    """
+
+    def final(error: BaseException) -> bool:
+        return not getattr(error, "retryable", False)
+
+    return retry.retrying(retry_on=StorageError, give_up=final, before=before, after=after, before_sleep=before_sleep)
+
+
+def storage_call_with_retries(call: Callable[[], T], *, retry: RetryPolicy) -> T:
+    """Run a store call under `retry`; the last StorageError is raised as it is."""
+    result: Any = storage_retrying(retry)(call)
+    return result
+
+
+def storage_retry_policy() -> RetryPolicy:
+    """The retry policy of every store call, from settings (UPLOAD_PART_RETRIES attempts): the one place."""
+    return RetryPolicy(attempts=max(1, settings.UPLOAD_PART_RETRIES))
 
 
 @runtime_checkable
@@ -135,6 +150,9 @@ class DirectUploads(Protocol):
     def object_read(self, *, key: str, length: int | None = None, chunk_size: int = 1024 * 1024) -> Iterator[bytes]:
         """The object's bytes from the start (the first `length`, or all), streamed in chunks."""
 
+    def part_listed(self, *, key: str, handle: str, part_number: int) -> PartReceipt | None:
+        """What the store lists for one part of an open object (one small ListParts page), or None."""
+
 
 @dataclass(frozen=True)
 class TemporaryEntry:
@@ -161,13 +179,78 @@ class TemporaryArea(Protocol):
         """Remove the entry `name`, aborting the open object it is. Idempotent."""
 
 
-@cache
-def get_storage() -> Storage:
-    """The storage backend settings name, one per process."""
+@runtime_checkable
+class Download(Protocol):
+    """Optional: a store whose download URLs point back at this service (local disk), which serves them."""
+
+    def resolve_download(self, token: str) -> tuple[Path, str] | None:
+        """The object's path and filename a download token names, or None if it is bad or expired."""
+
+
+@dataclass(frozen=True)
+class StorageCapabilities:
+    """The store and the optional capabilities it has, resolved once when the backend is built.
+
+    Callers ask this, never `isinstance` at each use (tusd's `StoreComposer`).
+    """
+
+    core: Storage
+    part_from_file: PartFromFile | None = None
+    presigner: Presigner | None = None
+    temporary: TemporaryArea | None = None
+    download: Download | None = None
+    direct: DirectUploads | None = None
+
+    @classmethod
+    def of(cls, store: Storage) -> StorageCapabilities:
+        """The capabilities `store` offers (a wrapper offers exactly those of what it wraps)."""
+        return cls(
+            core=store,
+            part_from_file=store if isinstance(store, PartFromFile) else None,
+            presigner=store if isinstance(store, Presigner) else None,
+            temporary=store if isinstance(store, TemporaryArea) else None,
+            download=store if isinstance(store, Download) else None,
+            direct=store if isinstance(store, DirectUploads) else None,
+        )
+
+
+def storage_build() -> Storage:
+    """The backend settings name, configured through its constructor (backends read no settings).
+
+    STORAGE_WRAPPER, when set, names a class by dotted path that is handed the backend and stands
+    in for it (the tests' fault-injecting store): the one way to put something around the store.
+    """
+    store: Storage
     if settings.STORAGE_BACKEND == "s3":
-        from backend.uploads.storage.s3 import s3_storage_from_settings
+        from backend.uploads.storage.s3 import S3Storage
+        from backend.uploads.storage.s3_client import s3_clients_from_settings
 
-        return s3_storage_from_settings()
-    from backend.uploads.storage.local import LocalStorage
+        client, presigner = s3_clients_from_settings()
+        store = S3Storage(
+            client=client,
+            presigner=presigner,
+            bucket=settings.S3_BUCKET,
+            checksum_algorithm=settings.S3_CHECKSUM_ALGORITHM,
+            sse=settings.S3_SSE,
+            sse_kms_key_id=settings.S3_SSE_KMS_KEY_ID,
+            storage_class=settings.S3_STORAGE_CLASS,
+            retry=storage_retry_policy(),
+        )
+    else:
+        from backend.uploads.storage.local import LocalStorage
 
-    return LocalStorage(root=settings.LOCAL_STORAGE_ROOT)
+        store = LocalStorage(root=settings.LOCAL_STORAGE_ROOT, signing_key=settings.SECRET_KEY)
+    if settings.STORAGE_WRAPPER:
+        store = import_string(settings.STORAGE_WRAPPER)(store)
+    return store
+
+
+@cache
+def get_capabilities() -> StorageCapabilities:
+    """This process's store and its capabilities, built once."""
+    return StorageCapabilities.of(storage_build())
+
+
+def get_storage() -> Storage:
+    """This process's store (its core); `get_capabilities()` for the optional parts."""
+    return get_capabilities().core

@@ -37,8 +37,10 @@ class LocalStorage:
     name = "local"
     min_part_size = 1
 
-    def __init__(self, *, root: Path) -> None:
+    def __init__(self, *, root: Path, signing_key: str | None = None) -> None:
+        """`signing_key` signs download tokens (the factory passes SECRET_KEY; None: Django's own)."""
         self.root = Path(root)
+        self.signing_key = signing_key
         self._kernel_copy = hasattr(os, "copy_file_range")
 
     # -- paths -------------------------------------------------------------------------------
@@ -262,13 +264,15 @@ class LocalStorage:
     # -- presigned downloads ------------------------------------------------------------------
 
     def download_url(self, *, key: str, filename: str, ttl: int, base_url: str | None) -> str:
-        token = signing.dumps({"k": key, "n": filename, "e": int(time.time()) + ttl}, salt=_DOWNLOAD_SALT)
+        token = signing.dumps(
+            {"k": key, "n": filename, "e": int(time.time()) + ttl}, key=self.signing_key, salt=_DOWNLOAD_SALT
+        )
         return f"{base_url or ''}/files/{token}"
 
     def resolve_download(self, token: str) -> tuple[Path, str] | None:
         """The object path and filename a download token names, or None if it is bad or expired."""
         try:
-            payload = signing.loads(token, salt=_DOWNLOAD_SALT)
+            payload = signing.loads(token, key=self.signing_key, salt=_DOWNLOAD_SALT)
         except signing.BadSignature:
             return None
         if payload.get("e", 0) < time.time():

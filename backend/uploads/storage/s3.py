@@ -9,7 +9,8 @@ MD5 ETags, that the object is exactly those parts).
 
 Every store error becomes a StorageError: retryable for 5xx, throttling, connection errors and
 timeouts; not for refusals (403, a missing bucket, a bad request), whose message names the cause.
-The client is injected (see `s3_client.py`); `S3API` lists every call this module makes on it.
+The client is injected (see `s3_client.py`); `S3API` lists every call this module makes on it. The
+error mapping and the other pure pieces are in `s3_pieces.py`; bucket set-up is `s3_bucket.py`.
 """
 
 from __future__ import annotations
@@ -18,20 +19,49 @@ import base64
 import hashlib
 import logging
 import re
-import time
-import unicodedata
-import zlib
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from functools import partial
 from typing import Any, Protocol
-from urllib.parse import quote, unquote
 
-from botocore.exceptions import BotoCoreError, ClientError, ConnectionError, HTTPClientError, IncompleteReadError
-from django.conf import settings
+from botocore.exceptions import BotoCoreError
 from django.core.exceptions import ImproperlyConfigured
+from tenacity import RetryCallState
 
-from backend.uploads.parts import S3_MIN_PART_SIZE, backoff_delay
-from backend.uploads.storage import PartReceipt, PresignedPut, StorageError, storage_call_with_retries
+from backend.retries import RetryPolicy
+from backend.uploads.parts import S3_MIN_PART_SIZE
+from backend.uploads.storage import PartReceipt, PresignedPut, storage_call_with_retries
+from backend.uploads.storage.s3_pieces import (
+    S3StorageError,
+    content_disposition,
+    etag_md5,
+    metadata_decode,
+    metadata_encode,
+    multipart_etag,
+    part_checksum,
+    receipt_checksum_param,
+    s3_call,
+    s3_client_error,
+    s3_error_retryable,
+)
+
+# The pure pieces live in s3_pieces.py; their names stay importable from here.
+__all__ = [
+    "S3API",
+    "S3Presigner",
+    "S3Storage",
+    "S3StorageError",
+    "content_disposition",
+    "etag_md5",
+    "metadata_decode",
+    "metadata_encode",
+    "multipart_etag",
+    "part_checksum",
+    "receipt_checksum_param",
+    "s3_call",
+    "s3_client_error",
+    "s3_error_retryable",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -45,34 +75,6 @@ LIST_PAGE_SIZE = 1000
 MAX_PRESIGN_SECONDS = 7 * 24 * 3600
 # Rounds of abort-then-list before giving up on parts that keep arriving.
 ABORT_ROUNDS = 5
-
-_RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
-_RETRYABLE_CODES = frozenset(
-    {
-        # botocore's transient and throttling codes (botocore/retries/standard.py)
-        "RequestTimeout",
-        "RequestTimeoutException",
-        "PriorRequestNotComplete",
-        "Throttling",
-        "ThrottlingException",
-        "ThrottledException",
-        "RequestThrottledException",
-        "TooManyRequestsException",
-        "RequestLimitExceeded",
-        "BandwidthLimitExceeded",
-        "RequestThrottled",
-        "SlowDown",
-        "InternalError",
-        "ServiceUnavailable",
-        # The bytes changed on the way: sending them again may well work.
-        "BadDigest",
-        "XAmzContentSHA256Mismatch",
-        "IncompleteBody",
-    }
-)
-_ACCESS_CODES = frozenset(
-    {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken", "403"}
-)
 
 
 class S3Presigner(Protocol):
@@ -96,76 +98,8 @@ class S3API(S3Presigner, Protocol):
     def head_bucket(self, **kwargs: Any) -> dict[str, Any]: ...
 
 
-class S3StorageError(StorageError):
-    """A StorageError that keeps the store's error code (e.g. NoSuchUpload) for the callers here."""
-
-    def __init__(self, message: str, *, retryable: bool, code: str = "") -> None:
-        super().__init__(message, retryable=retryable)
-        self.code = code
-
-
-# --- pure pieces -------------------------------------------------------------------------------
-
-
-def s3_error_retryable(*, code: str, status: int) -> bool:
-    """Whether an S3 error answer may go away if the same request is sent again."""
-    return status in _RETRYABLE_STATUS or code in _RETRYABLE_CODES
-
-
-def part_checksum(*, algorithm: str, data: bytes) -> tuple[str, str] | None:
-    """(boto3 parameter, base64 value) of `data`'s checksum under `algorithm`; None for NONE."""
-    if algorithm == "SHA256":
-        return "ChecksumSHA256", base64.b64encode(hashlib.sha256(data).digest()).decode("ascii")
-    if algorithm == "CRC32":
-        return "ChecksumCRC32", base64.b64encode(zlib.crc32(data).to_bytes(4, "big")).decode("ascii")
-    if algorithm == "NONE":
-        return None
-    raise ValueError(f"unknown checksum algorithm {algorithm!r}")
-
-
-def receipt_checksum_param(checksum: str) -> dict[str, str]:
-    """The Complete-list entry for a receipt checksum recorded as "<ALGORITHM>:<base64>"."""
-    algorithm, sep, value = checksum.partition(":")
-    if not sep or algorithm not in ("SHA256", "CRC32") or not value:
-        return {}
-    return {f"Checksum{algorithm}": value}
-
-
-def etag_md5(etag: str) -> str:
-    """An ETag as the bare lowercase hex digest it carries (quotes removed)."""
-    return etag.strip().strip('"').lower()
-
-
-def multipart_etag(*, part_etags: list[str]) -> str:
-    """The ETag S3 gives an object assembled from parts with these MD5 ETags: md5(md5s)-N."""
-    digest = hashlib.md5(b"".join(bytes.fromhex(etag_md5(e)) for e in part_etags), usedforsecurity=False)
-    return f"{digest.hexdigest()}-{len(part_etags)}"
-
-
-def metadata_encode(metadata: dict[str, str]) -> dict[str, str]:
-    """User metadata as S3 can carry it: HTTP header values, so non-ASCII is percent-encoded (UTF-8).
-
-    Printable ASCII other than "%" stays as it is, so ASCII names read plainly and `unquote`
-    gives back the original.
-    """
-    safe = "".join(chr(c) for c in range(0x20, 0x7F) if chr(c) != "%")
-    return {key.lower(): quote(value, safe=safe) for key, value in metadata.items()}
-
-
-def metadata_decode(metadata: dict[str, str]) -> dict[str, str]:
-    """The inverse of `metadata_encode`."""
-    return {key: unquote(value) for key, value in metadata.items()}
-
-
-def content_disposition(*, filename: str) -> str:
-    """`attachment` naming `filename` safely: an ASCII fallback and the exact UTF-8 name (RFC 6266)."""
-    folded = unicodedata.normalize("NFKD", filename)
-    fallback = "".join(
-        ch if 0x20 <= ord(ch) < 0x7F and ch not in '"\\%;' else "_" for ch in folded if not unicodedata.combining(ch)
-    )
-    fallback = fallback.strip() or "download"
-    exact = quote(filename, safe="")
-    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{exact}"
+class _PartsStillListed(Exception):
+    """An abort round ended with parts still listed (one in flight landed late): another round is due."""
 
 
 # --- the backend -------------------------------------------------------------------------------
@@ -188,6 +122,7 @@ class S3Storage:
         sse_kms_key_id: str | None = None,
         storage_class: str | None = None,
         list_page_size: int = LIST_PAGE_SIZE,
+        retry: RetryPolicy | None = None,
     ) -> None:
         if checksum_algorithm not in CHECKSUM_ALGORITHMS:
             raise ImproperlyConfigured(f"S3_CHECKSUM_ALGORITHM must be one of {', '.join(CHECKSUM_ALGORITHMS)}")
@@ -203,6 +138,8 @@ class S3Storage:
         self.sse_kms_key_id = sse_kms_key_id
         self.storage_class = storage_class
         self.list_page_size = list_page_size
+        # For the calls the transfer engine does not retry itself (abort, delete, their listings).
+        self.retry = retry if retry is not None else RetryPolicy()
         self.etags_are_md5 = sse not in _KMS_MODES
 
     # -- core ---------------------------------------------------------------------------------
@@ -302,30 +239,44 @@ class S3Storage:
 
     def abort(self, *, key: str, handle: str) -> None:
         """Abort, then list again until the store lists nothing: a part in flight may land late."""
-        for round_number in range(1, ABORT_ROUNDS + 1):
-            try:
-                self._with_retries(
-                    lambda: self._call(
-                        "AbortMultipartUpload",
-                        lambda: self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=handle),
-                    )
-                )
-            except S3StorageError as exc:
-                if exc.code != "NoSuchUpload":
-                    raise
-            try:
-                remaining = self._with_retries(lambda: self.list_parts(key=key, handle=handle))
-            except S3StorageError as exc:
-                if exc.code == "NoSuchUpload":
-                    return
-                raise
-            if not remaining:
-                return
-            logger.info("abort of %s: %d parts still listed after round %d", handle, len(remaining), round_number)
-            time.sleep(backoff_delay(attempt=round_number))
-        raise S3StorageError(
-            f"AbortMultipartUpload: parts of {handle} are still listed after {ABORT_ROUNDS} rounds", retryable=True
+
+        def still_listed(state: RetryCallState) -> None:
+            logger.info(
+                "abort of %s: %s after round %d",
+                handle,
+                state.outcome and state.outcome.exception(),
+                state.attempt_number,
+            )
+
+        rounds = replace(self.retry, attempts=ABORT_ROUNDS).retrying(
+            retry_on=_PartsStillListed, before_sleep=still_listed
         )
+        try:
+            rounds(self._abort_round, key=key, handle=handle)
+        except _PartsStillListed as exc:
+            raise S3StorageError(
+                f"AbortMultipartUpload: parts of {handle} are still listed after {ABORT_ROUNDS} rounds", retryable=True
+            ) from exc
+
+    def _abort_round(self, *, key: str, handle: str) -> None:
+        try:
+            self._with_retries(
+                lambda: self._call(
+                    "AbortMultipartUpload",
+                    lambda: self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=handle),
+                )
+            )
+        except S3StorageError as exc:
+            if exc.code != "NoSuchUpload":
+                raise
+        try:
+            remaining = self._with_retries(lambda: self.list_parts(key=key, handle=handle))
+        except S3StorageError as exc:
+            if exc.code == "NoSuchUpload":
+                return
+            raise
+        if remaining:
+            raise _PartsStillListed(f"{len(remaining)} parts still listed")
 
     def put_object(self, *, key: str, data: bytes, content_type: str, metadata: dict[str, str]) -> None:
         params: dict[str, Any] = {
@@ -386,6 +337,19 @@ class S3Storage:
             ClientMethod="upload_part", Params=params, ExpiresIn=max(1, min(ttl, MAX_PRESIGN_SECONDS))
         )
         return PresignedPut(url=url, headers=headers)
+
+    def part_listed(self, *, key: str, handle: str, part_number: int) -> PartReceipt | None:
+        """ListParts from just before `part_number`, one part: O(1) per confirmation, not O(parts)."""
+        page = self._call(
+            "ListParts",
+            lambda: self.client.list_parts(
+                Bucket=self.bucket, Key=key, UploadId=handle, MaxParts=1, PartNumberMarker=part_number - 1
+            ),
+        )
+        for part in page.get("Parts", []):
+            if int(part["PartNumber"]) == part_number:
+                return self._listed_receipt(part)
+        return None
 
     def object_read(self, *, key: str, length: int | None = None, chunk_size: int = 1024 * 1024) -> Iterator[bytes]:
         params: dict[str, Any] = {"Bucket": self.bucket, "Key": key}
@@ -453,55 +417,7 @@ class S3Storage:
 
     def _with_retries(self, call: Callable[[], Any]) -> Any:
         """For the calls the transfer engine does not retry (abort, delete): a few tries, with backoff."""
-        return storage_call_with_retries(call, attempts=settings.UPLOAD_PART_RETRIES)
+        return storage_call_with_retries(call, retry=self.retry)
 
     def _call(self, operation: str, call: Callable[[], dict[str, Any]]) -> dict[str, Any]:
         return s3_call(operation, call, bucket=self.bucket)
-
-
-def s3_call(operation: str, call: Callable[[], dict[str, Any]], *, bucket: str) -> dict[str, Any]:
-    """Run one client call on `bucket`, turning every botocore failure into an S3StorageError."""
-    try:
-        return call()
-    except ClientError as exc:
-        raise s3_client_error(operation, exc, bucket=bucket) from exc
-    except (ConnectionError, HTTPClientError, IncompleteReadError) as exc:
-        raise S3StorageError(
-            f"{operation}: no answer from the store: {exc}", retryable=True, code=type(exc).__name__
-        ) from exc
-    except BotoCoreError as exc:
-        raise S3StorageError(f"{operation}: {exc}", retryable=False, code=type(exc).__name__) from exc
-
-
-def s3_client_error(operation: str, exc: ClientError, *, bucket: str) -> S3StorageError:
-    """The StorageError for an error answer, its message naming the cause."""
-    error = exc.response.get("Error", {})
-    status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
-    code = str(error.get("Code") or status)
-    message = str(error.get("Message") or "")
-    # A HEAD answer has no body: then botocore gives the status as the code.
-    text = f"{operation}: the store answered {status}" + (f" {code}" if code != str(status) else "")
-    text += f": {message}" if message else ""
-    if code == "NoSuchBucket" or (operation == "HeadBucket" and status == 404):
-        text += f" (bucket {bucket!r} does not exist; `manage.py s3_setup --create-bucket` creates it)"
-    elif code in _ACCESS_CODES:
-        text += f" (access to bucket {bucket!r} refused: check the credentials and the bucket policy)"
-    elif code == "NoSuchUpload":
-        text += " (the multipart upload was aborted, completed, or expired by the bucket's lifecycle rule)"
-    return S3StorageError(text, retryable=s3_error_retryable(code=code, status=status), code=code)
-
-
-def s3_storage_from_settings() -> S3Storage:
-    """The S3 backend as settings describe it, with clients from `s3_client`."""
-    from backend.uploads.storage.s3_client import s3_clients_from_settings
-
-    client, presigner = s3_clients_from_settings()
-    return S3Storage(
-        client=client,
-        presigner=presigner,
-        bucket=settings.S3_BUCKET,
-        checksum_algorithm=settings.S3_CHECKSUM_ALGORITHM,
-        sse=settings.S3_SSE,
-        sse_kms_key_id=settings.S3_SSE_KMS_KEY_ID,
-        storage_class=settings.S3_STORAGE_CLASS,
-    )

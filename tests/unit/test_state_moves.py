@@ -1,0 +1,142 @@
+"""The state moves and the sweep in process: the real services on the test database, no server, no worker.
+
+Every (from, to) pair of statuses is tried through `upload_transition`, the one conditional
+UPDATE: exactly the moves CONTRACT section 3 allows go through, each bumping `sequence` once; a
+refused one changes nothing. The claim and staged fences are checked the same way. The sweep runs
+on rows and files this test makes, with its TTL and grace set so each case is due or not.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.test import override_settings
+from django.utils import timezone
+
+from backend.uploads.errors import ClaimLost, InvalidState
+from backend.uploads.models import FileUpload, UploadStatus
+from backend.uploads.services import ALLOWED_MOVES, upload_sweep, upload_transition
+from backend.uploads.staging import INCOMING, staging_path
+from backend.uploads.storage import get_capabilities
+
+STATUSES = [UploadStatus.QUEUED, UploadStatus.UPLOADING, UploadStatus.COMPLETED, UploadStatus.FAILED]
+STATUSES += [UploadStatus.CANCELLED, UploadStatus.RECEIVING]
+
+
+@pytest.fixture
+def isolated(tmp_path: Path) -> Iterator[Path]:
+    """A database, a staging directory and a bucket of this test's own: the sweep sees only what it makes."""
+    from tests.conftest import _database_of_its_own
+
+    staging, bucket = tmp_path / "staging", tmp_path / "bucket"
+    get_capabilities.cache_clear()
+    with _database_of_its_own(), override_settings(UPLOAD_STAGING_DIR=staging, LOCAL_STORAGE_ROOT=bucket):
+        yield staging
+    get_capabilities.cache_clear()
+
+
+@pytest.fixture
+def owner(isolated: Path, make_user: Any) -> Any:
+    return make_user().user
+
+
+def _row(owner: Any, status: str, *, staged: bool = False, staged_at: Any = None) -> FileUpload:
+    upload_id = uuid.uuid4()
+    row = FileUpload.objects.create(
+        id=upload_id,
+        owner=owner,
+        filename="moves.bin",
+        content_type="application/octet-stream",
+        size=3,
+        sha256=hashlib.sha256(b"abc").hexdigest(),
+        status=status,
+        part_size=1024 * 1024,
+        parts_total=1,
+        storage_backend="local",
+        storage_key=f"uploads/moves/{upload_id}",
+        sequence=5,
+        claim=uuid.uuid4() if status == UploadStatus.UPLOADING else None,
+        staged_at=staged_at if staged_at is not None else (timezone.now() if staged else None),
+    )
+    if staged:
+        path = staging_path(upload_id)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"abc")
+    return row
+
+
+@pytest.mark.parametrize("source", STATUSES)
+@pytest.mark.parametrize("target", STATUSES)
+def test_exactly_the_moves_of_the_state_table_go_through(owner: Any, source: str, target: str) -> None:
+    row = _row(owner, source)
+    allowed = target in ALLOWED_MOVES[source]
+    if allowed:
+        moved = upload_transition(upload_id=row.id, to=target)
+        assert (moved.status, moved.sequence) == (target, 6)
+    else:
+        with pytest.raises(InvalidState):
+            upload_transition(upload_id=row.id, to=target)
+        after = FileUpload.objects.get(id=row.id)
+        assert (after.status, after.sequence) == (source, 5), "a refused move changes nothing"
+
+
+def test_the_state_table_is_the_contracts() -> None:
+    assert ALLOWED_MOVES[UploadStatus.COMPLETED] == frozenset(), "COMPLETED is final"
+    assert ALLOWED_MOVES[UploadStatus.QUEUED] == {UploadStatus.UPLOADING, UploadStatus.CANCELLED}
+    assert ALLOWED_MOVES[UploadStatus.FAILED] == ALLOWED_MOVES[UploadStatus.CANCELLED] == {UploadStatus.QUEUED}
+
+
+def test_a_move_owned_by_another_claim_is_claim_lost_and_changes_nothing(owner: Any) -> None:
+    row = _row(owner, UploadStatus.UPLOADING)
+    with pytest.raises(ClaimLost):
+        upload_transition(upload_id=row.id, to=UploadStatus.COMPLETED, owned_by=uuid.uuid4())
+    assert FileUpload.objects.get(id=row.id).status == UploadStatus.UPLOADING
+    done = upload_transition(upload_id=row.id, to=UploadStatus.COMPLETED, owned_by=row.claim)
+    assert done.status == UploadStatus.COMPLETED
+
+
+def test_the_staged_fence_refuses_a_retry_whose_bytes_expired(owner: Any) -> None:
+    expired = _row(owner, UploadStatus.FAILED)  # staged_at is None: the sweep expired it
+    with pytest.raises(InvalidState):
+        upload_transition(upload_id=expired.id, to=UploadStatus.QUEUED, staged=True)
+    kept = _row(owner, UploadStatus.FAILED, staged=True)
+    assert upload_transition(upload_id=kept.id, to=UploadStatus.QUEUED, staged=True).status == UploadStatus.QUEUED
+
+
+def test_the_sweep_expires_kept_bytes_past_the_ttl_and_leaves_the_rest(owner: Any) -> None:
+    long_ago = timezone.now() - timezone.timedelta(hours=2)
+    expired = _row(owner, UploadStatus.CANCELLED, staged=True, staged_at=long_ago)
+    fresh = _row(owner, UploadStatus.FAILED, staged=True)
+    completed = _row(owner, UploadStatus.COMPLETED, staged=True)  # a worker died between the two steps
+    orphan = staging_path(uuid.uuid4())
+    orphan.write_bytes(b"no row")
+    os.utime(orphan, (time.time() - 7200, time.time() - 7200))
+    young = staging_path(uuid.uuid4())
+    young.write_bytes(b"a request may still be writing this")
+    incoming = staging_path(expired.id).parent / INCOMING
+    incoming.mkdir(parents=True, exist_ok=True)
+    left = incoming / f"{uuid.uuid4().hex}.part"
+    left.write_bytes(b"left by a dead request")
+    os.utime(left, (time.time() - 7200, time.time() - 7200))
+
+    planned = upload_sweep(dry_run=True, ttl_seconds=3600, grace_seconds=3600)
+    targets = {item.target for item in planned.items}
+    for path in (staging_path(expired.id), staging_path(completed.id), orphan, left):
+        assert str(path) in targets, path
+    assert str(staging_path(fresh.id)) not in targets and str(young) not in targets
+    assert staging_path(expired.id).exists(), "a dry run removes nothing"
+
+    done = upload_sweep(ttl_seconds=3600, grace_seconds=3600)
+    assert {item.target for item in done.items} >= {str(p) for p in (staging_path(expired.id), orphan, left)}
+    assert not staging_path(expired.id).exists() and not orphan.exists() and not left.exists()
+    assert not staging_path(completed.id).exists()
+    assert staging_path(fresh.id).exists() and young.exists()
+    assert FileUpload.objects.get(id=expired.id).staged_at is None, "expired: retryUpload now answers INVALID_STATE"
+    assert FileUpload.objects.get(id=fresh.id).staged_at is not None
