@@ -40,7 +40,7 @@ from backend.uploads.resumable.checksums import ChunkChecksum
 from backend.uploads.resumable.events import receiving_event_due, receiving_publish
 from backend.uploads.resumable.hashing import running_hash_forget, running_hash_keep, running_hash_take
 from backend.uploads.resumable.locking import WriterLock
-from backend.uploads.services import resumable
+from backend.uploads.services import pipeline, resumable
 from backend.uploads.sniffing import SNIFF_BYTES
 from backend.uploads.staging import staging_path
 
@@ -61,6 +61,7 @@ class ChunkAppend:
     checksum: ChunkChecksum | None
     offset: int
     committed: int
+    started: int
     digest: Any  # the running sha256 (None for a partial upload: hashed at concatenation)
     digest_before: Any = None
     checkpoint_every: int = 0
@@ -141,8 +142,12 @@ class ChunkAppend:
             if current is None or current.status != UploadStatus.RECEIVING:
                 raise Gone("this upload was cancelled or has expired")
             raise OffsetMismatch("another writer moved this upload's offset", offset=current.bytes_received)
-        self.committed = self.offset
+        before, self.committed = self.committed, self.offset
         self.upload.bytes_received = self.offset
+        part_size = self.upload.part_size
+        if part_size and self.offset // part_size > before // part_size and not self.whole:
+            # A whole part more is in staging (flushed, offset committed): it may go to the bucket now.
+            pipeline.upload_pipeline_nudge(upload=self.upload)
         if publish:
             fresh = FileUpload.objects.filter(id=self.upload.id).first()
             if fresh is not None:
@@ -162,7 +167,9 @@ class ChunkAppend:
             if self.checksum is not None and not self.checksum.matches():
                 self._discard()
                 raise ChunkChecksumMismatch(f"the chunk does not match its {self.checksum.algorithm} checksum")
-            self.checkpoint()
+            if self.offset != self.committed or self.offset == self.started:
+                # A chunk that ended on a checkpoint was committed (and published) there already.
+                self.checkpoint()
             if self.whole and self.upload.concat_role != ConcatRole.PARTIAL:
                 upload = FileUpload.objects.get(id=self.upload.id)
                 head = self.head if upload.content_type else os.pread(self.fd, SNIFF_BYTES, 0)
@@ -270,6 +277,7 @@ def chunk_append_begin(
         checksum=checksum,
         offset=offset,
         committed=offset,
+        started=offset,
         digest=digest,
         digest_before=digest.copy() if digest is not None and checksum is not None else None,
         checkpoint_every=max(upload.part_size, 1024 * 1024) if upload.part_size else settings.UPLOAD_PART_SIZE,
