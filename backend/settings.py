@@ -194,6 +194,9 @@ UPLOAD_PART_SIZE = env.int("UPLOAD_PART_SIZE", default=8 * 1024**2)
 UPLOAD_PART_CONCURRENCY = env.int("UPLOAD_PART_CONCURRENCY", default=4)
 UPLOAD_PART_RETRIES = env.int("UPLOAD_PART_RETRIES", default=5)
 UPLOAD_PART_DELAY_MS = env.int("UPLOAD_PART_DELAY_MS", default=0)
+# Resumable uploads: send whole parts to the bucket while the client still sends (issue 19). Off,
+# the transfer starts after the last byte, as for a SINGLE upload (the benchmark's baseline).
+UPLOAD_PIPELINE = env.bool("UPLOAD_PIPELINE", default=True)
 # Test doubles chosen by dotted path (tests/support/doubles.py), never by patching modules: a class
 # the storage factory hands the backend to stand in for it, and the class a job publishes through.
 STORAGE_WRAPPER = env.str("STORAGE_WRAPPER", default="") or None
@@ -208,6 +211,7 @@ UPLOAD_STALE_AFTER_SECONDS = env.float("UPLOAD_STALE_AFTER_SECONDS", default=10.
 # TTL, renewed by its holder while it writes, so a holder that died frees it by itself.
 UPLOAD_RECEIVING_TTL = env.int("UPLOAD_RECEIVING_TTL", default=86400)
 UPLOAD_LOCK_TTL_SECONDS = env.float("UPLOAD_LOCK_TTL_SECONDS", default=10.0)
+UPLOAD_RECEIVING_FSYNC = env.bool("UPLOAD_RECEIVING_FSYNC", default=True)
 PROGRESS_RESYNC_SECONDS = env.float("PROGRESS_RESYNC_SECONDS", default=10.0)
 # A server process's count of active subscriptions (in /metrics) stops counting this long after
 # its last heartbeat (it sends one every third of it): how long a crashed process is still counted.

@@ -62,7 +62,16 @@ def _pool() -> ThreadPoolExecutor:
 
 
 async def _run(func: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
-    return await asyncio.get_running_loop().run_in_executor(_pool(), partial(func, *args, **kwargs))
+    """`func` on the pool; the thread's database connection is then handled as Django does after a
+    request (closed past CONN_MAX_AGE or when broken), since no request signals run here."""
+    return await asyncio.get_running_loop().run_in_executor(_pool(), partial(_closing, func, *args, **kwargs))
+
+
+def _closing(func: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+    try:
+        return func(*args, **kwargs)
+    finally:
+        close_old_connections()
 
 
 def is_tus_path(path: str) -> bool:
@@ -94,8 +103,6 @@ class TusApplication:
             answer = await self._answer(request, method, guard)
         except Exception as exc:
             answer = Answer.for_error(exc) or _unexpected(exc)
-        finally:
-            await _run(close_old_connections)
         if answer is None:
             return  # the client went away mid-body; there is no one to answer
         start, body = asgi_send_args(answer, origin=origin, head=method == "HEAD")

@@ -16,11 +16,13 @@ from tests.bench.stack import Bench
 def _figures() -> dict[str, Callable[[Bench], list[Figure]]]:
     from tests.bench import (
         concurrent_uploads,
+        direct_throughput,
         event_gap,
         fanout,
         fanout_idle,
         fanout_stalled,
         local_throughput,
+        pipelining,
         progress_latency,
         recovery,
         s3_throughput,
@@ -50,6 +52,8 @@ def _figures() -> dict[str, Callable[[Bench], list[Figure]]]:
         "webhook_hanging": webhooks.run_hanging,
         "recovery": recovery.run,
         "tus": tus_throughput.run,
+        "direct": direct_throughput.run,
+        "pipelined": pipelining.run,
     }
 
 

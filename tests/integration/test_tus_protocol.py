@@ -243,3 +243,18 @@ def test_method_override_is_honoured(stack, api_user) -> None:
     assert answer.status_code == 204 and answer.headers["Upload-Offset"] == "5"
     deleted = httpx.post(location, headers={**TUS, **api_user.headers, "X-HTTP-Method-Override": "DELETE"}, timeout=10)
     assert deleted.status_code in (204, 410)
+
+
+def test_an_offset_staging_no_longer_covers_moves_back_to_what_is_there(stack, api_user) -> None:
+    content = os.urandom(200)
+    location = tus_create(stack.url, api_user.headers, length=len(content)).headers["Location"]
+    assert tus_patch(location, api_user.headers, 0, content[:100]).status_code == 204
+    # What an OS crash can do with UPLOAD_RECEIVING_FSYNC off: the file lost its tail, the row did not.
+    os.truncate(_staged(location), 40)
+    refused = tus_patch(location, api_user.headers, 100, content[100:])
+    assert (refused.status_code, code_of(refused)) == (409, "OFFSET_MISMATCH")
+    assert refused.headers["Upload-Offset"] == "40"
+    assert tus_head(location, api_user.headers).headers["Upload-Offset"] == "40"
+    assert tus_patch(location, api_user.headers, 40, content[40:]).status_code == 204
+    done = upload_wait_for_status(stack.url, api_user.headers, _id(location), {"COMPLETED", "FAILED"})
+    assert done["sha256"] == hashlib.sha256(content).hexdigest()

@@ -106,9 +106,9 @@ class Subscriber:
 
 @asynccontextmanager
 async def subscriber(
-    ws_url: str, token: str | None, *, payload: dict[str, Any] | None = None
+    ws_url: str, token: str | None, *, payload: dict[str, Any] | None = None, open_timeout: float = 10
 ) -> AsyncIterator[Subscriber]:
-    async with websockets.connect(ws_url, subprotocols=["graphql-transport-ws"]) as ws:
+    async with websockets.connect(ws_url, subprotocols=["graphql-transport-ws"], open_timeout=open_timeout) as ws:
         init_payload = payload if payload is not None else {"authorization": f"Bearer {token}"}
         await ws.send(json.dumps({"type": "connection_init", "payload": init_payload}))
         ack = json.loads(await ws.recv())

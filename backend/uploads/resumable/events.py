@@ -3,8 +3,8 @@
 CONTRACT section 3: one event when a chunk has been written and, within a long chunk, one per
 part-size of new bytes; at most four a second per upload, the latest state winning. Each
 published event bumps the upload's `sequence` in the same UPDATE that records the offset (or a
-trailing one), and goes through `progress.progress_publish`, so RECEIVING events and the
-transfer's share the upload's one sequence. A chunk that lands inside the quarter second after an
+trailing one), and goes out through this process's `progress.ProgressPublisher`, so RECEIVING
+events and the transfer's share the upload's one sequence. A chunk that lands inside the quarter second after an
 event schedules one trailing event, which reads the row then: the latest state wins.
 """
 
@@ -13,13 +13,14 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+from functools import cache
 
 from django.db import close_old_connections
 from django.db.models import F
 from django.utils import timezone
 
 from backend.uploads.models import FileUpload, UploadStatus
-from backend.uploads.progress import progress_publish
+from backend.uploads.progress import ProgressPublisher, progress_event
 
 MIN_INTERVAL_SECONDS = 0.25
 
@@ -49,9 +50,19 @@ def receiving_event_due(upload_id: uuid.UUID) -> bool:
         return False
 
 
+@cache
+def _publisher() -> ProgressPublisher:
+    """This process's publisher of RECEIVING events: one event loop thread and one Redis pool.
+
+    Handing it an event costs the writer nothing: a chunk's bytes never wait for Redis (through
+    `progress_publish` each event would open a loop and a connection on the writer's thread).
+    """
+    return ProgressPublisher().start()
+
+
 def receiving_publish(upload: FileUpload) -> None:
-    """Publish `upload`'s state (its `sequence` was bumped in the committed UPDATE)."""
-    progress_publish(upload)
+    """Publish `upload`'s state (its `sequence` was bumped in the committed UPDATE), without waiting."""
+    _publisher().publish(progress_event(upload))
 
 
 def _trailing_publish(upload_id: uuid.UUID) -> None:
@@ -63,7 +74,7 @@ def _trailing_publish(upload_id: uuid.UUID) -> None:
         if rows.update(sequence=F("sequence") + 1, updated_at=timezone.now()):
             upload = FileUpload.objects.filter(id=upload_id).first()
             if upload is not None:
-                progress_publish(upload)
+                receiving_publish(upload)
     finally:
         close_old_connections()
 

@@ -6,11 +6,12 @@ opens the staged file. The caller then feeds the bytes as they arrive (`write`) 
 `finish` (the whole chunk arrived) or `abort` (the body was cut off: what arrived is kept, unless
 the chunk carries a checksum, which can only be judged whole).
 
-What the offset means: the bytes before it are in staging and were flushed (`fdatasync`) before
-the offset that covers them was committed, at every checkpoint (one per part size of new bytes,
-and at the end of the chunk). A server killed mid-chunk leaves the committed offset behind the
-bytes it wrote; the next writer cuts the file back to the offset before appending, so HEAD never
-reports a byte that is not really there, and nothing after it can be a torn write.
+What the offset means: the bytes before it are in staging and were flushed (`fdatasync`, unless
+UPLOAD_RECEIVING_FSYNC is off) before the offset that covers them was committed, at every
+checkpoint (one per part size of new bytes, and at the end of the chunk). A server killed
+mid-chunk leaves the committed offset behind the bytes it wrote; the next writer cuts the file
+back to the offset before appending, so HEAD never reports a byte that is not really there, and
+nothing after it can be a torn write.
 """
 
 from __future__ import annotations
@@ -37,9 +38,9 @@ from backend.uploads.errors import (
 from backend.uploads.models import ConcatRole, FileUpload, UploadStatus
 from backend.uploads.resumable.checksums import ChunkChecksum
 from backend.uploads.resumable.events import receiving_event_due, receiving_publish
-from backend.uploads.resumable.hashing import running_hash_keep, running_hash_take
+from backend.uploads.resumable.hashing import running_hash_forget, running_hash_keep, running_hash_take
 from backend.uploads.resumable.locking import WriterLock
-from backend.uploads.services import resumable
+from backend.uploads.services import pipeline, resumable
 from backend.uploads.sniffing import SNIFF_BYTES
 from backend.uploads.staging import staging_path
 
@@ -60,6 +61,7 @@ class ChunkAppend:
     checksum: ChunkChecksum | None
     offset: int
     committed: int
+    started: int
     digest: Any  # the running sha256 (None for a partial upload: hashed at concatenation)
     digest_before: Any = None
     checkpoint_every: int = 0
@@ -120,7 +122,8 @@ class ChunkAppend:
 
     def checkpoint(self) -> None:
         """Flush what was written, then commit the offset that covers it (and maybe publish)."""
-        os.fdatasync(self.fd)
+        if settings.UPLOAD_RECEIVING_FSYNC:
+            os.fdatasync(self.fd)
         if not self.lock.renew():
             raise UploadLocked("this request lost the upload's lock; retry")
         publish = receiving_event_due(self.upload.id)
@@ -139,8 +142,12 @@ class ChunkAppend:
             if current is None or current.status != UploadStatus.RECEIVING:
                 raise Gone("this upload was cancelled or has expired")
             raise OffsetMismatch("another writer moved this upload's offset", offset=current.bytes_received)
-        self.committed = self.offset
+        before, self.committed = self.committed, self.offset
         self.upload.bytes_received = self.offset
+        part_size = self.upload.part_size
+        if part_size and self.offset // part_size > before // part_size and not self.whole:
+            # A whole part more is in staging (flushed, offset committed): it may go to the bucket now.
+            pipeline.upload_pipeline_nudge(upload=self.upload)
         if publish:
             fresh = FileUpload.objects.filter(id=self.upload.id).first()
             if fresh is not None:
@@ -160,7 +167,9 @@ class ChunkAppend:
             if self.checksum is not None and not self.checksum.matches():
                 self._discard()
                 raise ChunkChecksumMismatch(f"the chunk does not match its {self.checksum.algorithm} checksum")
-            self.checkpoint()
+            if self.offset != self.committed or self.offset == self.started:
+                # A chunk that ended on a checkpoint was committed (and published) there already.
+                self.checkpoint()
             if self.whole and self.upload.concat_role != ConcatRole.PARTIAL:
                 upload = FileUpload.objects.get(id=self.upload.id)
                 head = self.head if upload.content_type else os.pread(self.fd, SNIFF_BYTES, 0)
@@ -244,6 +253,15 @@ def chunk_append_begin(
         lock.release()
         raise
     try:
+        staged = os.fstat(fd).st_size
+        if staged < offset:
+            # Staging lost bytes the offset covers (an OS crash with UPLOAD_RECEIVING_FSYNC off): go
+            # back to what is really there, and let the client resume from it.
+            FileUpload.objects.filter(id=upload.id, status=UploadStatus.RECEIVING, bytes_received=offset).update(
+                bytes_received=staged
+            )
+            running_hash_forget(upload.id)
+            raise OffsetMismatch(f"the upload's offset is {staged}, not {offset}", offset=staged)
         # Bytes past the committed offset are a killed writer's unflushed tail: they go.
         os.ftruncate(fd, offset)
         partial = upload.concat_role == ConcatRole.PARTIAL
@@ -259,6 +277,7 @@ def chunk_append_begin(
         checksum=checksum,
         offset=offset,
         committed=offset,
+        started=offset,
         digest=digest,
         digest_before=digest.copy() if digest is not None and checksum is not None else None,
         checkpoint_every=max(upload.part_size, 1024 * 1024) if upload.part_size else settings.UPLOAD_PART_SIZE,

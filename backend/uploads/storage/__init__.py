@@ -150,6 +150,9 @@ class DirectUploads(Protocol):
     def object_read(self, *, key: str, length: int | None = None, chunk_size: int = 1024 * 1024) -> Iterator[bytes]:
         """The object's bytes from the start (the first `length`, or all), streamed in chunks."""
 
+    def part_listed(self, *, key: str, handle: str, part_number: int) -> PartReceipt | None:
+        """What the store lists for one part of an open object (one small ListParts page), or None."""
+
 
 @dataclass(frozen=True)
 class TemporaryEntry:

@@ -338,6 +338,19 @@ class S3Storage:
         )
         return PresignedPut(url=url, headers=headers)
 
+    def part_listed(self, *, key: str, handle: str, part_number: int) -> PartReceipt | None:
+        """ListParts from just before `part_number`, one part: O(1) per confirmation, not O(parts)."""
+        page = self._call(
+            "ListParts",
+            lambda: self.client.list_parts(
+                Bucket=self.bucket, Key=key, UploadId=handle, MaxParts=1, PartNumberMarker=part_number - 1
+            ),
+        )
+        for part in page.get("Parts", []):
+            if int(part["PartNumber"]) == part_number:
+                return self._listed_receipt(part)
+        return None
+
     def object_read(self, *, key: str, length: int | None = None, chunk_size: int = 1024 * 1024) -> Iterator[bytes]:
         params: dict[str, Any] = {"Bucket": self.bucket, "Key": key}
         if length is not None:
