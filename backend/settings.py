@@ -194,6 +194,9 @@ UPLOAD_PART_SIZE = env.int("UPLOAD_PART_SIZE", default=8 * 1024**2)
 UPLOAD_PART_CONCURRENCY = env.int("UPLOAD_PART_CONCURRENCY", default=4)
 UPLOAD_PART_RETRIES = env.int("UPLOAD_PART_RETRIES", default=5)
 UPLOAD_PART_DELAY_MS = env.int("UPLOAD_PART_DELAY_MS", default=0)
+# Resumable uploads: send whole parts to the bucket while the client still sends (issue 19). Off,
+# the transfer starts after the last byte, as for a SINGLE upload (the benchmark's baseline).
+UPLOAD_PIPELINE = env.bool("UPLOAD_PIPELINE", default=True)
 # Test doubles chosen by dotted path (tests/support/doubles.py), never by patching modules: a class
 # the storage factory hands the backend to stand in for it, and the class a job publishes through.
 STORAGE_WRAPPER = env.str("STORAGE_WRAPPER", default="") or None

@@ -10,6 +10,7 @@ it again (`services.upload_requeue_lost`).
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from datetime import datetime
 from typing import Any
@@ -27,6 +28,11 @@ logger = logging.getLogger(__name__)
 TRANSFER_QUEUE = "default"
 # What RQ runs for one transfer: `backend.uploads.jobs.upload_transfer(upload_id)`.
 TRANSFER_JOB = "backend.uploads.jobs.upload_transfer"
+# What RQ runs to send the whole parts a RECEIVING upload has so far (issue 19, pipelining).
+PIPELINE_JOB = "backend.uploads.jobs.upload_pipeline"
+# A pipeline request older than this whose job never started (lost with a SIGKILLed worker, or a
+# Redis that forgot it) no longer holds back the next one.
+PIPELINE_REQUEST_TTL_SECONDS = 120
 
 # How long a job may sit between the queue and a worker's started registry before it counts as lost.
 IN_TRANSIT_GRACE_SECONDS = 5.0
@@ -77,6 +83,43 @@ def transfer_job_cancel(job_id: str | None) -> None:
     except Exception:
         # The claim check at job start already refuses a cancelled upload; this only tidies the queue.
         logger.warning("could not remove queued job %s", job_id, exc_info=True)
+
+
+def _pipeline_flag(upload_id: uuid.UUID) -> str:
+    return f"uploads:pipeline-requested:{upload_id}"
+
+
+def pipeline_job_request(*, upload_id: uuid.UUID, timeout: int) -> bool:
+    """Queue one pipeline run for `upload_id` unless one is queued and not started yet (debounce).
+
+    The flag is set with SET NX and cleared by the job as it starts (`pipeline_job_started`),
+    before it reads the upload: a part that lands after that clearing requests a new run. A
+    flag older than PIPELINE_REQUEST_TTL_SECONDS is taken over (its job was lost). Redis
+    unreachable: logged; the move out of RECEIVING queues the transfer anyway. True if queued.
+    """
+    flag = _pipeline_flag(upload_id)
+    try:
+        connection = django_rq.get_connection(TRANSFER_QUEUE)
+        now = time.time()
+        if not connection.set(flag, str(now), nx=True, ex=PIPELINE_REQUEST_TTL_SECONDS * 2):
+            raw = connection.get(flag)
+            if raw is not None and now - float(raw) < PIPELINE_REQUEST_TTL_SECONDS:
+                return False
+            connection.set(flag, str(now), ex=PIPELINE_REQUEST_TTL_SECONDS * 2)
+        job_id = f"pipeline-{upload_id}-{uuid.uuid4().hex[:8]}"
+        django_rq.get_queue(TRANSFER_QUEUE).enqueue(PIPELINE_JOB, str(upload_id), job_id=job_id, job_timeout=timeout)
+    except REDIS_UNREACHABLE as exc:
+        logger.warning("upload %s: Redis unreachable, no pipeline run queued: %s", upload_id, exc)
+        return False
+    return True
+
+
+def pipeline_job_started(*, upload_id: uuid.UUID) -> None:
+    """The pipeline job has started: a part arriving from now on requests another run."""
+    try:
+        django_rq.get_connection(TRANSFER_QUEUE).delete(_pipeline_flag(upload_id))
+    except REDIS_UNREACHABLE as exc:
+        logger.warning("upload %s: Redis unreachable, pipeline request not cleared: %s", upload_id, exc)
 
 
 class TransferJobs:

@@ -23,9 +23,9 @@ from backend.uploads import services
 from backend.uploads.errors import ClaimLost
 from backend.uploads.finishing import FinishSpec, direct_finish
 from backend.uploads.metrics import metrics_add, metrics_observe_transfer
-from backend.uploads.models import FileUpload, UploadMode
+from backend.uploads.models import FileUpload, UploadMode, UploadStatus
 from backend.uploads.progress import progress_publisher
-from backend.uploads.selectors import upload_is_claimed_by, upload_parts_list
+from backend.uploads.selectors import upload_get, upload_is_claimed_by, upload_parts_list
 from backend.uploads.staging import staging_path
 from backend.uploads.storage import PartReceipt, get_capabilities, storage_retry_policy
 from backend.uploads.transfer import (
@@ -34,6 +34,7 @@ from backend.uploads.transfer import (
     TransferSpec,
     TransferStopped,
     stop_requested,
+    transfer_arrived_parts,
     transfer_upload,
 )
 
@@ -114,6 +115,9 @@ class UploadLedger:
 
 
 def transfer_spec(upload: FileUpload) -> TransferSpec:
+    # An object opened while its bytes were still arriving (pipelining) carries the declared sha256,
+    # which is verified before the object is completed; without one, none (the API has the digest).
+    sha256 = upload.sha256 or upload.expected_sha256 or ""
     return TransferSpec(
         upload_id=upload.id,
         key=upload.storage_key,
@@ -121,7 +125,7 @@ def transfer_spec(upload: FileUpload) -> TransferSpec:
         part_size=upload.part_size,
         parts_total=upload.parts_total,
         content_type=upload.content_type,
-        metadata={"sha256": upload.sha256 or "", "filename": upload.filename},
+        metadata={"sha256": sha256, "filename": upload.filename},
         handle=upload.storage_upload_id,
     )
 
@@ -182,6 +186,57 @@ def _upload_transfer(upload_id: str) -> None:
             _fail_or_stop(upload=upload, claim=claim, error=f"internal error: {type(exc).__name__}", started=started)
 
 
+def upload_pipeline(upload_id: str) -> None:
+    """Send the whole parts a RECEIVING upload has so far, then end: never wait for the client.
+
+    Queued (debounced) by the chunk appender as parts arrive (`services.upload_pipeline_nudge`).
+    If the last byte came meanwhile (the upload is QUEUED), the transfer runs here at once.
+    """
+    with upload_log_context(upload_id):
+        _upload_pipeline(uuid.UUID(upload_id))
+
+
+def _upload_pipeline(upload_id: uuid.UUID) -> None:
+    close_old_connections()
+    services.upload_pipeline_started(upload_id=upload_id)
+    with progress_publisher():
+        claimed = services.upload_pipeline_claim(upload_id=upload_id)
+        current = _pipeline_run(*claimed) if claimed is not None else upload_get(upload_id=upload_id)
+    if current is not None and current.status == UploadStatus.QUEUED:
+        # The queued transfer job found the claim held; or it has not started yet and will find nothing.
+        _upload_transfer(str(upload_id))
+
+
+def _pipeline_run(upload: FileUpload, claim: uuid.UUID) -> FileUpload | None:
+    store = get_capabilities()
+    try:
+        with TransferLease(upload_id=upload.id, claim=claim, every=settings.UPLOAD_HEARTBEAT_SECONDS) as lease:
+            ledger = UploadLedger(upload_id=upload.id, claim=claim, lease=lease)
+            sent = transfer_arrived_parts(
+                spec=transfer_spec(upload),
+                source=staging_path(upload.id),
+                storage=store.core,
+                part_from_file=store.part_from_file,
+                ledger=ledger,
+                should_stop=ledger.should_stop,
+                config=transfer_settings(),
+                arrived=lambda: services.upload_pipeline_arrived(upload_id=upload.id),
+                count=metrics_add,
+            )
+        logger.info("upload %s: %d parts sent while receiving", upload.id, sent)
+    except (TransferStopped, ClaimLost):
+        return services.upload_pipeline_stopped(upload_id=upload.id, claim=claim)
+    except TransferFailed as exc:
+        # Not the upload's failure: the transfer after its last byte tries these parts again,
+        # with the whole retry policy, and fails the upload only then.
+        logger.warning("upload %s: sending parts while receiving failed: %s", upload.id, exc)
+        return services.upload_pipeline_release(upload_id=upload.id, claim=claim, look_again=False)
+    except Exception:
+        logger.exception("upload %s: unexpected error sending parts while receiving", upload.id)
+        return services.upload_pipeline_release(upload_id=upload.id, claim=claim, look_again=False)
+    return services.upload_pipeline_release(upload_id=upload.id, claim=claim)
+
+
 def _direct_finish(*, upload: FileUpload, ledger: UploadLedger) -> dict[str, Any]:
     """A DIRECT upload: its client put the parts; complete the object and verify it (`finishing`)."""
     spec = FinishSpec(
@@ -232,6 +287,7 @@ def uploads_reap() -> None:
     """Queue again the transfers whose worker went silent (SIGKILL, lost machine), and lost jobs."""
     close_old_connections()
     services.upload_requeue_stale(stale_after_seconds=settings.UPLOAD_STALE_AFTER_SECONDS)
+    services.upload_pipeline_requeue_stale(stale_after_seconds=settings.UPLOAD_STALE_AFTER_SECONDS)
     services.upload_requeue_lost(stale_after_seconds=settings.UPLOAD_STALE_AFTER_SECONDS)
 
 

@@ -41,8 +41,8 @@ def upload_get(*, upload_id: uuid.UUID) -> FileUpload | None:
 
 
 def upload_is_claimed_by(*, upload_id: uuid.UUID, claim: uuid.UUID) -> bool:
-    """Whether the upload is still UPLOADING under this transfer's claim."""
-    return FileUpload.objects.filter(id=upload_id, claim=claim, status=UploadStatus.UPLOADING).exists()
+    """Whether the upload is still active (UPLOADING, or RECEIVING/QUEUED for a pipeline run) under this claim."""
+    return FileUpload.objects.filter(id=upload_id, claim=claim, status__in=ACTIVE_STATUSES).exists()
 
 
 def upload_parts_list(*, upload_id: uuid.UUID) -> list[PartReceipt]:

@@ -23,7 +23,7 @@ import uuid
 from collections import deque
 from collections.abc import Callable, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol, TypeVar
 
@@ -147,18 +147,7 @@ def transfer_upload(
         )
         return
 
-    handle = spec.handle
-    if handle is None:
-        handle = run.call_store(
-            lambda: storage.start(key=spec.key, content_type=spec.content_type, metadata=spec.metadata)
-        )
-        try:
-            ledger.set_storage_handle(handle)
-        except ClaimLost:
-            # Cancelled or deleted meanwhile: no row will ever name this object, so abort it now.
-            storage.abort(key=spec.key, handle=handle)
-            raise
-
+    handle = run.open_object()
     confirmed = run.reconcile(handle=handle)
     pending = deque(n for n in range(1, spec.parts_total + 1) if n not in confirmed)
     fd = os.open(source, os.O_RDONLY)
@@ -173,6 +162,62 @@ def transfer_upload(
     run.call_store(lambda: storage.complete(key=spec.key, handle=handle, parts=receipts, size=spec.size))
 
 
+def transfer_arrived_parts(
+    *,
+    spec: TransferSpec,
+    source: Path,
+    storage: Storage,
+    ledger: Ledger,
+    should_stop: Callable[[], bool],
+    config: TransferSettings,
+    arrived: Callable[[], int],
+    part_from_file: PartFromFile | None = None,
+    count: Callable[[Mapping[str, int]], None] = _no_counts,
+) -> int:
+    """Send the whole parts of an upload whose bytes are still arriving; never complete the object.
+
+    `arrived()` answers how many whole parts (each exactly `spec.part_size`) staging holds now;
+    parts 1..arrived() that neither the ledger nor the store confirm are sent, then `arrived()` is
+    asked again, and the run returns once a round finds nothing new: it sends what is there and
+    never waits for more. `spec.size` is not used (the length may not be known yet). The object
+    is opened if `spec.handle` is None. Returns the number of parts sent. Raises as
+    `transfer_upload` does.
+    """
+    whole = arrived()
+    if whole < 1:
+        return 0
+    if not source.exists():
+        raise TransferFailed(STAGED_BYTES_MISSING)
+    # Part ranges are computed against the bytes known whole so far, which every part sent lies in.
+    run = _Run(
+        spec=replace(spec, size=whole * spec.part_size),
+        storage=storage,
+        ledger=ledger,
+        should_stop=should_stop,
+        config=config,
+        part_from_file=part_from_file,
+        count=count,
+    )
+    handle = run.open_object()
+    confirmed = run.reconcile(handle=handle)
+    sent = 0
+    fd = os.open(source, os.O_RDONLY)
+    try:
+        while True:
+            due = [n for n in range(1, whole + 1) if n not in confirmed]
+            if due:
+                run.send_parts(handle=handle, fd=fd, pending=deque(due))
+                confirmed.update(due)
+                sent += len(due)
+            now = arrived()
+            if now <= whole:
+                return sent
+            whole = now
+            run.spec = replace(spec, size=whole * spec.part_size)
+    finally:
+        os.close(fd)
+
+
 @dataclass
 class _Run:
     """One call of `transfer_upload`: what it was handed, shared by its steps."""
@@ -184,6 +229,22 @@ class _Run:
     config: TransferSettings
     part_from_file: PartFromFile | None
     count: Callable[[Mapping[str, int]], None]
+
+    def open_object(self) -> str:
+        """The store's handle for this object: the one an earlier run opened, or a new one recorded now."""
+        spec, storage = self.spec, self.storage
+        if spec.handle is not None:
+            return spec.handle
+        handle = self.call_store(
+            lambda: storage.start(key=spec.key, content_type=spec.content_type, metadata=spec.metadata)
+        )
+        try:
+            self.ledger.set_storage_handle(handle)
+        except ClaimLost:
+            # Cancelled or deleted meanwhile: no row will ever name this object, so abort it now.
+            storage.abort(key=spec.key, handle=handle)
+            raise
+        return handle
 
     def reconcile(self, *, handle: str) -> set[int]:
         """Part numbers both the ledger and the store confirm; parts only the store lists are recorded."""

@@ -22,6 +22,7 @@ def _figures() -> dict[str, Callable[[Bench], list[Figure]]]:
         fanout_idle,
         fanout_stalled,
         local_throughput,
+        pipelining,
         progress_latency,
         recovery,
         s3_throughput,
@@ -52,6 +53,7 @@ def _figures() -> dict[str, Callable[[Bench], list[Figure]]]:
         "recovery": recovery.run,
         "tus": tus_throughput.run,
         "direct": direct_throughput.run,
+        "pipelined": pipelining.run,
     }
 
 

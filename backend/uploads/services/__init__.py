@@ -4,6 +4,7 @@ A package split along its seams; import from here, the names stay where they wer
 - `transitions`: the state table and every state move, and the transfer's ledger writes;
 - `actions`: what a client asks for (create, cancel, retry, delete) and the clean-up after a stop;
 - `queueing`: when an upload is owed a transfer job (the queue itself is `backend.uploads.jobqueue`);
+- `pipeline`: the whole parts of a RESUMABLE upload sent while its client still sends (issue 19);
 - `upkeep`: the reaper (silent transfers and lost jobs queued again);
 - `sweep`: staged bytes, leftovers and open objects no upload needs any more.
 """
@@ -19,6 +20,16 @@ from backend.uploads.services.actions import (
     upload_delete,
     upload_retry,
     upload_transfer_stopped,
+)
+from backend.uploads.services.pipeline import (
+    upload_pipeline_abort,
+    upload_pipeline_arrived,
+    upload_pipeline_claim,
+    upload_pipeline_nudge,
+    upload_pipeline_release,
+    upload_pipeline_requeue_stale,
+    upload_pipeline_started,
+    upload_pipeline_stopped,
 )
 from backend.uploads.services.queueing import upload_enqueue
 from backend.uploads.services.sweep import SWEEP_GRACE_SECONDS, SweepItem, SweepReport, upload_sweep
@@ -51,6 +62,14 @@ __all__ = [
     "upload_enqueue",
     "upload_fail",
     "upload_heartbeat",
+    "upload_pipeline_abort",
+    "upload_pipeline_arrived",
+    "upload_pipeline_claim",
+    "upload_pipeline_nudge",
+    "upload_pipeline_release",
+    "upload_pipeline_requeue_stale",
+    "upload_pipeline_started",
+    "upload_pipeline_stopped",
     "upload_record_part",
     "upload_release",
     "upload_requeue_lost",

@@ -165,6 +165,7 @@ def upload_retry(*, user: User, upload_id: uuid.UUID) -> FileUpload:
             expected=[upload.status],
             staged=True,
             error=None,
+            claim=None,
             staged_at=timezone.now(),
             **fresh_start,
         )

@@ -40,7 +40,7 @@ from backend.uploads.resumable.checksums import ChunkChecksum
 from backend.uploads.resumable.events import receiving_event_due, receiving_publish
 from backend.uploads.resumable.hashing import running_hash_forget, running_hash_keep, running_hash_take
 from backend.uploads.resumable.locking import WriterLock
-from backend.uploads.services import resumable
+from backend.uploads.services import pipeline, resumable
 from backend.uploads.sniffing import SNIFF_BYTES
 from backend.uploads.staging import staging_path
 
@@ -142,8 +142,12 @@ class ChunkAppend:
             if current is None or current.status != UploadStatus.RECEIVING:
                 raise Gone("this upload was cancelled or has expired")
             raise OffsetMismatch("another writer moved this upload's offset", offset=current.bytes_received)
-        self.committed = self.offset
+        before, self.committed = self.committed, self.offset
         self.upload.bytes_received = self.offset
+        part_size = self.upload.part_size
+        if part_size and self.offset // part_size > before // part_size and not self.whole:
+            # A whole part more is in staging (flushed, offset committed): it may go to the bucket now.
+            pipeline.upload_pipeline_nudge(upload=self.upload)
         if publish:
             fresh = FileUpload.objects.filter(id=self.upload.id).first()
             if fresh is not None:

@@ -61,9 +61,13 @@ def receiving_expires_at() -> datetime:
     return timezone.now() + timedelta(seconds=settings.UPLOAD_RECEIVING_TTL)
 
 
-def _sizing(size: int) -> dict[str, int]:
-    part_size = part_size_for(size=size, requested=settings.UPLOAD_PART_SIZE, minimum=get_storage().min_part_size)
-    return {"part_size": part_size, "parts_total": part_count(size=size, part_size=part_size)}
+def _sizing(size: int | None) -> dict[str, int]:
+    """Part size and count. A deferred length (None) is sized for the largest upload allowed, so the
+    part size is fixed from the first byte (whole parts are sent while the bytes arrive, issue 19)
+    and any length set later fits in 10,000 parts; its count stays 0 until the length is known."""
+    sized_for = settings.UPLOAD_MAX_BYTES if size is None else size
+    part_size = part_size_for(size=sized_for, requested=settings.UPLOAD_PART_SIZE, minimum=get_storage().min_part_size)
+    return {"part_size": part_size, "parts_total": part_count(size=size or 0, part_size=part_size)}
 
 
 def _check_sha256(sha256: str | None) -> str | None:
@@ -133,7 +137,7 @@ def resumable_create(
             concat_role=ConcatRole.PARTIAL if partial else ConcatRole.NONE,
             concat_header=concat_header,
             tus_metadata=tus_metadata,
-            **_sizing(known),
+            **_sizing(size),
         )
         path = staging_path(upload_id)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -155,7 +159,8 @@ def resumable_set_length(*, upload: FileUpload, size: int) -> FileUpload:
         raise BadUserInput(f"the length {size} is below the {upload.bytes_received} bytes already received")
     if size > settings.UPLOAD_MAX_BYTES:
         raise UploadTooLarge(f"uploads are limited to {settings.UPLOAD_MAX_BYTES} bytes")
-    fields = {"size": size, "length_deferred": False, **_sizing(size)}
+    # The part size was fixed at creation (parts may be in the bucket already); only the count is new.
+    fields = {"size": size, "length_deferred": False, "parts_total": part_count(size=size, part_size=upload.part_size)}
     with transaction.atomic():
         quota_reserve(user=upload.owner, size=size)
         rows = FileUpload.objects.filter(id=upload.id, length_deferred=True, status=UploadStatus.RECEIVING)
@@ -216,7 +221,7 @@ def _fail_receiving(*, upload: FileUpload, error: str, **fields: Any) -> None:
     running_hash_forget(upload.id)
     # Cancelled or expired meanwhile: its bytes go all the same.
     with contextlib.suppress(InvalidState):
-        services.upload_transition(
+        failed = services.upload_transition(
             upload_id=upload.id,
             to=UploadStatus.FAILED,
             expected=[UploadStatus.RECEIVING],
@@ -225,6 +230,7 @@ def _fail_receiving(*, upload: FileUpload, error: str, **fields: Any) -> None:
             expires_at=None,
             **fields,
         )
+        services.upload_pipeline_abort(upload=failed)
     staging_delete(upload.id)
     logger.info("upload %s failed while receiving: %s", upload.id, error)
 
@@ -358,6 +364,7 @@ def resumable_cancel(*, upload: FileUpload) -> FileUpload:
     )
     running_hash_forget(upload.id)
     staging_delete(upload.id)
+    services.upload_pipeline_abort(upload=cancelled)
     logger.info("upload %s cancelled while receiving", upload.id)
     return cancelled
 
@@ -423,6 +430,9 @@ def resumable_expire(*, upload: FileUpload) -> bool:
         return False
     running_hash_forget(upload.id)
     staging_delete(upload.id)
+    current = FileUpload.objects.filter(id=upload.id).first()
+    if current is not None:
+        services.upload_pipeline_abort(upload=current)
     logger.info("upload %s expired while receiving; its bytes are removed", upload.id)
     return True
 

@@ -11,14 +11,16 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Iterable
+from datetime import timedelta
 from typing import Any
 
+from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import F
+from django.db.models import F, Q
 from django.utils import timezone
 
 from backend.uploads.errors import ClaimLost, InvalidState
-from backend.uploads.models import TERMINAL_STATUSES, FileUpload, UploadPart, UploadStatus
+from backend.uploads.models import ACTIVE_STATUSES, TERMINAL_STATUSES, FileUpload, UploadPart, UploadStatus
 from backend.uploads.progress import progress_publish
 from backend.uploads.services.queueing import upload_enqueue
 from backend.uploads.signals import upload_finished
@@ -41,6 +43,16 @@ ALLOWED_MOVES: dict[str, frozenset[str]] = {
     UploadStatus.CANCELLED: frozenset({UploadStatus.QUEUED}),
 }
 
+# Where a transfer run may hold the claim: UPLOADING, and (pipelining, issue 19) RECEIVING while
+# whole parts are sent as they arrive, and QUEUED when the last byte came during such a run.
+RUN_STATUSES = ACTIVE_STATUSES
+
+
+def unclaimed() -> Q:
+    """Rows no live run holds: no claim, or one whose run went silent past UPLOAD_STALE_AFTER_SECONDS."""
+    cutoff = timezone.now() - timedelta(seconds=settings.UPLOAD_STALE_AFTER_SECONDS)
+    return Q(claim__isnull=True) | Q(heartbeat_at__isnull=True) | Q(heartbeat_at__lt=cutoff)
+
 
 def upload_transition(
     *,
@@ -50,13 +62,15 @@ def upload_transition(
     owned_by: uuid.UUID | None = None,
     staged: bool = False,
     part_number: int | None = None,
+    where: Q | None = None,
     **fields: Any,
 ) -> FileUpload:
     """Move an upload to status `to` if the state table allows it from the status it has now.
 
     `expected` narrows the statuses the move may start from; `owned_by` requires the row to carry
     that transfer claim; `staged` requires its staged bytes to be kept (the sweep has not expired
-    them). Raises InvalidState when no row matched, or ClaimLost with `owned_by`.
+    them); `where` adds a condition of the caller's. Raises InvalidState when no row matched, or
+    ClaimLost with `owned_by`.
     """
     sources = [s for s, targets in ALLOWED_MOVES.items() if to in targets]
     if expected is not None:
@@ -66,6 +80,8 @@ def upload_transition(
         rows = rows.filter(claim=owned_by)
     if staged:
         rows = rows.filter(staged_at__isnull=False)
+    if where is not None:
+        rows = rows.filter(where)
     with transaction.atomic():
         moved = rows.update(status=to, sequence=F("sequence") + 1, updated_at=timezone.now(), **fields)
         if not moved:
@@ -80,13 +96,18 @@ def upload_transition(
 
 
 def upload_claim(*, upload_id: uuid.UUID) -> tuple[FileUpload, uuid.UUID] | None:
-    """Take a QUEUED upload for one transfer run; None if it is not QUEUED (cancelled, taken)."""
+    """Take a QUEUED upload for one transfer run; None if it is not QUEUED (cancelled, taken).
+
+    Also None while a pipeline run still holds it (its last byte came while that run was sending
+    parts): that run takes the transfer over when it ends (`upload_pipeline_release`).
+    """
     claim = uuid.uuid4()
     try:
         upload = upload_transition(
             upload_id=upload_id,
             to=UploadStatus.UPLOADING,
             expected=[UploadStatus.QUEUED],
+            where=unclaimed(),
             claim=claim,
             attempts=F("attempts") + 1,
             heartbeat_at=timezone.now(),
@@ -98,7 +119,7 @@ def upload_claim(*, upload_id: uuid.UUID) -> tuple[FileUpload, uuid.UUID] | None
 
 
 def upload_set_storage_handle(*, upload_id: uuid.UUID, claim: uuid.UUID, handle: str) -> None:
-    if not FileUpload.objects.filter(id=upload_id, claim=claim, status=UploadStatus.UPLOADING).update(
+    if not FileUpload.objects.filter(id=upload_id, claim=claim, status__in=RUN_STATUSES).update(
         storage_upload_id=handle, updated_at=timezone.now()
     ):
         raise ClaimLost(f"upload {upload_id} is no longer this transfer's")
@@ -107,7 +128,7 @@ def upload_set_storage_handle(*, upload_id: uuid.UUID, claim: uuid.UUID, handle:
 def upload_record_part(*, upload_id: uuid.UUID, claim: uuid.UUID, receipt: PartReceipt) -> FileUpload:
     """Add a confirmed part to the ledger and the counters, then publish. Idempotent per part."""
     with transaction.atomic():
-        owned = FileUpload.objects.filter(id=upload_id, claim=claim, status=UploadStatus.UPLOADING)
+        owned = FileUpload.objects.filter(id=upload_id, claim=claim, status__in=RUN_STATUSES)
         try:
             with transaction.atomic():
                 UploadPart.objects.create(
@@ -135,7 +156,7 @@ def upload_record_part(*, upload_id: uuid.UUID, claim: uuid.UUID, receipt: PartR
 def upload_heartbeat(*, upload_id: uuid.UUID, claim: uuid.UUID) -> bool:
     """Tell the reaper this transfer is alive; False if the claim is gone (stop transferring)."""
     return bool(
-        FileUpload.objects.filter(id=upload_id, claim=claim, status=UploadStatus.UPLOADING).update(
+        FileUpload.objects.filter(id=upload_id, claim=claim, status__in=RUN_STATUSES).update(
             heartbeat_at=timezone.now()
         )
     )

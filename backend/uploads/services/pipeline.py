@@ -1,0 +1,184 @@
+"""Pipelining: the whole parts of a RESUMABLE upload go to the bucket while its client still sends.
+
+CONTRACT section 8, last paragraph (issue 19). The pieces:
+- The chunk appender calls `upload_pipeline_nudge` when its committed offset passes a part
+  boundary. That queues one pipeline job unless one is queued and not started yet
+  (`jobqueue.pipeline_job_request`): one job per burst of parts, never one per chunk.
+- The job clears that request first, then takes the RECEIVING upload's `claim`
+  (`upload_pipeline_claim`, refused while another live run holds it), so two runs of one upload
+  never overlap; it sends parts 1..N of the N whole parts staging holds and ends: no worker
+  waits on a client.
+- `upload_pipeline_release` gives the claim back and then looks again: a part that landed while
+  the run was ending (after its last look, when a new request could not start a run because this
+  one held the claim) is caught here and requests the next run. A request made after the job
+  cleared its flag queues a job of its own; so no whole part is left waiting.
+- The last byte verifies the upload and moves it to QUEUED (`resumable.resumable_complete`)
+  without touching the claim: a pipeline run still sending keeps it, the queued transfer job
+  cannot claim meanwhile (`transitions.upload_claim`), and the pipeline run, once released,
+  runs the transfer itself. The final transfer sends what is left (the last part) and completes.
+A run that dies holding the claim is fenced out by its silent heartbeat: after
+UPLOAD_STALE_AFTER_SECONDS the claim counts as free (`transitions.unclaimed`) and the reaper
+requests a run (`upload_pipeline_requeue_stale`).
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from datetime import timedelta
+
+from django.conf import settings
+from django.utils import timezone
+
+from backend.uploads.jobqueue import pipeline_job_request, pipeline_job_started, transfer_job_timeout
+from backend.uploads.models import ConcatRole, FileUpload, UploadMode, UploadStatus
+from backend.uploads.selectors import upload_get
+from backend.uploads.services.actions import upload_abort_store
+from backend.uploads.services.queueing import upload_enqueue
+from backend.uploads.services.transitions import unclaimed
+from backend.uploads.storage import StorageError
+
+logger = logging.getLogger("backend.uploads.services")
+
+
+def pipeline_applies(upload: FileUpload) -> bool:
+    """Whether this upload's parts may go out while it is RECEIVING.
+
+    RESUMABLE uploads with their type judged, unless UPLOAD_PIPELINE is off; not tus partial
+    uploads (pieces of a final upload that is transferred after its concatenation, which is when
+    its bytes first exist together).
+    """
+    return (
+        settings.UPLOAD_PIPELINE
+        and upload.mode == UploadMode.RESUMABLE
+        and upload.concat_role != ConcatRole.PARTIAL
+        and upload.part_size > 0
+        and bool(upload.content_type)
+    )
+
+
+def pipeline_whole_parts(upload: FileUpload) -> int:
+    """How many parts of `upload`, from part 1, staging holds whole (flushed, offset committed)."""
+    if not pipeline_applies(upload):
+        return 0
+    whole = upload.bytes_received // upload.part_size
+    if not upload.length_deferred:
+        whole = min(whole, upload.parts_total)
+    return whole
+
+
+def upload_pipeline_nudge(*, upload: FileUpload) -> bool:
+    """New whole parts are in staging: request a pipeline run (debounced). True if one was queued."""
+    if not pipeline_applies(upload):
+        return False
+    timeout = transfer_job_timeout(
+        size=upload.size, parts_total=upload.parts_total, part_delay_ms=settings.UPLOAD_PART_DELAY_MS
+    )
+    return pipeline_job_request(upload_id=upload.id, timeout=timeout)
+
+
+def upload_pipeline_started(*, upload_id: uuid.UUID) -> None:
+    """A pipeline job starts: parts arriving from now on request a run of their own."""
+    pipeline_job_started(upload_id=upload_id)
+
+
+def upload_pipeline_claim(*, upload_id: uuid.UUID) -> tuple[FileUpload, uuid.UUID] | None:
+    """Take a RECEIVING upload for one pipeline run if it has whole parts not sent yet.
+
+    None when it is not RECEIVING, another live run holds it, or nothing is due. Not counted in
+    `attempts` and not a state move: the upload stays RECEIVING, and no event is published.
+    """
+    claim = uuid.uuid4()
+    rows = FileUpload.objects.filter(unclaimed(), id=upload_id, status=UploadStatus.RECEIVING)
+    if not rows.update(claim=claim, heartbeat_at=timezone.now()):
+        return None
+    upload = FileUpload.objects.get(id=upload_id)
+    if pipeline_whole_parts(upload) <= upload.parts_uploaded:
+        # The ledger holds only parts 1..whole, so as many parts as whole ones means all are sent.
+        upload_pipeline_release(upload_id=upload_id, claim=claim)
+        return None
+    return upload, claim
+
+
+def upload_pipeline_arrived(*, upload_id: uuid.UUID) -> int:
+    """The engine's question between rounds: how many whole parts are in now (0 once it moved on)."""
+    upload = upload_get(upload_id=upload_id)
+    if upload is None or upload.status not in (UploadStatus.RECEIVING, UploadStatus.QUEUED):
+        return 0
+    return pipeline_whole_parts(upload)
+
+
+def upload_pipeline_release(*, upload_id: uuid.UUID, claim: uuid.UUID, look_again: bool = True) -> FileUpload | None:
+    """End a pipeline run: give its claim back, then look again and request a run if parts are due.
+
+    Returns the row as it is now (None once deleted); a QUEUED one is the caller's to transfer.
+    Without `look_again` (the run failed) the next part to arrive requests the next run.
+    """
+    FileUpload.objects.filter(id=upload_id, claim=claim).update(claim=None)
+    current = upload_get(upload_id=upload_id)
+    if (
+        look_again
+        and current is not None
+        and current.status == UploadStatus.RECEIVING
+        and pipeline_whole_parts(current) > current.parts_uploaded
+    ):
+        upload_pipeline_nudge(upload=current)
+    return current
+
+
+def upload_pipeline_stopped(*, upload_id: uuid.UUID, claim: uuid.UUID) -> FileUpload | None:
+    """Tidy up after a pipeline run that stopped early, as the row now says why.
+
+    Cancelled, expired or refused (FAILED) meanwhile with an open store object: it is aborted
+    (the mover aborted it too; a part still in flight then may have re-created nothing on S3,
+    but aborting again is what AbortMultipartUpload's race asks). Deleted: the delete aborted the
+    object it knew, and one opened after that was aborted when its handle was refused. Still
+    ours (the worker is stopping): released, and the next run requested for another worker.
+    """
+    current = upload_get(upload_id=upload_id)
+    if current is None:
+        return None
+    if current.status in (UploadStatus.CANCELLED, UploadStatus.FAILED) and current.storage_upload_id:
+        upload_abort_store(upload=current)
+        logger.info("upload %s ended while its parts were sent; open object aborted", upload_id)
+        return current
+    return upload_pipeline_release(upload_id=upload_id, claim=claim)
+
+
+def upload_pipeline_abort(*, upload: FileUpload) -> None:
+    """The upload ended while receiving (cancelled, expired, refused): abort the object its parts went to.
+
+    A pipeline run still sending finds its claim gone and aborts it again (`upload_pipeline_stopped`);
+    one that opens the object after this is refused its handle and aborts it. A store error is
+    logged: the row keeps the handle, and the sweep aborts it later.
+    """
+    if not upload.storage_upload_id:
+        return
+    try:
+        upload_abort_store(upload=upload)
+    except StorageError:
+        logger.warning("upload %s: aborting its open object failed; the sweep retries", upload.id, exc_info=True)
+
+
+def upload_pipeline_requeue_stale(*, stale_after_seconds: float) -> list[uuid.UUID]:
+    """Free the claims of pipeline runs silent too long (a SIGKILLed worker) and request new runs.
+
+    A QUEUED upload so freed gets its transfer job again (the one queued at its last byte found
+    the claim held and left it to the run that died).
+    """
+    cutoff = timezone.now() - timedelta(seconds=stale_after_seconds)
+    freed = []
+    silent = FileUpload.objects.filter(
+        status__in=[UploadStatus.RECEIVING, UploadStatus.QUEUED], claim__isnull=False, heartbeat_at__lt=cutoff
+    ).values_list("id", "claim")
+    for upload_id, claim in silent:
+        if not FileUpload.objects.filter(id=upload_id, claim=claim, heartbeat_at__lt=cutoff).update(claim=None):
+            continue
+        logger.warning("upload %s: pipeline run silent for %ss, claim freed", upload_id, stale_after_seconds)
+        current = upload_get(upload_id=upload_id)
+        if current is not None and current.status == UploadStatus.RECEIVING:
+            upload_pipeline_nudge(upload=current)
+        elif current is not None and current.status == UploadStatus.QUEUED:
+            upload_enqueue(current, redelivery=True)
+        freed.append(upload_id)
+    return freed
