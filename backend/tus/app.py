@@ -52,11 +52,9 @@ from backend.uploads.services.chunks import ChunkAppend, chunk_append_begin
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
-# Bytes handed to the writer per pool call: a MiB when the writer is idle (a slow client's bytes
-# reach staging soon), up to 4 MiB while the previous write is still running (a fast client costs
-# fewer pool hops). At most that twice per upload in memory.
+# Bytes handed to the writer per pool call (at most twice that per upload in memory). Handed over as
+# soon as they are there, never held waiting for more: a slow client's bytes reach staging at once.
 FLUSH_BYTES = 1024 * 1024
-FLUSH_MAX_BYTES = 4 * 1024 * 1024
 Scope = dict[str, Any]
 
 
@@ -287,8 +285,7 @@ async def _stream(append: ChunkAppend, guard: BodyGuard) -> bool:
                 buffered.append(chunk)
                 size += len(chunk)
             more = message.get("more_body", False) and not cut_off
-            writer_idle = pending is None or pending.done()
-            if buffered and (not more or size >= FLUSH_MAX_BYTES or (size >= FLUSH_BYTES and writer_idle)):
+            if buffered and (size >= FLUSH_BYTES or not more):
                 data = b"".join(buffered)
                 buffered, size = [], 0
                 if pending is not None:
