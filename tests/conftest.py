@@ -17,7 +17,7 @@ import shutil
 import tempfile
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -92,6 +92,20 @@ def _database_template_make(database: str) -> None:
 _DATABASE_NUMBERS = iter(range(1, 100_000))
 
 
+def _close_this_threads_connection() -> None:
+    """Close this thread's default connection; none is in use where an event loop runs on the thread.
+
+    Playwright's sync API (tests/browser) keeps a loop running on the test's thread, where Django
+    refuses even a close (SynchronousOnlyOperation); the browser tests reach the database from
+    threads of their own (`off_the_loop`), which open connections to whatever database is current.
+    """
+    from django.core.exceptions import SynchronousOnlyOperation
+    from django.db import connections
+
+    with suppress(SynchronousOnlyOperation):
+        connections["default"].close()
+
+
 @contextmanager
 def _database_of_its_own() -> Iterator[str]:
     """Point this process (and, through DATABASE_URL, the stacks made meanwhile) at a fresh copy of the template."""
@@ -107,13 +121,13 @@ def _database_of_its_own() -> Iterator[str]:
         shutil.copyfile(_SESSION["database_template"], path)
         name, url = str(path), f"sqlite:///{path}"
     saved_url, saved_name = os.environ["DATABASE_URL"], settings.DATABASES["default"]["NAME"]
-    connections["default"].close()
+    _close_this_threads_connection()
     os.environ["DATABASE_URL"] = url
     settings.DATABASES["default"]["NAME"] = connections["default"].settings_dict["NAME"] = name
     try:
         yield url
     finally:
-        connections["default"].close()
+        _close_this_threads_connection()
         os.environ["DATABASE_URL"] = saved_url
         settings.DATABASES["default"]["NAME"] = connections["default"].settings_dict["NAME"] = saved_name
 

@@ -8,7 +8,7 @@ at a time (never a chunk in memory). The upload's URL is written to the place st
 (Ctrl-C, a crash, SIGKILL) leaves it behind, and the next run for the same file asks the server
 with HEAD where it stopped and sends only the rest.
 
-A failed request is tried again under one tenacity policy (`RETRY`): connection errors, 5xx,
+A failed request is tried again under the service's one retry policy (`RETRY`, tenacity): connection errors, 5xx,
 409 (another offset than ours: the HEAD before the next try tells the right one) and 423 (a
 PATCH whose connection broke can hold the upload's lock a moment longer). Before each new try the
 offset is read again with HEAD, because a PATCH cut off midway keeps what arrived. The attempts
@@ -21,19 +21,19 @@ from __future__ import annotations
 import base64
 import os
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 import httpx
-from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 
 from backend.client.api import ApiError, Endpoint
 from backend.client.places import PlaceStore
+from backend.retries import RetryPolicy
 
 TUS_VERSION = "1.0.0"
 CHUNK_BYTES = 32 * 1024 * 1024
 READ_BYTES = 1024 * 1024
+PROBE_BYTES = 64 * 1024
 # Statuses worth another try: an offset that moved (409), a lock still held (423), a server in trouble.
 _RETRY_STATUSES = frozenset({409, 423, 500, 502, 503, 504})
 # Failures after which the next run should take the upload up again (the server may be back by then).
@@ -41,34 +41,13 @@ _KEEP_PLACE = frozenset({"CONNECTION_FAILED", "BAD_RESPONSE"})
 _TIMEOUT = httpx.Timeout(30.0, read=300.0)
 
 
-@dataclass(frozen=True)
-class RetryPolicy:
-    """Attempts per step (the first included) and full-jitter exponential backoff between them."""
-
-    attempts: int = 8
-    base: float = 0.5
-    cap: float = 10.0
-
-    def async_retrying(self, *, retry_on: Callable[[BaseException], bool]) -> AsyncRetrying:
-        return AsyncRetrying(
-            stop=stop_after_attempt(self.attempts),
-            wait=wait_random_exponential(multiplier=self.base, max=self.cap),
-            retry=retry_if_exception(retry_on),
-            reraise=True,
-        )
-
-
-# A network gone for up to about half a minute is waited out; longer than that, the run stops and
-# running it again resumes.
-RETRY = RetryPolicy()
+# The service's one retry policy (backend.retries), patient enough for a network gone for about half a
+# minute; longer than that, the run stops and running it again resumes.
+RETRY = RetryPolicy(attempts=8, base=0.5, cap=10.0)
 
 
 class Retryable(Exception):
     """A request that failed in a way another try can mend (see the module's docstring)."""
-
-
-def _retryable(error: BaseException) -> bool:
-    return isinstance(error, Retryable | httpx.TransportError)
 
 
 def place_key(*, endpoint: Endpoint, size: int, sha256: str) -> str:
@@ -216,15 +195,18 @@ class ResumableSender:
             if state["stale"]:
                 state["offset"] = await self._head(url, size)
                 on_sent(state["offset"])
-            state["stale"] = True
             start = state["offset"]
-            length = min(self.chunk_bytes, size - start)
+            # After a failure the first PATCH is small: if the server still holds the lock of the PATCH
+            # that broke (423), only these bytes were sent for nothing.
+            chunk = PROBE_BYTES if state["stale"] else self.chunk_bytes
+            length = min(chunk, size - start)
             headers = {
                 "Content-Type": "application/offset+octet-stream",
                 "Upload-Offset": str(start),
                 "Content-Length": str(length),
             }
             body = _file_range(path, start, length, on_sent)
+            state["stale"] = True
             response = await self._http.patch(url, headers=headers, content=body)
             if response.status_code in _RETRY_STATUSES:
                 raise Retryable(f"PATCH answered {response.status_code}")
@@ -238,7 +220,7 @@ class ResumableSender:
 
     async def _retrying(self, call: Callable[..., Any], *args: Any) -> Any:
         try:
-            return await RETRY.async_retrying(retry_on=_retryable)(call, *args)
+            return await RETRY.async_retrying(retry_on=(Retryable, httpx.TransportError))(call, *args)
         except httpx.TransportError as error:
             reason = str(error) or type(error).__name__
             raise ApiError("CONNECTION_FAILED", f"cannot reach {self.endpoint.base_url}: {reason}") from error

@@ -53,7 +53,8 @@ def _figures() -> dict[str, Callable[[Bench], list[Figure]]]:
         "recovery": recovery.run,
         "tus": tus_throughput.run,
         "direct": direct_throughput.run,
-        "pipelined": pipelining.run,
+        "pipelined_local": pipelining.run_local,
+        "pipelined_s3": pipelining.run_s3,
     }
 
 

@@ -83,8 +83,9 @@ def test_a_connection_cut_mid_patch_is_resumed_by_itself(stack, api_user, tmp_pa
     (upload,) = json.loads(result.stdout)["uploads"]
     assert (upload["status"], upload["sha256"]) == ("COMPLETED", hashlib.sha256(content).hexdigest())
     assert FileUpload.objects.filter(owner=api_user.user).count() == 1  # resumed, not started again
-    # The server kept what arrived before the cut: the file went through the proxy about once.
-    assert size <= proxy.sent < size + 256 * 1024, proxy.sent
+    # The server kept what arrived before the cut: the file went through the proxy about once (plus,
+    # for each 423 while the server still held the broken PATCH's lock, one 64 KiB probe).
+    assert size <= proxy.sent < size + MIB, proxy.sent
 
 
 def test_a_place_the_server_no_longer_has_starts_a_new_upload(stack, api_user, tmp_path) -> None:

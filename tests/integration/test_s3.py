@@ -32,6 +32,7 @@ from backend.uploads.storage.s3_bucket import LIFECYCLE_RULE_ID
 from tests.support.client import UPLOAD_FIELDS, data_of, graphql, upload_file
 from tests.support.moto import PART, Moto, moto_start, s3_env
 from tests.support.processes import wait_until
+from tests.support.uploads import Gate
 
 MIB = 1024 * 1024
 CANCEL = f"mutation($id: ID!) {{ cancelUpload(id: $id) {{ {UPLOAD_FIELDS} }} }}"
@@ -261,19 +262,43 @@ def test_crashed_transfer_resumes_from_what_the_store_lists(make_stack, api_user
     _assert_object_is(moto, bucket, upload_id, content)
 
 
-def test_cancel_aborts_the_multipart_upload(make_stack, api_user, moto, bucket):
-    # A second before each part: the cancel lands while parts remain, well before Complete.
-    stack = make_stack(env=s3_env(moto, bucket, UPLOAD_PART_CONCURRENCY="1", UPLOAD_PART_DELAY_MS="1000"))
+def test_cancel_aborts_the_multipart_upload(make_stack, api_user, moto, bucket, tmp_path):
+    # The worker is held at part 2 (part 1 confirmed) until the cancel is in, well before Complete.
+    gate = Gate(tmp_path / "gate", part=2)
+    stack = make_stack(env=s3_env(moto, bucket, UPLOAD_PART_CONCURRENCY="1"), faults=gate.plan)
     content = os.urandom(2 * PART + MIB)
     upload_id = data_of(upload_file(stack.url, content, headers=api_user.headers))["uploadFile"]["id"]
-    wait_until(lambda: _row(upload_id).parts_uploaded >= 1, timeout=30, what="a confirmed part")
+    gate.reached()
+    assert _row(upload_id).parts_uploaded == 1
     assert len(_open_uploads(moto, bucket)) == 1
 
     cancelled = data_of(graphql(stack.url, CANCEL, {"id": upload_id}, api_user.headers))["cancelUpload"]
+    gate.open()
     assert cancelled["status"] == "CANCELLED", cancelled
     wait_until(lambda: _row(upload_id).storage_upload_id is None, timeout=30, what="the abort")
     assert _open_uploads(moto, bucket) == []
     assert moto.client().list_objects_v2(Bucket=bucket)["KeyCount"] == 0, moto.client().list_objects_v2(Bucket=bucket)
+
+
+def test_a_cancel_landing_while_the_object_is_completed_leaves_no_object(make_stack, api_user, moto, bucket, tmp_path):
+    # The worker is held right after the store's complete: the object is whole in the bucket, the
+    # ledger not told yet. The cancel wins the row, so the run must remove the object it finished.
+    gate = tmp_path / "gate"
+    gate.touch()
+    stack = make_stack(env=s3_env(moto, bucket), faults={"hold_after_complete": str(gate)})
+    content = os.urandom(PART + MIB)
+    upload_id = data_of(upload_file(stack.url, content, headers=api_user.headers))["uploadFile"]["id"]
+    wait_until(lambda: Path(f"{gate}.reached").exists(), timeout=60, what="the worker past complete")
+    assert moto.client().list_objects_v2(Bucket=bucket)["KeyCount"] == 1
+
+    cancelled = data_of(graphql(stack.url, CANCEL, {"id": upload_id}, api_user.headers))["cancelUpload"]
+    assert cancelled["status"] == "CANCELLED", cancelled
+    gate.unlink()
+    wait_until(
+        lambda: moto.client().list_objects_v2(Bucket=bucket)["KeyCount"] == 0, timeout=30, what="the object removed"
+    )
+    assert _open_uploads(moto, bucket) == []
+    assert _row(upload_id).status == UploadStatus.CANCELLED
 
 
 # --- the backend directly, against the same server --------------------------------------------
