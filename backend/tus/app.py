@@ -52,6 +52,8 @@ from backend.uploads.services.chunks import ChunkAppend, chunk_append_begin
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+# Bytes handed to the writer per pool call (at most twice that per upload in memory). Handed over as
+# soon as they are there, never held waiting for more: a slow client's bytes reach staging at once.
 FLUSH_BYTES = 1024 * 1024
 Scope = dict[str, Any]
 
@@ -226,11 +228,8 @@ class TusApplication:
         length = integer_parse(request.headers.get("Upload-Length"), "Upload-Length")
         checksum = _checksum_of(request)
         body_length, _ = _body_of(request)
-        upload = await _run(resumable.resumable_get_for_user, user=user, upload_id=upload_id)
-        if upload.concat_role == ConcatRole.FINAL:
-            return Answer.refusal(403, "FORBIDDEN", "a final upload is made by concatenation; it takes no PATCH")
         append = await _run(
-            chunk_append_begin,
+            _patch_begin,
             user=user,
             upload_id=upload_id,
             offset=offset,
@@ -238,6 +237,8 @@ class TusApplication:
             upload_length=length,
             checksum=checksum,
         )
+        if append is None:
+            return Answer.refusal(403, "FORBIDDEN", "a final upload is made by concatenation; it takes no PATCH")
         result = await self._receive_into(append, guard)
         if isinstance(result, Answer) or result is None:
             return result
@@ -262,8 +263,17 @@ class TusApplication:
         return None
 
 
+def _patch_begin(*, user: User, upload_id: Any, **chunk: Any) -> ChunkAppend | None:
+    """One pool call: the upload's lookup and the appender's start; None for a final upload (403)."""
+    upload = resumable.resumable_get_for_user(user=user, upload_id=upload_id)
+    if upload.concat_role == ConcatRole.FINAL:
+        return None
+    return chunk_append_begin(user=user, upload_id=upload_id, **chunk)
+
+
 async def _stream(append: ChunkAppend, guard: BodyGuard) -> bool:
     """Feed the body to `append`, one write in flight; True if it arrived whole, False if cut off."""
+    # `pending` is awaited before the next write is handed over, so writes stay in order.
     pending: asyncio.Future[None] | None = None
     buffered: list[bytes] = []
     size = 0

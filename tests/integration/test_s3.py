@@ -280,6 +280,27 @@ def test_cancel_aborts_the_multipart_upload(make_stack, api_user, moto, bucket, 
     assert moto.client().list_objects_v2(Bucket=bucket)["KeyCount"] == 0, moto.client().list_objects_v2(Bucket=bucket)
 
 
+def test_a_cancel_landing_while_the_object_is_completed_leaves_no_object(make_stack, api_user, moto, bucket, tmp_path):
+    # The worker is held right after the store's complete: the object is whole in the bucket, the
+    # ledger not told yet. The cancel wins the row, so the run must remove the object it finished.
+    gate = tmp_path / "gate"
+    gate.touch()
+    stack = make_stack(env=s3_env(moto, bucket), faults={"hold_after_complete": str(gate)})
+    content = os.urandom(PART + MIB)
+    upload_id = data_of(upload_file(stack.url, content, headers=api_user.headers))["uploadFile"]["id"]
+    wait_until(lambda: Path(f"{gate}.reached").exists(), timeout=60, what="the worker past complete")
+    assert moto.client().list_objects_v2(Bucket=bucket)["KeyCount"] == 1
+
+    cancelled = data_of(graphql(stack.url, CANCEL, {"id": upload_id}, api_user.headers))["cancelUpload"]
+    assert cancelled["status"] == "CANCELLED", cancelled
+    gate.unlink()
+    wait_until(
+        lambda: moto.client().list_objects_v2(Bucket=bucket)["KeyCount"] == 0, timeout=30, what="the object removed"
+    )
+    assert _open_uploads(moto, bucket) == []
+    assert _row(upload_id).status == UploadStatus.CANCELLED
+
+
 # --- the backend directly, against the same server --------------------------------------------
 
 

@@ -16,6 +16,9 @@ the object's key, time) and fails as TEST_STORAGE_FAULTS (JSON) says:
                               ("hold_part_also": a second gate, the same way)
   {"slow_part": {"2": 6}}     part 2's first attempt takes 6 s more before the store answers
   {"slow_complete": 6}        complete takes 6 s more (a store assembling a large object)
+  {"hold_after_complete": PATH}
+                              a gate after the store's complete: the object is whole in the bucket
+                              and the run has not told the ledger yet (a cancel landing right then)
 
 PROGRESS_PUBLISHER=tests.support.doubles.DroppingPublisher skips some progress events of a job
 while the rows still change as usual, as if the channel layer had lost them; TEST_DROP_PROGRESS
@@ -67,6 +70,11 @@ class FaultyStorage:
     def complete(self, **kwargs: Any) -> None:
         time.sleep(float(self.plan.get("slow_complete", 0)))  # sync-ok: the injected slowness itself
         self.inner.complete(**kwargs)
+        hold = self.plan.get("hold_after_complete")
+        if hold:
+            Path(f"{hold}.reached").touch()
+            while os.path.exists(hold):
+                time.sleep(0.01)  # sync-ok: the gate; the test removes the file when the worker may go on
 
     def put_part(self, *, key: str, handle: str, part_number: int, offset: int, data: bytes) -> PartReceipt:
         self._inject(key, part_number)

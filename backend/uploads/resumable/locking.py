@@ -11,6 +11,7 @@ longer than the TTL) cannot move the offset over another writer's bytes.
 from __future__ import annotations
 
 import contextlib
+import time
 import uuid
 from functools import cache
 
@@ -39,6 +40,7 @@ class WriterLock:
             _key(upload_id), timeout=settings.UPLOAD_LOCK_TTL_SECONDS, blocking=False, thread_local=False
         )
         self.held = False
+        self.renewed_at = 0.0
 
     def acquire(self) -> WriterLock:
         """Take the lock, or raise UploadLocked (someone holds it) or ServiceUnavailable (no Redis)."""
@@ -49,14 +51,22 @@ class WriterLock:
         if not acquired:
             raise UploadLocked("another request is writing to this upload right now; retry later")
         self.held = True
+        self.renewed_at = time.monotonic()
         return self
 
-    def renew(self) -> bool:
-        """Reset the TTL; False if the lock is no longer ours (it expired, and maybe someone took it)."""
+    def renew(self, *, unless_fresh: bool = False) -> bool:
+        """Reset the TTL; False if the lock is no longer ours (it expired, and maybe someone took it).
+
+        With `unless_fresh`, a lock renewed within the last third of its TTL is taken as still ours
+        without asking Redis (the holder renews it that often anyway).
+        """
         if not self.held:
             return False
+        if unless_fresh and time.monotonic() - self.renewed_at < settings.UPLOAD_LOCK_TTL_SECONDS / 3:
+            return True
         try:
             self._lock.reacquire()
+            self.renewed_at = time.monotonic()
         except LockError:
             self.held = False
         except RedisError:

@@ -219,16 +219,22 @@ def upload_transfer_stopped(*, upload: FileUpload, claim: uuid.UUID, worker_stop
     `upload` is the row as that run claimed it. Deleted meanwhile: the run's complete() may have
     landed after the delete removed the object, and no one else writes this key (it is the
     deleted upload's own), so the object goes. Cancelled with an open store object: it is
-    aborted. Still this run's while the worker is stopping: it goes back to the queue, where
-    another worker resumes it from the confirmed parts.
+    aborted, and an object its complete() finished just before the cancel is removed. Still this
+    run's while the worker is stopping: it goes back to the queue, where another worker resumes it
+    from the confirmed parts.
     """
     current = upload_get(upload_id=upload.id)
     if current is None:
         get_storage().delete_object(key=upload.storage_key)
         logger.info("upload %s deleted while transferring; its object is removed", upload.id)
-    elif current.status == UploadStatus.CANCELLED and current.storage_upload_id:
-        upload_abort_store(upload=current)
-        logger.info("upload %s cancelled; open object aborted", upload.id)
+    elif current.status == UploadStatus.CANCELLED:
+        if current.storage_upload_id:
+            upload_abort_store(upload=current)
+        # The cancel may have landed while this run's complete() was under way: the store then
+        # holds the whole object although the upload is CANCELLED. While the row says CANCELLED no
+        # other run writes this key (a retry moves it to QUEUED first), so the object goes.
+        get_storage().delete_object(key=upload.storage_key)
+        logger.info("upload %s cancelled; its open or just-completed object is removed", upload.id)
     elif worker_stopping and current.status == UploadStatus.UPLOADING and current.claim == claim:
         upload_release(upload_id=upload.id, claim=claim)
         logger.info("upload %s given back to the queue: the worker is stopping", upload.id)

@@ -124,7 +124,7 @@ class ChunkAppend:
         """Flush what was written, then commit the offset that covers it (and maybe publish)."""
         if settings.UPLOAD_RECEIVING_FSYNC:
             os.fdatasync(self.fd)
-        if not self.lock.renew():
+        if not self.lock.renew(unless_fresh=True):
             raise UploadLocked("this request lost the upload's lock; retry")
         publish = receiving_event_due(self.upload.id)
         fields: dict[str, Any] = {
