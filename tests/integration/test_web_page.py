@@ -32,7 +32,7 @@ def test_page_needs_login_then_shows_the_picker_and_sets_the_csrf_cookie(stack) 
         assert 'data-graphql-path="/graphql"' in html
         assert f'data-max-bytes="{5 * 1024**3}"' in html
         assert 'role="status" aria-live="polite"' in html
-        assert '<script src="/static/web/uploads.js" defer></script>' in html
+        assert '<script type="module" src="/static/web/uploads.js"></script>' in html
         script = browser.http.get("/static/web/uploads.js")
         assert script.status_code == 200 and "graphql-transport-ws" in script.text
     finally:
