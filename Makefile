@@ -19,6 +19,15 @@ run: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest
 
+# The real tus clients from npm (tus-js-client in Node) and the reference tus server for `make bench`:
+# tests/js/package.json, installed exactly from its lockfile. Needs node and npm (`.ci/run` installs them).
+JS_STAMP := tests/js/node_modules/.installed
+$(JS_STAMP): tests/js/package.json tests/js/package-lock.json
+	cd tests/js && npm ci --no-audit --no-fund --loglevel=error
+	touch $(JS_STAMP)
+
+js-deps: $(JS_STAMP)
+
 # The tests marked slow (512 MiB through a live server, a real full disk, `make run` itself): out
 # of `make test`, run by CI (`.ci/run`).
 test-slow: $(STAMP)
@@ -34,15 +43,6 @@ $(BROWSER_STAMP): $(STAMP) requirements/browser.txt
 
 test-browser: $(BROWSER_STAMP) $(JS_STAMP)
 	$(PY) -m pytest tests/browser
-
-# The real tus clients from npm (tus-js-client in Node) and the reference tus server for `make bench`:
-# tests/js/package.json, installed exactly from its lockfile. Needs node and npm (`.ci/run` installs them).
-JS_STAMP := tests/js/node_modules/.installed
-$(JS_STAMP): tests/js/package.json tests/js/package-lock.json
-	cd tests/js && npm ci --no-audit --no-fund --loglevel=error
-	touch $(JS_STAMP)
-
-js-deps: $(JS_STAMP)
 
 test-clients: $(STAMP) $(JS_STAMP)
 	$(PY) -m pytest tests/clients
