@@ -56,6 +56,10 @@ class Stack:
         self.server.stop()
 
 
+# Each stack gets a Redis database of its own; a whole `make bench` makes a few dozen stacks.
+BENCH_DATABASES = 256
+
+
 class Bench:
     """The private environment of one `make bench` run; use as a context manager."""
 
@@ -64,13 +68,13 @@ class Bench:
         self.redis_process: subprocess.Popen[bytes] | None = None
         self.redis_base = ""
         self.env: dict[str, str] = {}
-        self._next_db = iter(range(1, 16))
+        self._next_db = iter(range(1, BENCH_DATABASES))
         self._files: dict[int, Path] = {}
         self.token = ""
         self.user: Any = None
 
     def __enter__(self) -> Bench:
-        self.redis_process, redis_url = redis_embedded_start(self.root / "redis")
+        self.redis_process, redis_url = redis_embedded_start(self.root / "redis", databases=BENCH_DATABASES)
         self.redis_base = redis_url.rsplit("/", 1)[0]
         (self.root / "bare").mkdir()
         self.env = {
