@@ -13,6 +13,7 @@ import logging
 import time
 import uuid
 from datetime import datetime
+from functools import cache
 from typing import Any
 
 import django_rq
@@ -47,6 +48,24 @@ _PENDING = (
 )
 
 
+def _connection(name: str = TRANSFER_QUEUE) -> Any:
+    """The Redis client of queue `name`, one per process (and per URL): django-rq builds a new
+    client, so a new connection and its handshake, on every call, which every upload paid."""
+    from django_rq.settings import QUEUES
+
+    return _connection_for(name, str(QUEUES[name].get("URL", "")))
+
+
+@cache
+def _connection_for(name: str, url: str) -> Any:
+    # redis-py's pool opens new connections in a forked child (it checks the pid): safe to share.
+    return django_rq.get_connection(name)
+
+
+def _queue(name: str = TRANSFER_QUEUE) -> Any:
+    return django_rq.get_queue(name, connection=_connection(name))
+
+
 def transfer_job_id(*, upload_id: uuid.UUID, sequence: int, redelivery: bool = False) -> str:
     """The id of the job for one transfer of `upload_id` queued at `sequence`.
 
@@ -67,7 +86,7 @@ def transfer_job_timeout(*, size: int, parts_total: int, part_delay_ms: int) -> 
 def transfer_job_enqueue(*, upload_id: uuid.UUID, job_id: str, timeout: int) -> None:
     """Put the transfer job on the queue now; while Redis is unreachable, log it and leave it to the reaper."""
     try:
-        django_rq.get_queue(TRANSFER_QUEUE).enqueue(TRANSFER_JOB, str(upload_id), job_id=job_id, job_timeout=timeout)
+        _queue().enqueue(TRANSFER_JOB, str(upload_id), job_id=job_id, job_timeout=timeout)
     except REDIS_UNREACHABLE as exc:
         logger.warning("upload %s: Redis unreachable, the reaper will queue job %s: %s", upload_id, job_id, exc)
 
@@ -77,7 +96,7 @@ def transfer_job_cancel(job_id: str | None) -> None:
     if not job_id:
         return
     try:
-        job = django_rq.get_queue(TRANSFER_QUEUE).fetch_job(job_id)
+        job = _queue().fetch_job(job_id)
         if job is not None:
             job.cancel()
     except Exception:
@@ -99,7 +118,7 @@ def pipeline_job_request(*, upload_id: uuid.UUID, timeout: int) -> bool:
     """
     flag = _pipeline_flag(upload_id)
     try:
-        connection = django_rq.get_connection(TRANSFER_QUEUE)
+        connection = _connection()
         now = time.time()
         if not connection.set(flag, str(now), nx=True, ex=PIPELINE_REQUEST_TTL_SECONDS * 2):
             raw = connection.get(flag)
@@ -107,7 +126,7 @@ def pipeline_job_request(*, upload_id: uuid.UUID, timeout: int) -> bool:
                 return False
             connection.set(flag, str(now), ex=PIPELINE_REQUEST_TTL_SECONDS * 2)
         job_id = f"pipeline-{upload_id}-{uuid.uuid4().hex[:8]}"
-        django_rq.get_queue(TRANSFER_QUEUE).enqueue(PIPELINE_JOB, str(upload_id), job_id=job_id, job_timeout=timeout)
+        _queue().enqueue(PIPELINE_JOB, str(upload_id), job_id=job_id, job_timeout=timeout)
     except REDIS_UNREACHABLE as exc:
         logger.warning("upload %s: Redis unreachable, no pipeline run queued: %s", upload_id, exc)
         return False
@@ -117,7 +136,7 @@ def pipeline_job_request(*, upload_id: uuid.UUID, timeout: int) -> bool:
 def pipeline_job_started(*, upload_id: uuid.UUID) -> None:
     """The pipeline job has started: a part arriving from now on requests another run."""
     try:
-        django_rq.get_connection(TRANSFER_QUEUE).delete(_pipeline_flag(upload_id))
+        _connection().delete(_pipeline_flag(upload_id))
     except REDIS_UNREACHABLE as exc:
         logger.warning("upload %s: Redis unreachable, pipeline request not cleared: %s", upload_id, exc)
 
@@ -134,7 +153,7 @@ class TransferJobs:
     """
 
     def __init__(self) -> None:
-        self.queue: Any = django_rq.get_queue(TRANSFER_QUEUE)
+        self.queue: Any = _queue()
         self.waiting = set(self.queue.get_job_ids())
         self.in_transit = IntermediateQueue(self.queue.key, self.queue.connection)
         self.moving = set(self.in_transit.get_job_ids())
