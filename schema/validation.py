@@ -15,15 +15,7 @@ from collections.abc import Callable, Iterator
 from functools import lru_cache
 from typing import Any
 
-from graphql import (
-    ASTValidationRule,
-    DocumentNode,
-    GraphQLError,
-    GraphQLSchema,
-    NoSchemaIntrospectionCustomRule,
-    parse,
-    validate,
-)
+from graphql import ASTValidationRule, DocumentNode, GraphQLError, NoSchemaIntrospectionCustomRule, parse, validate
 from strawberry.extensions import MaxAliasesLimiter, QueryDepthLimiter, SchemaExtension
 from strawberry.schema.validation_rules.maybe_null import MaybeNullValidationRule
 from strawberry.schema.validation_rules.one_of import OneOfInputValidationRule
@@ -50,16 +42,6 @@ def _limit_rules(max_depth: int, max_aliases: int) -> tuple[type[ASTValidationRu
         *QueryDepthLimiter(max_depth=max_depth).validation_rules,
         *MaxAliasesLimiter(max_alias_count=max_aliases).validation_rules,
     )
-
-
-@lru_cache(maxsize=PARSED_DOCUMENTS)
-def _validates_clean(
-    schema: GraphQLSchema, query: str, max_tokens: int, rules: tuple[type[ASTValidationRule], ...], hide: bool
-) -> bool:
-    """Whether the (cached) parse of `query` passes `rules`: a document's validity depends on
-    nothing else, so each distinct document is validated once. Documents with errors are not
-    remembered (their errors are built anew each time, as before)."""
-    return not validate(schema, _parsed(query, max_tokens), rules, hide_suggestions=hide)
 
 
 def _too_many_tokens_message(max_tokens: int) -> str:
@@ -99,29 +81,15 @@ class QueryLimits(SchemaExtension):
         schema = context.schema._schema
         document = context.graphql_document
         assert document is not None
-        rules = (*context.validation_rules, MaybeNullValidationRule, OneOfInputValidationRule)
-        if not self.public_schema:
-            rules = (*rules, NoSchemaIntrospectionCustomRule)
-        hide = not self.public_schema
-        if self._is_cached(document) and _validates_clean(
-            schema, context.query or "", self.max_tokens, (*self.limit_rules, *rules), hide
-        ):
-            context.pre_execution_errors = []
+        errors = validate(schema, document, self.limit_rules)
+        if errors:
+            context.pre_execution_errors = [_with_code(error, QUERY_TOO_COMPLEX) for error in errors]
         else:
-            errors = validate(schema, document, self.limit_rules)
-            if errors:
-                context.pre_execution_errors = [_with_code(error, QUERY_TOO_COMPLEX) for error in errors]
-            else:
-                context.pre_execution_errors = validate(schema, document, rules, hide_suggestions=hide)
+            rules = (*context.validation_rules, MaybeNullValidationRule, OneOfInputValidationRule)
+            if not self.public_schema:
+                rules = (*rules, NoSchemaIntrospectionCustomRule)
+            context.pre_execution_errors = validate(schema, document, rules, hide_suggestions=not self.public_schema)
         yield
-
-    def _is_cached(self, document: DocumentNode) -> bool:
-        """Whether `document` is the shared parse of this request's query (set by `on_parse`)."""
-        query = self.execution_context.query
-        try:
-            return bool(query) and document is _parsed(query or "", self.max_tokens)
-        except Exception:
-            return False
 
 
 class SuggestionFreeExecutor(FanoutExecutor):

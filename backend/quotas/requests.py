@@ -18,7 +18,7 @@ from django.db import close_old_connections
 from django.db.models import Sum
 from django.db.models.functions import Coalesce
 
-from backend.quotas.selectors import quota_limit_for, quota_used_bytes, quotas_in_force
+from backend.quotas.selectors import quota_usage_for
 from backend.tokens.bearer import bearer_token
 from backend.tokens.services import token_user
 from backend.uploads.models import FileUpload
@@ -58,14 +58,11 @@ def quota_room(*, headers: dict[str, str]) -> int | None:
     RECEIVING may yet get in chunks (those bytes were reserved when the upload was created, so a
     chunk of one must not be refused here).
     """
-    if not quotas_in_force():
-        return None  # nobody has a limit: no need to know who is asking
     user = request_user(headers=headers)
     if user is None:
         return None  # no credentials, or bad ones: the view answers that
-    limit = quota_limit_for(user=user)
-    if limit is None:
+    free = quota_usage_for(user=user).free_bytes
+    if free is None:
         return None
-    free = max(0, limit - quota_used_bytes(user=user))
     receiving = FileUpload.objects.filter(owner_id=user.pk, status="RECEIVING")
     return free + int(receiving.aggregate(n=Coalesce(Sum("size"), 0))["n"])

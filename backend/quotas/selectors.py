@@ -34,11 +34,6 @@ def quota_limit_for(*, user: User) -> int | None:
     return limit or None
 
 
-def quotas_in_force() -> bool:
-    """Whether any user has a limit at all: UPLOAD_QUOTA_BYTES, or an admin's override of it."""
-    return bool(settings.UPLOAD_QUOTA_BYTES) or UserQuota.objects.filter(limit_bytes__gt=0).exists()
-
-
 def quota_used_bytes(*, user: User) -> int:
     """Bytes of the user's COMPLETED uploads plus the declared sizes of their active ones."""
     rows = FileUpload.objects.filter(owner_id=user.pk, status__in=COUNTED_STATUSES)

@@ -5,6 +5,11 @@ job module: the import graph keeps pointing down (README, "Architecture"). Job i
 and queue names are decided here. A Redis that cannot take a job is logged, never raised: the
 upload row, not the queue, is the record that an upload is owed a transfer, and the reaper queues
 it again (`services.upload_requeue_lost`).
+
+One Redis client per process serves every call here (`_connection`): `django_rq.get_connection`
+and `get_queue` build a new client, and so a new TCP connection, on every call, which cost a tus
+PATCH several milliseconds at each part boundary (the pipeline request). redis-py's pool notices a
+fork and opens fresh connections in the child, so work horses share nothing.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from functools import cache
 from typing import Any
 
 import django_rq
+from rq import get_current_job
 from rq.intermediate_queue import IntermediateQueue
 from rq.job import JobStatus
 from rq.utils import now as rq_now
@@ -48,22 +54,13 @@ _PENDING = (
 )
 
 
-def _connection(name: str = TRANSFER_QUEUE) -> Any:
-    """The Redis client of queue `name`, one per process (and per URL): django-rq builds a new
-    client, so a new connection and its handshake, on every call, which every upload paid."""
-    from django_rq.settings import QUEUES
-
-    return _connection_for(name, str(QUEUES[name].get("URL", "")))
-
-
 @cache
-def _connection_for(name: str, url: str) -> Any:
-    # redis-py's pool opens new connections in a forked child (it checks the pid): safe to share.
-    return django_rq.get_connection(name)
+def _connection() -> Any:
+    return django_rq.get_connection(TRANSFER_QUEUE)
 
 
-def _queue(name: str = TRANSFER_QUEUE) -> Any:
-    return django_rq.get_queue(name, connection=_connection(name))
+def _queue() -> Any:
+    return django_rq.get_queue(TRANSFER_QUEUE, connection=_connection())
 
 
 def transfer_job_id(*, upload_id: uuid.UUID, sequence: int, redelivery: bool = False) -> str:
@@ -120,8 +117,12 @@ def pipeline_job_request(*, upload_id: uuid.UUID, timeout: int) -> bool:
     try:
         connection = _connection()
         now = time.time()
-        if not connection.set(flag, str(now), nx=True, ex=PIPELINE_REQUEST_TTL_SECONDS * 2):
-            raw = connection.get(flag)
+        # One round trip: the SET NX and a read of the flag (ours if the SET took).
+        with connection.pipeline(transaction=False) as both:
+            both.set(flag, str(now), nx=True, ex=PIPELINE_REQUEST_TTL_SECONDS * 2)
+            both.get(flag)
+            took, raw = both.execute()
+        if not took:
             if raw is not None and now - float(raw) < PIPELINE_REQUEST_TTL_SECONDS:
                 return False
             connection.set(flag, str(now), ex=PIPELINE_REQUEST_TTL_SECONDS * 2)
@@ -131,6 +132,12 @@ def pipeline_job_request(*, upload_id: uuid.UUID, timeout: int) -> bool:
         logger.warning("upload %s: Redis unreachable, no pipeline run queued: %s", upload_id, exc)
         return False
     return True
+
+
+def current_job_id() -> str | None:
+    """The id of the RQ job this code runs in (None outside a job: a test calling a job function)."""
+    job = get_current_job()
+    return job.id if job is not None else None
 
 
 def pipeline_job_started(*, upload_id: uuid.UUID) -> None:
@@ -153,7 +160,7 @@ class TransferJobs:
     """
 
     def __init__(self) -> None:
-        self.queue: Any = _queue()
+        self.queue: Any = django_rq.get_queue(TRANSFER_QUEUE)
         self.waiting = set(self.queue.get_job_ids())
         self.in_transit = IntermediateQueue(self.queue.key, self.queue.connection)
         self.moving = set(self.in_transit.get_job_ids())
