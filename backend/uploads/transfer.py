@@ -348,13 +348,16 @@ class _Run:
             raise TransferStopped("the transfer was asked to stop")
 
     def send_part(self, *, number: int, put: Callable[..., PartReceipt]) -> PartReceipt:
-        """`put(number=number)` under the retry policy; attempts and failures are counted by its hooks."""
+        """`put(number=number)` under the retry policy; its attempts and failures, counted by the
+        policy's hooks, go to the counters with its confirmation: one round trip per part."""
+        tried = {"part_attempts": 0, "part_failures": 0}
+        confirmed: dict[str, int] = {}
 
         def attempted(state: RetryCallState) -> None:
-            self.count({"part_attempts": 1})
+            tried["part_attempts"] += 1
 
         def failed(state: RetryCallState) -> None:
-            self.count({"part_failures": 1})
+            tried["part_failures"] += 1
 
         def retrying(state: RetryCallState) -> None:
             error = state.outcome.exception() if state.outcome else None
@@ -365,12 +368,16 @@ class _Run:
         attempts = storage_retrying(self.config.retry, before=attempted, after=failed, before_sleep=retrying)
         try:
             receipt: PartReceipt = attempts(put, number=number)
+            confirmed = {"parts_confirmed": 1, "bytes_transferred": receipt.size}
         except StorageError as exc:
             if not exc.retryable:
                 raise TransferFailed(f"part {number}: {exc}") from exc
             tries = self.config.retry.attempts
             raise TransferFailed(f"part {number} failed {tries} times; last error: {exc}") from exc
-        self.count({"parts_confirmed": 1, "bytes_transferred": receipt.size})
+        finally:
+            counts = {name: amount for name, amount in {**tried, **confirmed}.items() if amount}
+            if counts:
+                self.count(counts)
         return receipt
 
     def put_part(self, *, handle: str, number: int, fd: int) -> PartReceipt:
