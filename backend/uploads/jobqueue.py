@@ -9,13 +9,17 @@ it again (`services.upload_requeue_lost`).
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 import uuid
 from datetime import datetime
+from functools import lru_cache
 from typing import Any
 
 import django_rq
+from django.conf import settings
+from redis import Redis
 from rq.intermediate_queue import IntermediateQueue
 from rq.job import JobStatus
 from rq.utils import now as rq_now
@@ -47,6 +51,26 @@ _PENDING = (
 )
 
 
+def queue_connection(name: str = TRANSFER_QUEUE) -> Redis:
+    """This process's client for queue `name`, made once per connection setting and kept.
+
+    `django_rq.get_connection` builds a new client, and so a new connection, on every call: a
+    connect, the RESP3 and client-info handshakes and RQ's INFO for the server version, before each
+    enqueue (a third of an upload's answer time, measured). redis-py's pool is thread-safe and
+    starts afresh in a forked work horse. Keyed by the queue's settings, which tests override.
+    """
+    return _queue_connection(name, json.dumps(settings.RQ_QUEUES[name], sort_keys=True, default=str))
+
+
+@lru_cache(maxsize=16)
+def _queue_connection(name: str, config: str) -> Redis:
+    return django_rq.get_connection(name)
+
+
+def _transfer_queue() -> Any:
+    return django_rq.get_queue(TRANSFER_QUEUE, connection=queue_connection(TRANSFER_QUEUE))
+
+
 def transfer_job_id(*, upload_id: uuid.UUID, sequence: int, redelivery: bool = False) -> str:
     """The id of the job for one transfer of `upload_id` queued at `sequence`.
 
@@ -67,7 +91,7 @@ def transfer_job_timeout(*, size: int, parts_total: int, part_delay_ms: int) -> 
 def transfer_job_enqueue(*, upload_id: uuid.UUID, job_id: str, timeout: int) -> None:
     """Put the transfer job on the queue now; while Redis is unreachable, log it and leave it to the reaper."""
     try:
-        django_rq.get_queue(TRANSFER_QUEUE).enqueue(TRANSFER_JOB, str(upload_id), job_id=job_id, job_timeout=timeout)
+        _transfer_queue().enqueue(TRANSFER_JOB, str(upload_id), job_id=job_id, job_timeout=timeout)
     except REDIS_UNREACHABLE as exc:
         logger.warning("upload %s: Redis unreachable, the reaper will queue job %s: %s", upload_id, job_id, exc)
 
@@ -77,7 +101,7 @@ def transfer_job_cancel(job_id: str | None) -> None:
     if not job_id:
         return
     try:
-        job = django_rq.get_queue(TRANSFER_QUEUE).fetch_job(job_id)
+        job = _transfer_queue().fetch_job(job_id)
         if job is not None:
             job.cancel()
     except Exception:
@@ -99,7 +123,7 @@ def pipeline_job_request(*, upload_id: uuid.UUID, timeout: int) -> bool:
     """
     flag = _pipeline_flag(upload_id)
     try:
-        connection = django_rq.get_connection(TRANSFER_QUEUE)
+        connection = queue_connection(TRANSFER_QUEUE)
         now = time.time()
         if not connection.set(flag, str(now), nx=True, ex=PIPELINE_REQUEST_TTL_SECONDS * 2):
             raw = connection.get(flag)
@@ -107,7 +131,7 @@ def pipeline_job_request(*, upload_id: uuid.UUID, timeout: int) -> bool:
                 return False
             connection.set(flag, str(now), ex=PIPELINE_REQUEST_TTL_SECONDS * 2)
         job_id = f"pipeline-{upload_id}-{uuid.uuid4().hex[:8]}"
-        django_rq.get_queue(TRANSFER_QUEUE).enqueue(PIPELINE_JOB, str(upload_id), job_id=job_id, job_timeout=timeout)
+        _transfer_queue().enqueue(PIPELINE_JOB, str(upload_id), job_id=job_id, job_timeout=timeout)
     except REDIS_UNREACHABLE as exc:
         logger.warning("upload %s: Redis unreachable, no pipeline run queued: %s", upload_id, exc)
         return False
@@ -117,7 +141,7 @@ def pipeline_job_request(*, upload_id: uuid.UUID, timeout: int) -> bool:
 def pipeline_job_started(*, upload_id: uuid.UUID) -> None:
     """The pipeline job has started: a part arriving from now on requests another run."""
     try:
-        django_rq.get_connection(TRANSFER_QUEUE).delete(_pipeline_flag(upload_id))
+        queue_connection(TRANSFER_QUEUE).delete(_pipeline_flag(upload_id))
     except REDIS_UNREACHABLE as exc:
         logger.warning("upload %s: Redis unreachable, pipeline request not cleared: %s", upload_id, exc)
 

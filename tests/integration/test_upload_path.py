@@ -13,6 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import redis
 from django.conf import settings
 from django.utils import timezone
 
@@ -115,6 +116,19 @@ def test_upload_answers_before_a_slow_bucket_takes_one_part(make_stack, api_user
     row = FileUpload.objects.get(id=upload["id"])
     # The delay was really in force: the transfer took at least one part's delay.
     assert row.completed_at - row.created_at >= timedelta(seconds=delay)
+
+
+def test_queueing_uploads_reuses_the_servers_redis_connection(make_stack, api_user) -> None:
+    # A new connection per enqueue (connect, handshakes, RQ's INFO) was a third of a small answer.
+    quiet = make_stack(workers=0)
+    redis_server = redis.Redis.from_url(quiet.env["REDIS_URL"])
+    data_of(upload_file(quiet.url, os.urandom(1024), headers=api_user.headers))  # connections made once
+    before = redis_server.info("stats")["total_connections_received"]
+    for _ in range(5):
+        assert data_of(upload_file(quiet.url, os.urandom(1024), headers=api_user.headers))["uploadFile"]["id"]
+    after = redis_server.info("stats")["total_connections_received"]
+    redis_server.close()
+    assert after - before <= 1, f"{after - before} Redis connections for 5 uploads"
 
 
 # --- listing ---------------------------------------------------------------------------------
