@@ -81,15 +81,45 @@ class QueryLimits(SchemaExtension):
         schema = context.schema._schema
         document = context.graphql_document
         assert document is not None
-        errors = validate(schema, document, self.limit_rules)
-        if errors:
-            context.pre_execution_errors = [_with_code(error, QUERY_TOO_COMPLEX) for error in errors]
+        rules = (*context.validation_rules, MaybeNullValidationRule, OneOfInputValidationRule)
+        if not self.public_schema:
+            rules = (*rules, NoSchemaIntrospectionCustomRule)
+        # Only a document from the parse cache is remembered: its text names it exactly.
+        known = bool(context.query) and _parsed_or_none(context.query, self.max_tokens) is document
+        key = (schema, context.query, self.limit_rules, rules)
+        if known and key in _VALIDATED:
+            context.pre_execution_errors = []
         else:
-            rules = (*context.validation_rules, MaybeNullValidationRule, OneOfInputValidationRule)
-            if not self.public_schema:
-                rules = (*rules, NoSchemaIntrospectionCustomRule)
-            context.pre_execution_errors = validate(schema, document, rules, hide_suggestions=not self.public_schema)
+            errors = validate(schema, document, self.limit_rules)
+            if errors:
+                context.pre_execution_errors = [_with_code(error, QUERY_TOO_COMPLEX) for error in errors]
+            else:
+                errors = validate(schema, document, rules, hide_suggestions=not self.public_schema)
+                context.pre_execution_errors = errors
+                if known and not errors:
+                    _validated_add(key)
         yield
+
+
+# Documents that passed validation, by schema, text and rules (all that validation depends on).
+# Clients send the same few documents again and again (each upload's mutation, each subscription),
+# and validating one cost more than executing it (about 2 ms for uploadFile's, on the event loop).
+# Errors are not kept: each request gets error objects of its own, which are marked in place.
+_VALIDATED: set[tuple[Any, ...]] = set()
+
+
+def _validated_add(key: tuple[Any, ...]) -> None:
+    if len(_VALIDATED) >= PARSED_DOCUMENTS:
+        _VALIDATED.clear()  # rare (that many distinct valid documents); they validate once again
+    _VALIDATED.add(key)
+
+
+def _parsed_or_none(query: str, max_tokens: int) -> DocumentNode | None:
+    """The tree the parse cache hands out for `query` (the one `on_parse` used, unless evicted since)."""
+    try:
+        return _parsed(query, max_tokens)
+    except Exception:
+        return None
 
 
 class SuggestionFreeExecutor(FanoutExecutor):
