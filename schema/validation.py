@@ -85,8 +85,9 @@ class QueryLimits(SchemaExtension):
         if not self.public_schema:
             rules = (*rules, NoSchemaIntrospectionCustomRule)
         # Only a document from the parse cache is remembered: its text names it exactly.
-        known = bool(context.query) and _parsed_or_none(context.query, self.max_tokens) is document
-        key = (schema, context.query, self.limit_rules, rules)
+        query = context.query or ""
+        known = bool(query) and _parsed_or_none(query, self.max_tokens) is document
+        key = (schema, query, self.limit_rules, rules)
         if known and key in _VALIDATED:
             context.pre_execution_errors = []
         else:
