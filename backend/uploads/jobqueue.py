@@ -5,21 +5,24 @@ job module: the import graph keeps pointing down (README, "Architecture"). Job i
 and queue names are decided here. A Redis that cannot take a job is logged, never raised: the
 upload row, not the queue, is the record that an upload is owed a transfer, and the reaper queues
 it again (`services.upload_requeue_lost`).
+
+One Redis client per process serves every call here (`_connection`): `django_rq.get_connection`
+and `get_queue` build a new client, and so a new TCP connection, on every call, which cost a tus
+PATCH several milliseconds at each part boundary (the pipeline request). redis-py's pool notices a
+fork and opens fresh connections in the child, so work horses share nothing.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 import uuid
 from datetime import datetime
-from functools import lru_cache
+from functools import cache
 from typing import Any
 
 import django_rq
-from django.conf import settings
-from redis import Redis
+from rq import get_current_job
 from rq.intermediate_queue import IntermediateQueue
 from rq.job import JobStatus
 from rq.utils import now as rq_now
@@ -51,24 +54,13 @@ _PENDING = (
 )
 
 
-def queue_connection(name: str = TRANSFER_QUEUE) -> Redis:
-    """This process's client for queue `name`, made once per connection setting and kept.
-
-    `django_rq.get_connection` builds a new client, and so a new connection, on every call: a
-    connect, the RESP3 and client-info handshakes and RQ's INFO for the server version, before each
-    enqueue (a third of an upload's answer time, measured). redis-py's pool is thread-safe and
-    starts afresh in a forked work horse. Keyed by the queue's settings, which tests override.
-    """
-    return _queue_connection(name, json.dumps(settings.RQ_QUEUES[name], sort_keys=True, default=str))
+@cache
+def _connection() -> Any:
+    return django_rq.get_connection(TRANSFER_QUEUE)
 
 
-@lru_cache(maxsize=16)
-def _queue_connection(name: str, config: str) -> Redis:
-    return django_rq.get_connection(name)
-
-
-def _transfer_queue() -> Any:
-    return django_rq.get_queue(TRANSFER_QUEUE, connection=queue_connection(TRANSFER_QUEUE))
+def _queue() -> Any:
+    return django_rq.get_queue(TRANSFER_QUEUE, connection=_connection())
 
 
 def transfer_job_id(*, upload_id: uuid.UUID, sequence: int, redelivery: bool = False) -> str:
@@ -91,7 +83,7 @@ def transfer_job_timeout(*, size: int, parts_total: int, part_delay_ms: int) -> 
 def transfer_job_enqueue(*, upload_id: uuid.UUID, job_id: str, timeout: int) -> None:
     """Put the transfer job on the queue now; while Redis is unreachable, log it and leave it to the reaper."""
     try:
-        _transfer_queue().enqueue(TRANSFER_JOB, str(upload_id), job_id=job_id, job_timeout=timeout)
+        _queue().enqueue(TRANSFER_JOB, str(upload_id), job_id=job_id, job_timeout=timeout)
     except REDIS_UNREACHABLE as exc:
         logger.warning("upload %s: Redis unreachable, the reaper will queue job %s: %s", upload_id, job_id, exc)
 
@@ -101,7 +93,7 @@ def transfer_job_cancel(job_id: str | None) -> None:
     if not job_id:
         return
     try:
-        job = _transfer_queue().fetch_job(job_id)
+        job = _queue().fetch_job(job_id)
         if job is not None:
             job.cancel()
     except Exception:
@@ -123,25 +115,35 @@ def pipeline_job_request(*, upload_id: uuid.UUID, timeout: int) -> bool:
     """
     flag = _pipeline_flag(upload_id)
     try:
-        connection = queue_connection(TRANSFER_QUEUE)
+        connection = _connection()
         now = time.time()
-        if not connection.set(flag, str(now), nx=True, ex=PIPELINE_REQUEST_TTL_SECONDS * 2):
-            raw = connection.get(flag)
+        # One round trip: the SET NX and a read of the flag (ours if the SET took).
+        with connection.pipeline(transaction=False) as both:
+            both.set(flag, str(now), nx=True, ex=PIPELINE_REQUEST_TTL_SECONDS * 2)
+            both.get(flag)
+            took, raw = both.execute()
+        if not took:
             if raw is not None and now - float(raw) < PIPELINE_REQUEST_TTL_SECONDS:
                 return False
             connection.set(flag, str(now), ex=PIPELINE_REQUEST_TTL_SECONDS * 2)
         job_id = f"pipeline-{upload_id}-{uuid.uuid4().hex[:8]}"
-        _transfer_queue().enqueue(PIPELINE_JOB, str(upload_id), job_id=job_id, job_timeout=timeout)
+        _queue().enqueue(PIPELINE_JOB, str(upload_id), job_id=job_id, job_timeout=timeout)
     except REDIS_UNREACHABLE as exc:
         logger.warning("upload %s: Redis unreachable, no pipeline run queued: %s", upload_id, exc)
         return False
     return True
 
 
+def current_job_id() -> str | None:
+    """The id of the RQ job this code runs in (None outside a job: a test calling a job function)."""
+    job = get_current_job()
+    return job.id if job is not None else None
+
+
 def pipeline_job_started(*, upload_id: uuid.UUID) -> None:
     """The pipeline job has started: a part arriving from now on requests another run."""
     try:
-        queue_connection(TRANSFER_QUEUE).delete(_pipeline_flag(upload_id))
+        _connection().delete(_pipeline_flag(upload_id))
     except REDIS_UNREACHABLE as exc:
         logger.warning("upload %s: Redis unreachable, pipeline request not cleared: %s", upload_id, exc)
 

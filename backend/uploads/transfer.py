@@ -177,11 +177,13 @@ def transfer_arrived_parts(
     """Send the whole parts of an upload whose bytes are still arriving; never complete the object.
 
     `arrived()` answers how many whole parts (each exactly `spec.part_size`) staging holds now;
-    parts 1..arrived() that neither the ledger nor the store confirm are sent, then `arrived()` is
-    asked again, and the run returns once a round finds nothing new: it sends what is there and
-    never waits for more. `spec.size` is not used (the length may not be known yet). The object
-    is opened if `spec.handle` is None. Returns the number of parts sent. Raises as
-    `transfer_upload` does.
+    parts 1..arrived() that neither the ledger nor the store confirm are sent. `arrived()` is
+    asked again whenever a part in flight finishes, and the parts that arrived meanwhile join
+    the ones in flight (up to the concurrency), so a client sending steadily keeps every slot
+    busy. The run returns once no part is in flight and nothing new has arrived: it sends what
+    is there and never waits for more. `spec.size` is not used (the length may not be known
+    yet). The object is opened if `spec.handle` is None. Returns the number of parts sent.
+    Raises as `transfer_upload` does.
     """
     whole = arrived()
     if whole < 1:
@@ -200,22 +202,26 @@ def transfer_arrived_parts(
     )
     handle = run.open_object()
     confirmed = run.reconcile(handle=handle)
-    sent = 0
+    due = deque(n for n in range(1, whole + 1) if n not in confirmed)
+    sent = len(due)
+
+    def newly_arrived() -> list[int]:
+        nonlocal whole, sent
+        now = arrived()
+        if now <= whole:
+            return []
+        fresh = [n for n in range(whole + 1, now + 1) if n not in confirmed]
+        whole = now
+        run.spec = replace(spec, size=whole * spec.part_size)
+        sent += len(fresh)
+        return fresh
+
     fd = os.open(source, os.O_RDONLY)
     try:
-        while True:
-            due = [n for n in range(1, whole + 1) if n not in confirmed]
-            if due:
-                run.send_parts(handle=handle, fd=fd, pending=deque(due))
-                confirmed.update(due)
-                sent += len(due)
-            now = arrived()
-            if now <= whole:
-                return sent
-            whole = now
-            run.spec = replace(spec, size=whole * spec.part_size)
+        run.send_parts(handle=handle, fd=fd, pending=due, refill=newly_arrived)
     finally:
         os.close(fd)
+    return sent
 
 
 @dataclass
@@ -264,7 +270,11 @@ class _Run:
             confirmed.add(receipt.part_number)
         return confirmed
 
-    def send_parts(self, *, handle: str, fd: int, pending: deque[int]) -> None:
+    def send_parts(
+        self, *, handle: str, fd: int, pending: deque[int], refill: Callable[[], list[int]] | None = None
+    ) -> None:
+        """Send `pending` with up to `concurrency` parts in flight. `refill` (pipelining) is asked for
+        more part numbers whenever `pending` is empty and a slot is free; it answers [] for none."""
         concurrency = max(1, self.config.concurrency)
         heartbeat_every = self.config.heartbeat_seconds
         last_beat = time.monotonic()
@@ -272,7 +282,11 @@ class _Run:
         stopping = False
         with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="part") as pool:
             in_flight: dict[Future[PartReceipt], int] = {}
-            while in_flight or (pending and not stopping and failure is None):
+            while True:
+                if refill is not None and not pending and len(in_flight) < concurrency and not stopping and not failure:
+                    pending.extend(refill())
+                if not (in_flight or (pending and not stopping and failure is None)):
+                    break
                 while pending and len(in_flight) < concurrency and not stopping and failure is None:
                     if self.should_stop():
                         stopping = True

@@ -42,7 +42,7 @@ from rq.job import Job
 
 from backend.redis_errors import REDIS_UNREACHABLE, redis_unless_unreachable
 from backend.uploads import jobs
-from backend.uploads.jobqueue import TRANSFER_JOB
+from backend.uploads.jobqueue import PIPELINE_JOB, TRANSFER_JOB
 from backend.uploads.transfer import stop_requested
 
 logger = logging.getLogger(__name__)
@@ -115,14 +115,15 @@ class UploadWorker(Worker):
         now (`jobs.upload_transfer_orphaned`), instead of waiting out UPLOAD_STALE_AFTER_SECONDS
         for the reaper: this worker saw its child die, so nothing is left to wait for."""
         super().handle_work_horse_killed(job, retpid, ret_val, rusage)
-        if job.func_name != TRANSFER_JOB or not job.args:
+        orphaned = {TRANSFER_JOB: jobs.upload_transfer_orphaned, PIPELINE_JOB: jobs.upload_pipeline_orphaned}
+        if job.func_name not in orphaned or not job.args:
             return
         if ret_val is not None and os.WIFSIGNALED(ret_val):
             cause = f"killed by signal {os.WTERMSIG(ret_val)}"
         else:
             cause = f"exit status {os.waitstatus_to_exitcode(ret_val) if ret_val is not None else 'unknown'}"
         try:
-            jobs.upload_transfer_orphaned(job_id=job.id, upload_id=str(job.args[0]), cause=cause)
+            orphaned[job.func_name](job_id=job.id, upload_id=str(job.args[0]), cause=cause)
         except Exception:
             self.log.warning("Worker %s: could not give back job %s; the reaper will", self.name, job.id, exc_info=True)
         finally:

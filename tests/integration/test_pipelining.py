@@ -310,6 +310,59 @@ def test_a_worker_killed_mid_pipeline_resumes_without_resending_parts(make_stack
     assert all(sent[n] == 1 for n in confirmed), f"confirmed parts sent again: {sent}"
 
 
+def test_a_work_horse_killed_mid_pipeline_frees_its_claim_at_once(make_stack, bucket, api_user, tmp_path) -> None:
+    """The horse dies, its worker lives: the worker frees that horse's claim and the next run goes on.
+
+    The stale window is ten minutes and no reaper runs, so nothing else could free the claim in time.
+    """
+    env = {**bucket.env, "UPLOAD_PART_CONCURRENCY": "1", "UPLOAD_STALE_AFTER_SECONDS": "600"}
+    # Every work horse sends two parts and dies as it starts a third.
+    stack = make_stack(env=env, faults={"crash_after_parts": 2})
+    part = bucket.part
+    path, content = _file(tmp_path, "horse.bin", 5 * part + 5)
+    uploader = _tus(stack.url, api_user.headers, path, chunk=part)
+    upload_id = _id_of(uploader)
+    uploader.upload(stop_at=4 * part)
+    # Four whole parts take two horses: the second runs only once the first one's claim is freed.
+    _wait_uploaded_while_receiving(stack.url, api_user.headers, upload_id, at_least=4 * part)
+    uploader.upload()
+    done = upload_wait_for_status(stack.url, api_user.headers, upload_id, {"COMPLETED", "FAILED"}, timeout=90)
+    assert done["status"] == "COMPLETED", done
+    assert httpx.get(done["downloadUrl"], timeout=30).content == content
+    sent = bucket.parts_sent(done["storageKey"])
+    assert set(sent) == set(range(1, 7)) and all(n == 1 for n in sent.values()), sent
+
+
+def test_a_failed_pipeline_run_is_followed_by_another_while_the_client_waits(
+    make_stack, bucket, api_user, tmp_path
+) -> None:
+    """A run fails (the store is down) while the client sends nothing more: the parts go once the store is back.
+
+    No new part arrives to request a run, so only the reaper's look at uploads left behind can.
+    """
+    outage = tmp_path / "store-down"
+    outage.touch()
+    stack = make_stack(env={**bucket.env, "UPLOAD_PART_RETRIES": "2"}, faults={"outage_while": str(outage)})
+    stack.start_cron()
+    part = bucket.part
+    path, content = _file(tmp_path, "outage.bin", 3 * part + 17)
+    uploader = _tus(stack.url, api_user.headers, path, chunk=part)
+    upload_id = _id_of(uploader)
+    uploader.upload(stop_at=2 * part)
+    worker_log = stack.workers[0].log
+    wait_until(
+        lambda: "sending parts while receiving failed" in worker_log.read_text(errors="replace"),
+        timeout=60,
+        what="a pipeline run to fail",
+    )
+    outage.unlink()
+    _wait_uploaded_while_receiving(stack.url, api_user.headers, upload_id, at_least=2 * part)
+    uploader.upload()
+    done = upload_wait_for_status(stack.url, api_user.headers, upload_id, {"COMPLETED", "FAILED"}, timeout=90)
+    assert done["status"] == "COMPLETED", done
+    assert httpx.get(done["downloadUrl"], timeout=30).content == content
+
+
 def test_expiry_mid_pipeline_aborts_the_multipart_upload(make_stack, bucket, api_user, tmp_path) -> None:
     stack = make_stack(env={**bucket.env, "UPLOAD_RECEIVING_TTL": "3"})
     part = bucket.part

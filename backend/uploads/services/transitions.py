@@ -95,13 +95,14 @@ def upload_transition(
     return upload
 
 
-def upload_claim(*, upload_id: uuid.UUID) -> tuple[FileUpload, uuid.UUID] | None:
+def upload_claim(*, upload_id: uuid.UUID, claim: uuid.UUID | None = None) -> tuple[FileUpload, uuid.UUID] | None:
     """Take a QUEUED upload for one transfer run; None if it is not QUEUED (cancelled, taken).
 
     Also None while a pipeline run still holds it (its last byte came while that run was sending
-    parts): that run takes the transfer over when it ends (`upload_pipeline_release`).
+    parts): that run takes the transfer over when it ends (`upload_pipeline_release`), under
+    its own `claim` (a fresh one without).
     """
-    claim = uuid.uuid4()
+    claim = claim or uuid.uuid4()
     try:
         upload = upload_transition(
             upload_id=upload_id,
