@@ -26,6 +26,11 @@ QUERY_TOO_COMPLEX = "QUERY_TOO_COMPLEX"
 # Documents kept parsed: thousands of subscribers sending one subscription share one tree (about
 # 11 KiB each, held for the subscription's life) instead of parsing it again each.
 PARSED_DOCUMENTS = 256
+# Documents that passed validation, by everything validation depends on. Clients send the same few
+# documents over and over (a direct upload confirms each part with one) and graphql-core's rules
+# cost more than executing such a mutation: measured, a fifth of the server's CPU per request.
+# Only passes are kept, so a refused document is validated (and refused) every time.
+_validated: dict[tuple[Any, ...], None] = {}
 
 
 @lru_cache(maxsize=PARSED_DOCUMENTS)
@@ -81,46 +86,31 @@ class QueryLimits(SchemaExtension):
         schema = context.schema._schema
         document = context.graphql_document
         assert document is not None
-        rules = (*context.validation_rules, MaybeNullValidationRule, OneOfInputValidationRule)
-        if not self.public_schema:
-            rules = (*rules, NoSchemaIntrospectionCustomRule)
-        # Only a document from the parse cache is remembered: its text names it exactly.
-        query = context.query or ""
-        known = bool(query) and _parsed_or_none(query, self.max_tokens) is document
-        key = (schema, query, self.limit_rules, rules)
-        if known and key in _VALIDATED:
+        key = (id(schema), context.query, self.public_schema, self.limit_rules, tuple(context.validation_rules))
+        if context.query and key in _validated:
             context.pre_execution_errors = []
+            yield
+            return
+        errors = validate(schema, document, self.limit_rules)
+        if errors:
+            context.pre_execution_errors = [_with_code(error, QUERY_TOO_COMPLEX) for error in errors]
         else:
-            errors = validate(schema, document, self.limit_rules)
-            if errors:
-                context.pre_execution_errors = [_with_code(error, QUERY_TOO_COMPLEX) for error in errors]
-            else:
-                errors = validate(schema, document, rules, hide_suggestions=not self.public_schema)
-                context.pre_execution_errors = errors
-                if known and not errors:
-                    _validated_add(key)
+            rules = (*context.validation_rules, MaybeNullValidationRule, OneOfInputValidationRule)
+            if not self.public_schema:
+                rules = (*rules, NoSchemaIntrospectionCustomRule)
+            context.pre_execution_errors = validate(schema, document, rules, hide_suggestions=not self.public_schema)
+            if not context.pre_execution_errors and context.query:
+                _validated_add(key)
         yield
 
 
-# Documents that passed validation, by schema, text and rules (all that validation depends on).
-# Clients send the same few documents again and again (each upload's mutation, each subscription),
-# and validating one cost more than executing it (about 2 ms for uploadFile's, on the event loop).
-# Errors are not kept: each request gets error objects of its own, which are marked in place.
-_VALIDATED: set[tuple[Any, ...]] = set()
-
-
 def _validated_add(key: tuple[Any, ...]) -> None:
-    if len(_VALIDATED) >= PARSED_DOCUMENTS:
-        _VALIDATED.clear()  # rare (that many distinct valid documents); they validate once again
-    _VALIDATED.add(key)
-
-
-def _parsed_or_none(query: str, max_tokens: int) -> DocumentNode | None:
-    """The tree the parse cache hands out for `query` (the one `on_parse` used, unless evicted since)."""
-    try:
-        return _parsed(query, max_tokens)
-    except Exception:
-        return None
+    if len(_validated) >= PARSED_DOCUMENTS:
+        # The oldest pass goes (dicts keep insertion order); a pop another thread won is fine.
+        oldest = next(iter(_validated), None)
+        if oldest is not None:
+            _validated.pop(oldest, None)
+    _validated[key] = None
 
 
 class SuggestionFreeExecutor(FanoutExecutor):
