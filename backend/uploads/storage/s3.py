@@ -75,6 +75,10 @@ LIST_PAGE_SIZE = 1000
 MAX_PRESIGN_SECONDS = 7 * 24 * 3600
 # Rounds of abort-then-list before giving up on parts that keep arriving.
 ABORT_ROUNDS = 5
+# The ListParts page that finds one part (`part_listed`): S3 starts a page after PartNumberMarker,
+# moto reads the marker as a position in its sorted list. A page of this many, ending at the part,
+# holds it on both while fewer lower parts are still missing (in flight); otherwise the caller lists all.
+PART_LISTED_WINDOW = 8
 
 
 class S3Presigner(Protocol):
@@ -348,11 +352,14 @@ class S3Storage:
         return PresignedPut(url=url, headers=headers)
 
     def part_listed(self, *, key: str, handle: str, part_number: int) -> PartReceipt | None:
-        """ListParts from just before `part_number`, one part: O(1) per confirmation, not O(parts)."""
+        """One small ListParts page ending at `part_number` (O(1) per confirmation, not O(parts)); None if
+        the part is not on it (not put, or, on a store that reads the marker as a position, too many
+        lower parts missing)."""
+        window = min(part_number, PART_LISTED_WINDOW)
         page = self._call(
             "ListParts",
             lambda: self.client.list_parts(
-                Bucket=self.bucket, Key=key, UploadId=handle, MaxParts=1, PartNumberMarker=part_number - 1
+                Bucket=self.bucket, Key=key, UploadId=handle, MaxParts=window, PartNumberMarker=part_number - window
             ),
         )
         for part in page.get("Parts", []):
