@@ -12,6 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import redis
 from django.conf import settings
 from django.utils import timezone
 
@@ -113,6 +114,19 @@ def test_upload_answers_while_the_bucket_has_not_taken_one_part(make_stack, api_
     gate.open()
     done = upload_wait_for_status(held.url, api_user.headers, upload["id"], {"COMPLETED", "FAILED"}, timeout=30)
     assert done["status"] == "COMPLETED", done
+
+
+def test_queueing_uploads_reuses_the_servers_redis_connection(make_stack, api_user) -> None:
+    # A new connection per enqueue (connect, handshakes, RQ's INFO) was a third of a small answer.
+    quiet = make_stack(workers=0)
+    redis_server = redis.Redis.from_url(quiet.env["REDIS_URL"])
+    data_of(upload_file(quiet.url, os.urandom(1024), headers=api_user.headers))  # connections made once
+    before = redis_server.info("stats")["total_connections_received"]
+    for _ in range(5):
+        assert data_of(upload_file(quiet.url, os.urandom(1024), headers=api_user.headers))["uploadFile"]["id"]
+    after = redis_server.info("stats")["total_connections_received"]
+    redis_server.close()
+    assert after - before <= 1, f"{after - before} Redis connections for 5 uploads"
 
 
 # --- listing ---------------------------------------------------------------------------------
