@@ -14,6 +14,7 @@ import os
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
+from datetime import UTC
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
@@ -326,6 +327,26 @@ def test_list_parts_reads_every_page(moto, bucket):
     listed = storage.list_parts(key="paged", handle=handle)
     assert [(r.part_number, r.size, r.etag) for r in listed] == [(r.part_number, r.size, r.etag) for r in sent]
     assert pages() == 3
+
+
+def test_one_part_is_found_on_one_small_page_while_lower_parts_are_missing(moto, bucket):
+    # Confirming parts as they land: lower parts are often still in flight. moto reads
+    # PartNumberMarker as a position in its list, S3 as a part number; one page must do on both.
+    client = moto.client()
+    storage = S3Storage(client=client, bucket=bucket)
+    handle = storage.start(key="sparse", content_type="application/octet-stream", metadata={})
+    landed = [n for n in range(1, 21) if n not in (15, 17, 18)]
+    for n in landed:
+        storage.put_part(key="sparse", handle=handle, part_number=n, offset=0, data=bytes([n]) * 10)
+    pages = _count_requests(client, "ListParts")
+    found = {n: storage.part_listed(key="sparse", handle=handle, part_number=n) for n in (3, 16, 17, 19, 20)}
+
+    assert {n: r.part_number for n, r in found.items() if r is not None} == {3: 3, 16: 16, 19: 19, 20: 20}
+    assert found[20] is not None and found[20].size == 10
+    assert pages() == 5
+    # The clients read LastModified with the standard library (s3_timestamp_parse), not dateutil.
+    modified = client.list_parts(Bucket=bucket, Key="sparse", UploadId=handle)["Parts"][0]["LastModified"]
+    assert modified.tzinfo is UTC
 
 
 def test_abort_leaves_nothing_and_is_idempotent(moto, bucket, storage):

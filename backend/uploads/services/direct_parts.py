@@ -121,8 +121,8 @@ def direct_confirm(*, user: User, upload_id: uuid.UUID, part_number: int, etag: 
     store = direct_store()
     handle = str(upload.storage_upload_id)
     listed = store_call(lambda: store.part_listed(key=upload.storage_key, handle=handle, part_number=part_number))
-    # One small page finds the part on S3; a store that reads PartNumberMarker otherwise (moto takes it
-    # as a position in its list) gets the whole listing before the part is refused.
+    # One small page finds the part (on S3, and on moto while few lower parts are in flight); a part
+    # not on it is looked for in the whole listing before it is refused.
     receipt = _checked(upload, part_number, etag, {part_number: listed} if listed is not None else _listed(upload))
     return ledger_record(upload_id=upload.id, receipt=receipt) or FileUpload.objects.get(id=upload.id)
 
