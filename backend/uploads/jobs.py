@@ -162,10 +162,11 @@ def _upload_transfer(upload_id: str, claim: uuid.UUID | None = None) -> None:
         try:
             with TransferLease(upload_id=upload.id, claim=claim, every=settings.UPLOAD_HEARTBEAT_SECONDS) as lease:
                 ledger = UploadLedger(upload_id=upload.id, claim=claim, lease=lease)
+                last_part: PartReceipt | None = None
                 if upload.mode == UploadMode.DIRECT:
                     found = _direct_finish(upload=upload, ledger=ledger)
                 else:
-                    transfer_upload(
+                    last_part = transfer_upload(
                         spec=transfer_spec(upload),
                         source=staging_path(upload.id),
                         storage=store.core,
@@ -176,7 +177,7 @@ def _upload_transfer(upload_id: str, claim: uuid.UUID | None = None) -> None:
                         count=metrics_add,
                     )
                     found = {}
-                services.upload_complete(upload_id=upload.id, claim=claim, **found)
+                services.upload_complete(upload_id=upload.id, claim=claim, last_part=last_part, **found)
             metrics_observe_transfer(seconds=time.monotonic() - started, outcome="completed")
         except TransferFailed as exc:
             _fail_or_stop(upload=upload, claim=claim, error=str(exc), started=started)

@@ -140,6 +140,25 @@ def test_cancel_while_uploading_stops_before_the_next_part_and_retry_starts_over
     assert _refused(stack, CANCEL, upload_id, api_user.headers) == ["INVALID_STATE"]
 
 
+def test_a_one_part_file_cancelled_during_its_plain_put_leaves_no_object(make_stack, api_user, tmp_path) -> None:
+    """The put of a one-part file writes the object itself: a cancel landing meanwhile removes it."""
+    gate = Gate(tmp_path / "gate", part=1)
+    stack = make_stack(faults=gate.plan)
+    bucket = Path(os.environ["LOCAL_STORAGE_ROOT"])
+    upload_id = data_of(upload_file(stack.url, b"one small part", headers=api_user.headers))["uploadFile"]["id"]
+    gate.reached()
+    assert _mutate(stack, CANCEL, upload_id, api_user.headers)["cancelUpload"]["status"] == "CANCELLED"
+    job_id = _row(upload_id).job_id
+    gate.open()
+
+    job = Job.fetch(job_id, connection=_queue(stack).connection)
+    wait_until(lambda: job.get_status(refresh=True) == "finished", timeout=30, what="the cancelled run to end")
+    row = _row(upload_id)
+    assert row.status == UploadStatus.CANCELLED
+    assert not (bucket / row.storage_key).exists(), "the object the put wrote is removed"
+    assert not row.parts.exists() and row.storage_upload_id is None
+
+
 def test_retry_after_failure_resumes_and_cancel_while_queued_removes_job_and_open_object(
     make_stack, api_user, tmp_path
 ) -> None:

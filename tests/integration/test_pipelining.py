@@ -31,7 +31,7 @@ from tests.support.client import UPLOAD_QUERY, data_of, graphql, subscriber, upl
 from tests.support.moto import PART as S3_PART
 from tests.support.moto import Moto, moto_start, s3_env
 from tests.support.processes import wait_until
-from tests.support.uploads import put_part_counts, upload_wait_for_status
+from tests.support.uploads import Gate, put_part_counts, upload_wait_for_status
 
 MIB = 1024 * 1024
 
@@ -277,25 +277,23 @@ def test_cancel_mid_pipeline_aborts_the_multipart_upload(make_stack, bucket, api
 
 
 def test_a_worker_killed_mid_pipeline_resumes_without_resending_parts(make_stack, bucket, api_user, tmp_path) -> None:
-    env = {
-        **bucket.env,
-        "UPLOAD_PART_DELAY_MS": "300",
-        "UPLOAD_PART_CONCURRENCY": "1",
-        "UPLOAD_STALE_AFTER_SECONDS": "3",
-    }
-    stack = make_stack(env=env)
+    env = {**bucket.env, "UPLOAD_PART_CONCURRENCY": "1", "UPLOAD_STALE_AFTER_SECONDS": "3"}
+    # The pipeline run is killed while a gate holds its part 3, parts 1 and 2 confirmed behind it.
+    gate = Gate(tmp_path / "gate", part=3)
+    stack = make_stack(env=env, faults=gate.plan)
     stack.start_cron()
     part = bucket.part
     path, content = _file(tmp_path, "killed.bin", 6 * part + 5)
     uploader = _tus(stack.url, api_user.headers, path, chunk=part)
     upload_id = _id_of(uploader)
     uploader.upload(stop_at=5 * part)
-    wait_until(lambda: FileUpload.objects.get(id=upload_id).parts_uploaded >= 2, timeout=60, what="two parts sent")
+    gate.reached()
     stack.workers[0].kill()
+    gate.open()
     row = FileUpload.objects.get(id=upload_id)
     assert row.status == UploadStatus.RECEIVING and row.claim is not None, "killed mid-run, holding the claim"
     confirmed = {p.part_number for p in row.parts.all()}
-    assert len(confirmed) < 5
+    assert confirmed == {1, 2}
 
     stack.add_worker()
     # The reaper frees the silent run's claim and requests a run: the parts already in go out

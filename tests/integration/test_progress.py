@@ -154,6 +154,37 @@ def test_subscriber_between_answer_and_first_part_sees_every_event_in_order(make
     assert completed["sequence"] == FileUpload.objects.get(id=created["id"]).sequence
 
 
+def test_a_one_part_file_reports_its_part_then_completed_from_one_plain_put(make_stack, api_user, tmp_path) -> None:
+    """A file of one part is stored with one plain put (no open object); its part and its
+    completion are written together, and still reported as two events, in order."""
+    gate = Gate(tmp_path / "gate", part=1)
+    paced = make_stack(faults=gate.plan)
+    content = os.urandom(1000)
+
+    async def scenario() -> tuple[dict, list[dict]]:
+        async with subscriber(paced.ws_url, api_user.token) as session:
+            created = await upload(paced.url, content, api_user.headers)
+            sub_id = await session.subscribe(created["id"])
+            return created, (await next_payloads(session, [sub_id], gate=gate))[sub_id]
+
+    created, events = run(scenario(), paced)
+    assert created["partsTotal"] == 1
+    assert_consistent_stream(events, created, ends_with="COMPLETED")
+    assert_every_part_reported(events, 1)
+    *_, part, completed = events
+    assert (part["partNumber"], part["partsUploaded"], part["bytesUploaded"], part["status"]) == (
+        1,
+        1,
+        len(content),
+        "UPLOADING",
+    )
+    assert (completed["partNumber"], completed["sequence"]) == (None, part["sequence"] + 1)
+    row = FileUpload.objects.get(id=created["id"])
+    assert row.storage_upload_id is None, "no multipart object was opened"
+    assert list(row.parts.values_list("part_number", "size")) == [(1, len(content))]
+    assert completed["sequence"] == row.sequence
+
+
 def test_snapshot_comes_first_with_the_current_sequence(make_stack, api_user) -> None:
     """With no worker the upload stays QUEUED: the snapshot is its state; cancelling ends the stream."""
     idle = make_stack(workers=0)

@@ -462,24 +462,26 @@ def test_store_outage_fails_the_upload_and_retry_after_it_sends_only_the_missing
         bucket,
         UPLOAD_PART_CONCURRENCY="1",
         UPLOAD_PART_RETRIES="3",
-        UPLOAD_PART_DELAY_MS="100",
         TEST_S3_FAULTS=json.dumps(faults),
         TEST_S3_LOG=str(log),
     )
-    stack = make_stack(env=env)
+    # The outage starts while part 3 waits at a gate (before its request), parts 1-2 confirmed.
+    gate = Gate(tmp_path / "gate", part=3)
+    stack = make_stack(env=env, faults=gate.plan)
     content = os.urandom(5 * PART + 11)
     upload_id = data_of(upload_file(stack.url, content, headers=api_user.headers))["uploadFile"]["id"]
-    wait_until(lambda: _row(upload_id).parts_uploaded >= 2, timeout=30, what="two confirmed parts")
+    gate.reached()
     outage.touch()  # every request to the store now fails
+    gate.open()
 
     row = _wait_status(upload_id, UploadStatus.FAILED, UploadStatus.COMPLETED)
     assert row.status == UploadStatus.FAILED
     cause = "503 SlowDown" if kind == "503" else "Read timeout"
     assert "failed 3 times" in row.error and cause in row.error, row.error
     confirmed = set(row.parts.values_list("part_number", flat=True))
-    assert len(confirmed) == row.parts_uploaded >= 2
+    assert confirmed == {1, 2} and row.parts_uploaded == 2
     failing = [r for r in _requests(log) if r["fault"] == kind]
-    assert len(failing) == 3 and len({r["part"] for r in failing}) == 1, failing
+    assert len(failing) == 3 and {r["part"] for r in failing} == {3}, failing
     # A FAILED upload keeps its multipart upload and its staged bytes, so a retry can resume.
     assert [u["UploadId"] for u in _open_uploads(moto, bucket)] == [row.storage_upload_id]
     assert staging_path(row.id).exists()

@@ -163,17 +163,26 @@ def upload_heartbeat(*, upload_id: uuid.UUID, claim: uuid.UUID) -> bool:
     )
 
 
-def upload_complete(*, upload_id: uuid.UUID, claim: uuid.UUID, **found: Any) -> FileUpload:
-    """UPLOADING -> COMPLETED; `found`: what finishing learned of the object (a DIRECT upload's type, sha256)."""
-    upload = upload_transition(
-        upload_id=upload_id,
-        to=UploadStatus.COMPLETED,
-        owned_by=claim,
-        completed_at=timezone.now(),
-        staged_at=None,
-        error=None,
-        **found,
-    )
+def upload_complete(
+    *, upload_id: uuid.UUID, claim: uuid.UUID, last_part: PartReceipt | None = None, **found: Any
+) -> FileUpload:
+    """UPLOADING -> COMPLETED; `found`: what finishing learned of the object (a DIRECT upload's type, sha256).
+
+    `last_part`: a part not recorded yet (a one-part object stored with one plain put), recorded in
+    the same transaction; its event and the COMPLETED one follow each other, each its own sequence.
+    """
+    with transaction.atomic():
+        if last_part is not None:
+            upload_record_part(upload_id=upload_id, claim=claim, receipt=last_part)
+        upload = upload_transition(
+            upload_id=upload_id,
+            to=UploadStatus.COMPLETED,
+            owned_by=claim,
+            completed_at=timezone.now(),
+            staged_at=None,
+            error=None,
+            **found,
+        )
     staging_delete(upload.id)
     logger.info("upload %s completed", upload.id)
     return upload

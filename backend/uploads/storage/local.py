@@ -189,13 +189,27 @@ class LocalStorage:
         self._data_path(handle).unlink(missing_ok=True)
         shutil.rmtree(self._parts_dir(handle), ignore_errors=True)
 
-    def put_object(self, *, key: str, data: bytes, content_type: str, metadata: dict[str, str]) -> None:
+    def put_object(self, *, key: str, data: bytes, content_type: str, metadata: dict[str, str]) -> PartReceipt:
         target = self.object_path(key)
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.root / INCOMPLETE_DIR / f"{uuid.uuid4().hex}.put"
         tmp.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_bytes(data)
-        os.replace(tmp, target)
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+                # Durable before it appears under its key, as `complete` makes a multipart object.
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, target)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise self._write_failed(exc, 1) from exc
+        etag = f"{zlib.crc32(data):08x}"
+        return PartReceipt(part_number=1, size=len(data), etag=etag, checksum=f"crc32:{etag}")
 
     def delete_object(self, *, key: str) -> None:
         self.object_path(key).unlink(missing_ok=True)

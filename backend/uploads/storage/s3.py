@@ -282,7 +282,7 @@ class S3Storage:
         if remaining:
             raise _PartsStillListed(f"{len(remaining)} parts still listed")
 
-    def put_object(self, *, key: str, data: bytes, content_type: str, metadata: dict[str, str]) -> None:
+    def put_object(self, *, key: str, data: bytes, content_type: str, metadata: dict[str, str]) -> PartReceipt:
         params: dict[str, Any] = {
             **self._object_params(key=key, content_type=content_type, metadata=metadata),
             "Body": data,
@@ -293,10 +293,19 @@ class S3Storage:
             params[checksum[0]] = checksum[1]
         params["ContentMD5"] = base64.b64encode(md5.digest()).decode("ascii")
         response = self._call("PutObject", lambda: self.client.put_object(**params))
-        if self.etags_are_md5 and etag_md5(str(response.get("ETag", ""))) != md5.hexdigest():
+        etag = str(response.get("ETag", ""))
+        if self.etags_are_md5 and etag_md5(etag) != md5.hexdigest():
             raise S3StorageError(
-                f"PutObject: the store's ETag {response.get('ETag')} is not the MD5 of the bytes sent", retryable=True
+                f"PutObject: the store's ETag {etag} is not the MD5 of the bytes sent ({md5.hexdigest()})",
+                retryable=True,
+                code="ETagMismatch",
             )
+        return PartReceipt(
+            part_number=1,
+            size=len(data),
+            etag=etag,
+            checksum=f"{self.checksum_algorithm}:{checksum[1]}" if checksum is not None else "",
+        )
 
     def delete_object(self, *, key: str) -> None:
         self._with_retries(
