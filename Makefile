@@ -16,8 +16,13 @@ $(STAMP): requirements/base.txt requirements/dev.txt requirements/prod.txt
 run: $(STAMP)
 	$(PY) -m backend.stack
 
+# Two pytest-xdist workers, each with a Redis, a database and a temporary root of its own (tests/conftest.py);
+# whole files go to one worker (--dist loadfile), so a module's stack is made once. The integration tests
+# mostly wait on their servers and workers, so two run side by side in about a third of the serial time.
+# `TEST_WORKERS=0 make test` runs serially.
+TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 # The real tus clients from npm (tus-js-client in Node) and the reference tus server for `make bench`:
 # tests/js/package.json, installed exactly from its lockfile. Needs node and npm (`.ci/run` installs them).

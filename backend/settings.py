@@ -153,7 +153,9 @@ RQ = {"COMMIT_MODE": "on_db_commit"}
 CHANNEL_LAYERS = {
     "default": {
         "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
-        "CONFIG": {"hosts": [REDIS_URL]},
+        # driver_info=None: no CLIENT SETINFO round trips (nor a package-metadata scan) per new
+        # connection; every transfer job's publisher connects anew.
+        "CONFIG": {"hosts": [{"address": REDIS_URL, "driver_info": None}]},
     }
 }
 

@@ -32,8 +32,14 @@ REDIS_DATABASES = 1024
 _REDIS_DBS = iter(range(1, REDIS_DATABASES))
 
 
+def _xdist_controller(config: pytest.Config) -> bool:
+    """True in the process that only hands tests to pytest-xdist's workers (`-n N`): each worker
+    sets up a Redis, a database and a root of its own, the controller none."""
+    return bool(getattr(config.option, "numprocesses", None)) and not hasattr(config, "workerinput")
+
+
 def pytest_configure(config: pytest.Config) -> None:
-    if "DJANGO_SETTINGS_MODULE" in _SESSION:
+    if "DJANGO_SETTINGS_MODULE" in _SESSION or _xdist_controller(config):
         return
     root = Path(tempfile.mkdtemp(prefix="upload-tests-"))
     database = os.environ.get("TEST_DATABASE", "sqlite")
@@ -146,6 +152,8 @@ def _test_database(request: pytest.FixtureRequest) -> Iterator[None]:
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
+    if _xdist_controller(config):
+        return
     redis_process = _SESSION.get("redis")
     if redis_process is not None:
         redis_process.terminate()

@@ -18,7 +18,7 @@ from django.db import close_old_connections
 from django.db.models import Sum
 from django.db.models.functions import Coalesce
 
-from backend.quotas.selectors import quota_usage_for
+from backend.quotas.selectors import QuotaUsage, quota_limit_for, quota_used_bytes
 from backend.tokens.bearer import bearer_token
 from backend.tokens.services import token_user
 from backend.uploads.models import FileUpload
@@ -61,8 +61,9 @@ def quota_room(*, headers: dict[str, str]) -> int | None:
     user = request_user(headers=headers)
     if user is None:
         return None  # no credentials, or bad ones: the view answers that
-    free = quota_usage_for(user=user).free_bytes
-    if free is None:
-        return None
+    limit = quota_limit_for(user=user)
+    if limit is None:
+        return None  # unlimited (the default): nothing to sum
+    free = QuotaUsage(used_bytes=quota_used_bytes(user=user), limit_bytes=limit).free_bytes or 0
     receiving = FileUpload.objects.filter(owner_id=user.pk, status="RECEIVING")
     return free + int(receiving.aggregate(n=Coalesce(Sum("size"), 0))["n"])

@@ -46,7 +46,7 @@ from backend.tus.protocol import (
 from backend.uploads.errors import BadUserInput, Gone, Unauthenticated, UploadError
 from backend.uploads.models import ConcatRole, FileUpload, UploadStatus
 from backend.uploads.resumable.checksums import ChunkChecksum, checksum_parse
-from backend.uploads.services import resumable
+from backend.uploads.services import concatenation, resumable
 from backend.uploads.services.chunks import ChunkAppend, chunk_append_begin
 
 logger = logging.getLogger(__name__)
@@ -124,20 +124,22 @@ class TusApplication:
             return Answer.refusal(
                 412, "PRECONDITION_FAILED", f"send Tus-Resumable: {VERSION}", {"Tus-Version": VERSION}
             )
-        user = await _run(_authenticate, request)
         if collection:
+            user = await _run(_authenticate, request)
             if method != "POST":
                 return _not_allowed("OPTIONS, POST")
             return await self._create(request, user, guard)
         assert upload_id is not None
         upload_log_bind(upload_id)
+        # Each of these authenticates in its one pool call (a hop and a connection fewer per request).
         if method == "HEAD":
-            return await self._head(user, upload_id)
+            return await _run(_head, request, upload_id)
         if method == "PATCH":
-            return await self._patch(request, user, upload_id, guard)
+            return await self._patch(request, upload_id, guard)
         if method == "DELETE":
-            await _run(resumable.resumable_terminate, user=user, upload_id=upload_id)
+            await _run(_as_caller, request, resumable.resumable_terminate, upload_id=upload_id)
             return Answer(204)
+        await _run(_authenticate, request)
         return _not_allowed("OPTIONS, HEAD, PATCH, DELETE")
 
     # --- the requests -----------------------------------------------------------------------
@@ -163,7 +165,7 @@ class TusApplication:
             if length is not None or deferred is not None or has_body:
                 raise HeaderError("a final upload takes no Upload-Length, Upload-Defer-Length or body")
             upload = await _run(
-                resumable.resumable_concatenate,
+                concatenation.resumable_concatenate,
                 user=user,
                 partial_ids=concat[1],
                 filename=filename,
@@ -204,42 +206,11 @@ class TusApplication:
         headers = {"Location": f"{base_url}{PATH_PREFIX}/{upload.id}", **_offset_headers(upload)}
         return Answer(201, headers)
 
-    async def _head(self, user: User, upload_id: Any) -> Answer:
-        upload = await _run(resumable.resumable_get_for_user, user=user, upload_id=upload_id)
-        if resumable.resumable_gone(upload):
-            raise Gone("this upload was cancelled, has expired or failed")
-        headers = _offset_headers(upload)
-        if upload.length_deferred:
-            headers["Upload-Defer-Length"] = "1"
-        else:
-            headers["Upload-Length"] = str(upload.size)
-        if upload.tus_metadata:
-            headers["Upload-Metadata"] = upload.tus_metadata
-        if upload.concat_header:
-            headers["Upload-Concat"] = upload.concat_header
-        return Answer(200, headers)
-
-    async def _patch(self, request: ASGIRequest, user: User, upload_id: Any, guard: BodyGuard) -> Answer | None:
-        if _content_type(request) != OFFSET_OCTET_STREAM:
-            return _wrong_content_type()
-        offset = integer_parse(request.headers.get("Upload-Offset"), "Upload-Offset")
-        if offset is None:
-            raise HeaderError("a PATCH needs Upload-Offset")
-        length = integer_parse(request.headers.get("Upload-Length"), "Upload-Length")
-        checksum = _checksum_of(request)
-        body_length, _ = _body_of(request)
-        append = await _run(
-            _patch_begin,
-            user=user,
-            upload_id=upload_id,
-            offset=offset,
-            chunk_length=body_length,
-            upload_length=length,
-            checksum=checksum,
-        )
-        if append is None:
-            return Answer.refusal(403, "FORBIDDEN", "a final upload is made by concatenation; it takes no PATCH")
-        result = await self._receive_into(append, guard)
+    async def _patch(self, request: ASGIRequest, upload_id: Any, guard: BodyGuard) -> Answer | None:
+        begun = await _run(_patch_begin, request, upload_id)
+        if isinstance(begun, Answer):
+            return begun
+        result = await self._receive_into(begun, guard)
         if isinstance(result, Answer) or result is None:
             return result
         return Answer(204, _offset_headers(result))
@@ -248,9 +219,10 @@ class TusApplication:
         """Stream the request body into `append`; the upload once finished, or what to answer if not."""
         keeper = asyncio.create_task(_keep_lock(append))
         try:
-            whole = await _stream(append, guard)
+            whole, last = await _stream(append, guard)
             if whole:
-                return await _run(append.finish)
+                # The last bytes, the commit and the answer's row in one pool call.
+                return await _run(append.finish, last, reread=False)
             await _run(append.abort)
         except BaseException:
             await _run(append.close)
@@ -263,16 +235,65 @@ class TusApplication:
         return None
 
 
-def _patch_begin(*, user: User, upload_id: Any, **chunk: Any) -> ChunkAppend | None:
-    """One pool call: the upload's lookup and the appender's start; None for a final upload (403)."""
-    upload = resumable.resumable_get_for_user(user=user, upload_id=upload_id)
+def _as_caller(request: ASGIRequest, func: Callable[..., T], /, **kwargs: Any) -> T:
+    """`func(user=<the caller>, **kwargs)`: the authentication and the call in one pool call."""
+    return func(user=_authenticate(request), **kwargs)
+
+
+def _head(request: ASGIRequest, upload_id: Any) -> Answer:
+    upload = resumable.resumable_get_for_user(user=_authenticate(request), upload_id=upload_id)
+    if resumable.resumable_gone(upload):
+        raise Gone("this upload was cancelled, has expired or failed")
+    headers = _offset_headers(upload)
+    if upload.length_deferred:
+        headers["Upload-Defer-Length"] = "1"
+    else:
+        headers["Upload-Length"] = str(upload.size)
+    if upload.tus_metadata:
+        headers["Upload-Metadata"] = upload.tus_metadata
+    if upload.concat_header:
+        headers["Upload-Concat"] = upload.concat_header
+    return Answer(200, headers)
+
+
+class _FinalUpload(Exception):
+    """A PATCH to a final upload (tus concatenation: it is made whole, never appended to)."""
+
+
+def _refuse_final(upload: FileUpload) -> None:
     if upload.concat_role == ConcatRole.FINAL:
-        return None
-    return chunk_append_begin(user=user, upload_id=upload_id, **chunk)
+        raise _FinalUpload
 
 
-async def _stream(append: ChunkAppend, guard: BodyGuard) -> bool:
-    """Feed the body to `append`, one write in flight; True if it arrived whole, False if cut off."""
+def _patch_begin(request: ASGIRequest, upload_id: Any) -> ChunkAppend | Answer:
+    """One pool call: the caller, the PATCH's headers, the upload's lookup and the appender's start
+    (in the order their refusals come: 401, then the headers, then the upload)."""
+    user = _authenticate(request)
+    if _content_type(request) != OFFSET_OCTET_STREAM:
+        return _wrong_content_type()
+    offset = integer_parse(request.headers.get("Upload-Offset"), "Upload-Offset")
+    if offset is None:
+        raise HeaderError("a PATCH needs Upload-Offset")
+    length = integer_parse(request.headers.get("Upload-Length"), "Upload-Length")
+    checksum = _checksum_of(request)
+    body_length, _ = _body_of(request)
+    try:
+        return chunk_append_begin(
+            user=user,
+            upload_id=upload_id,
+            offset=offset,
+            chunk_length=body_length,
+            upload_length=length,
+            checksum=checksum,
+            check=_refuse_final,
+        )
+    except _FinalUpload:
+        return Answer.refusal(403, "FORBIDDEN", "a final upload is made by concatenation; it takes no PATCH")
+
+
+async def _stream(append: ChunkAppend, guard: BodyGuard) -> tuple[bool, bytes]:
+    """Feed the body to `append`, one write in flight. (True, the last bytes, not written: the
+    caller hands them to `finish`) if it arrived whole; (False, b"") if it was cut off."""
     # `pending` is awaited before the next write is handed over, so writes stay in order.
     pending: asyncio.Future[None] | None = None
     buffered: list[bytes] = []
@@ -285,6 +306,8 @@ async def _stream(append: ChunkAppend, guard: BodyGuard) -> bool:
                 buffered.append(chunk)
                 size += len(chunk)
             more = message.get("more_body", False) and not cut_off
+            if not more and not cut_off:
+                return True, b"".join(buffered)
             if buffered and (size >= FLUSH_BYTES or not more):
                 data = b"".join(buffered)
                 buffered, size = [], 0
@@ -293,7 +316,7 @@ async def _stream(append: ChunkAppend, guard: BodyGuard) -> bool:
                 pending = asyncio.ensure_future(_run(append.write, data))
             if not more:
                 # What arrived before a cut is written too: `abort` then commits it.
-                return not cut_off
+                return False, b""
     finally:
         if pending is not None:
             await pending

@@ -5,6 +5,11 @@ job module: the import graph keeps pointing down (README, "Architecture"). Job i
 and queue names are decided here. A Redis that cannot take a job is logged, never raised: the
 upload row, not the queue, is the record that an upload is owed a transfer, and the reaper queues
 it again (`services.upload_requeue_lost`).
+
+One Redis client per process serves every call here (`_connection`): `django_rq.get_connection`
+and `get_queue` build a new client, and so a new TCP connection, on every call, which cost a tus
+PATCH several milliseconds at each part boundary (the pipeline request). redis-py's pool notices a
+fork and opens fresh connections in the child, so work horses share nothing.
 """
 
 from __future__ import annotations
@@ -13,9 +18,11 @@ import logging
 import time
 import uuid
 from datetime import datetime
+from functools import cache
 from typing import Any
 
 import django_rq
+from rq import get_current_job
 from rq.intermediate_queue import IntermediateQueue
 from rq.job import JobStatus
 from rq.utils import now as rq_now
@@ -47,6 +54,15 @@ _PENDING = (
 )
 
 
+@cache
+def _connection() -> Any:
+    return django_rq.get_connection(TRANSFER_QUEUE)
+
+
+def _queue() -> Any:
+    return django_rq.get_queue(TRANSFER_QUEUE, connection=_connection())
+
+
 def transfer_job_id(*, upload_id: uuid.UUID, sequence: int, redelivery: bool = False) -> str:
     """The id of the job for one transfer of `upload_id` queued at `sequence`.
 
@@ -67,7 +83,7 @@ def transfer_job_timeout(*, size: int, parts_total: int, part_delay_ms: int) -> 
 def transfer_job_enqueue(*, upload_id: uuid.UUID, job_id: str, timeout: int) -> None:
     """Put the transfer job on the queue now; while Redis is unreachable, log it and leave it to the reaper."""
     try:
-        django_rq.get_queue(TRANSFER_QUEUE).enqueue(TRANSFER_JOB, str(upload_id), job_id=job_id, job_timeout=timeout)
+        _queue().enqueue(TRANSFER_JOB, str(upload_id), job_id=job_id, job_timeout=timeout)
     except REDIS_UNREACHABLE as exc:
         logger.warning("upload %s: Redis unreachable, the reaper will queue job %s: %s", upload_id, job_id, exc)
 
@@ -77,7 +93,7 @@ def transfer_job_cancel(job_id: str | None) -> None:
     if not job_id:
         return
     try:
-        job = django_rq.get_queue(TRANSFER_QUEUE).fetch_job(job_id)
+        job = _queue().fetch_job(job_id)
         if job is not None:
             job.cancel()
     except Exception:
@@ -99,25 +115,35 @@ def pipeline_job_request(*, upload_id: uuid.UUID, timeout: int) -> bool:
     """
     flag = _pipeline_flag(upload_id)
     try:
-        connection = django_rq.get_connection(TRANSFER_QUEUE)
+        connection = _connection()
         now = time.time()
-        if not connection.set(flag, str(now), nx=True, ex=PIPELINE_REQUEST_TTL_SECONDS * 2):
-            raw = connection.get(flag)
+        # One round trip: the SET NX and a read of the flag (ours if the SET took).
+        with connection.pipeline(transaction=False) as both:
+            both.set(flag, str(now), nx=True, ex=PIPELINE_REQUEST_TTL_SECONDS * 2)
+            both.get(flag)
+            took, raw = both.execute()
+        if not took:
             if raw is not None and now - float(raw) < PIPELINE_REQUEST_TTL_SECONDS:
                 return False
             connection.set(flag, str(now), ex=PIPELINE_REQUEST_TTL_SECONDS * 2)
         job_id = f"pipeline-{upload_id}-{uuid.uuid4().hex[:8]}"
-        django_rq.get_queue(TRANSFER_QUEUE).enqueue(PIPELINE_JOB, str(upload_id), job_id=job_id, job_timeout=timeout)
+        _queue().enqueue(PIPELINE_JOB, str(upload_id), job_id=job_id, job_timeout=timeout)
     except REDIS_UNREACHABLE as exc:
         logger.warning("upload %s: Redis unreachable, no pipeline run queued: %s", upload_id, exc)
         return False
     return True
 
 
+def current_job_id() -> str | None:
+    """The id of the RQ job this code runs in (None outside a job: a test calling a job function)."""
+    job = get_current_job()
+    return job.id if job is not None else None
+
+
 def pipeline_job_started(*, upload_id: uuid.UUID) -> None:
     """The pipeline job has started: a part arriving from now on requests another run."""
     try:
-        django_rq.get_connection(TRANSFER_QUEUE).delete(_pipeline_flag(upload_id))
+        _connection().delete(_pipeline_flag(upload_id))
     except REDIS_UNREACHABLE as exc:
         logger.warning("upload %s: Redis unreachable, pipeline request not cleared: %s", upload_id, exc)
 

@@ -22,6 +22,7 @@ from backend.logs import upload_log_context
 from backend.uploads import services
 from backend.uploads.errors import ClaimLost
 from backend.uploads.finishing import FinishSpec, direct_finish
+from backend.uploads.jobqueue import current_job_id
 from backend.uploads.metrics import metrics_add, metrics_observe_transfer
 from backend.uploads.models import FileUpload, UploadMode, UploadStatus
 from backend.uploads.progress import progress_publisher
@@ -145,13 +146,13 @@ def upload_transfer(upload_id: str) -> None:
         _upload_transfer(upload_id)
 
 
-def _upload_transfer(upload_id: str) -> None:
+def _upload_transfer(upload_id: str, claim: uuid.UUID | None = None) -> None:
     # A forked work horse inherits the parent's database connections; never share them.
     close_old_connections()
     # The claim's event goes through the job's publisher too: outside it, one event costs a new
     # event loop and a new Redis connection.
     with progress_publisher():
-        claimed = services.upload_claim(upload_id=uuid.UUID(upload_id))
+        claimed = services.upload_claim(upload_id=uuid.UUID(upload_id), claim=claim)
         if claimed is None:
             logger.info("upload %s is not queued any more; nothing to do", upload_id)
             return
@@ -161,10 +162,11 @@ def _upload_transfer(upload_id: str) -> None:
         try:
             with TransferLease(upload_id=upload.id, claim=claim, every=settings.UPLOAD_HEARTBEAT_SECONDS) as lease:
                 ledger = UploadLedger(upload_id=upload.id, claim=claim, lease=lease)
+                last_part: PartReceipt | None = None
                 if upload.mode == UploadMode.DIRECT:
                     found = _direct_finish(upload=upload, ledger=ledger)
                 else:
-                    transfer_upload(
+                    last_part = transfer_upload(
                         spec=transfer_spec(upload),
                         source=staging_path(upload.id),
                         storage=store.core,
@@ -175,7 +177,7 @@ def _upload_transfer(upload_id: str) -> None:
                         count=metrics_add,
                     )
                     found = {}
-                services.upload_complete(upload_id=upload.id, claim=claim, **found)
+                services.upload_complete(upload_id=upload.id, claim=claim, last_part=last_part, **found)
             metrics_observe_transfer(seconds=time.monotonic() - started, outcome="completed")
         except TransferFailed as exc:
             _fail_or_stop(upload=upload, claim=claim, error=str(exc), started=started)
@@ -199,12 +201,16 @@ def upload_pipeline(upload_id: str) -> None:
 def _upload_pipeline(upload_id: uuid.UUID) -> None:
     close_old_connections()
     services.upload_pipeline_started(upload_id=upload_id)
+    # The claim this job's runs hold is derived from its id: if this horse dies, its worker frees
+    # exactly that claim (`upload_pipeline_orphaned`).
+    job_id = current_job_id()
+    claim = services.pipeline_claim_for(job_id) if job_id is not None else None
     with progress_publisher():
-        claimed = services.upload_pipeline_claim(upload_id=upload_id)
+        claimed = services.upload_pipeline_claim(upload_id=upload_id, claim=claim)
         current = _pipeline_run(*claimed) if claimed is not None else upload_get(upload_id=upload_id)
     if current is not None and current.status == UploadStatus.QUEUED:
         # The queued transfer job found the claim held; or it has not started yet and will find nothing.
-        _upload_transfer(str(upload_id))
+        _upload_transfer(str(upload_id), claim=claim)
 
 
 def _pipeline_run(upload: FileUpload, claim: uuid.UUID) -> FileUpload | None:
@@ -281,6 +287,14 @@ def upload_transfer_orphaned(*, job_id: str, upload_id: str, cause: str) -> None
     close_old_connections()
     with upload_log_context(upload_id):
         services.upload_requeue_orphaned(upload_id=uuid.UUID(upload_id), job_id=job_id, cause=cause)
+
+
+def upload_pipeline_orphaned(*, job_id: str, upload_id: str, cause: str) -> None:
+    """The work horse running pipeline job `job_id` died under a live worker: free its claim and
+    request what comes next now rather than after the stale window."""
+    close_old_connections()
+    with upload_log_context(upload_id):
+        services.upload_pipeline_orphaned(upload_id=uuid.UUID(upload_id), job_id=job_id, cause=cause)
 
 
 def uploads_reap() -> None:

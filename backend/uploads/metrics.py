@@ -51,8 +51,14 @@ COUNTERS = {
 @cache
 def _counters() -> redis.Redis:
     """A client of its own that fails at once: a part must not wait on Redis retries for a metric."""
+    # driver_info=None: no CLIENT SETINFO round trips, and no package-metadata scan for redis-py's
+    # version, on connecting (each work horse connects anew).
     return redis.Redis.from_url(
-        settings.REDIS_URL, retry=Retry(NoBackoff(), 0), socket_connect_timeout=1, socket_timeout=1
+        settings.REDIS_URL,
+        retry=Retry(NoBackoff(), 0),
+        socket_connect_timeout=1,
+        socket_timeout=1,
+        driver_info=None,
     )
 
 

@@ -2,8 +2,8 @@
 
 Events carry absolute state (bytes, parts, status, sequence), never deltas, so a subscriber that
 misses one loses nothing: the next one, or its periodic re-read of the row, tells it everything.
-A transfer job publishes through one `ProgressPublisher` for its whole life: one event loop in
-one thread and one Redis connection pool, events sent in the order they were committed.
+A transfer job publishes through one `ProgressPublisher` for its whole life: one Redis connection,
+each event PUBLISHed by the thread that committed it, in commit order.
 A server process follows them through one `ProgressHub` (below): one group membership per upload
 however many subscribers it has there, each subscriber fed from its own bounded mailbox.
 """
@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import threading
+import time
 import uuid
 import weakref
 from collections.abc import AsyncIterator, Iterator
@@ -26,10 +27,12 @@ from django.conf import settings
 from django.utils.module_loading import import_string
 from redis.exceptions import RedisError
 
+from backend.redis_errors import REDIS_UNREACHABLE
 from backend.uploads.metrics import subscription_gauge
 from backend.uploads.models import FileUpload, UploadStatus
 from backend.uploads.parts import progress_fraction
 from backend.uploads.progress_mailbox import ProgressMailbox
+from backend.uploads.progress_wire import GroupWire
 
 logger = logging.getLogger(__name__)
 
@@ -63,55 +66,56 @@ def progress_event(upload: FileUpload, *, part_number: int | None = None) -> dic
 
 
 class ProgressPublisher:
-    """Sends events from synchronous code through one private event loop, in submission order."""
+    """Sends events from synchronous code, each from the calling thread, in the order they are handed over.
+
+    On the pub/sub layer each event is one PUBLISH through a `GroupWire` kept for the publisher's
+    life (no thread, no event loop: the hand-off to one cost a millisecond or more per event). The
+    lock keeps events of several threads in the order of their `publish` calls. Lossy by design: a
+    Redis that cannot take an event is logged and skipped, and for COOLDOWN_SECONDS after that
+    events are dropped without trying, so an unreachable Redis never slows a transfer down;
+    subscribers re-read the row every PROGRESS_RESYNC_SECONDS.
+    """
+
+    COOLDOWN_SECONDS = 1.0
 
     def __init__(self) -> None:
-        self._loop = asyncio.new_event_loop()
-        self._queue: asyncio.Queue[dict[str, Any] | None] | None = None
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="progress-publisher", daemon=True)
+        self._lock = threading.Lock()
+        self._layer: Any = None
+        self._wire: GroupWire | None = None
+        self._quiet_until = 0.0
 
     def start(self) -> ProgressPublisher:
-        self._thread.start()
-        self._ready.wait()
+        self._layer = get_channel_layer()
+        self._wire = GroupWire.for_layer(self._layer)
         return self
 
     def publish(self, event: dict[str, Any]) -> None:
-        assert self._queue is not None
-        self._loop.call_soon_threadsafe(self._queue.put_nowait, event)
-
-    def close(self, timeout: float = 5.0) -> None:
-        """Send what is queued (for at most `timeout` seconds), then stop the loop."""
-        if self._queue is not None:
-            self._loop.call_soon_threadsafe(self._queue.put_nowait, None)
-        self._thread.join(timeout)
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self._loop)
-        self._loop.run_until_complete(self._pump())
-        self._loop.run_until_complete(self._loop.shutdown_asyncgens())
-        self._loop.close()
-
-    async def _pump(self) -> None:
-        self._queue = asyncio.Queue()
-        self._ready.set()
-        layer = get_channel_layer()
-        while (event := await self._queue.get()) is not None:
+        group, message = progress_group(event["upload_id"]), {"type": MESSAGE_TYPE, "event": event}
+        with self._lock:
+            if time.monotonic() < self._quiet_until:
+                return
             try:
-                await layer.group_send(progress_group(event["upload_id"]), {"type": MESSAGE_TYPE, "event": event})
-            except Exception:
-                # Lossy by design: subscribers re-read the row every PROGRESS_RESYNC_SECONDS.
+                if self._wire is not None:
+                    self._wire.send(group, message)
+                else:  # another kind of layer (in tests): its own group_send, a loop per event
+                    async_to_sync(self._layer.group_send)(group, message)
+            except Exception as exc:
+                if isinstance(exc, REDIS_UNREACHABLE):
+                    self._quiet_until = time.monotonic() + self.COOLDOWN_SECONDS
                 logger.warning(
-                    "progress publish failed for upload %s",
+                    "progress publish failed for upload %s: %s",
                     event["upload_id"],
-                    exc_info=True,
+                    exc,
+                    exc_info=not isinstance(exc, REDIS_UNREACHABLE),
                     extra={"upload_id": event["upload_id"]},
                 )
-        if hasattr(layer, "flush"):
-            try:
-                await layer.flush()
-            except Exception:
-                logger.debug("closing the channel layer failed", exc_info=True)
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Release the connection; every event was sent when its `publish` returned."""
+        with self._lock:
+            if self._wire is not None:
+                self._wire.close()
+                self._wire = None
 
 
 _publisher: ProgressPublisher | None = None
@@ -134,14 +138,23 @@ def progress_publisher() -> Iterator[ProgressPublisher]:
 
 def progress_publish(upload: FileUpload, *, part_number: int | None = None) -> None:
     """Publish the state of `upload`. Call it after the state is committed."""
-    event = progress_event(upload, part_number=part_number)
-    if _publisher is not None:
-        _publisher.publish(event)
-        return
-    try:
-        async_to_sync(get_channel_layer().group_send)(progress_group(upload.id), {"type": MESSAGE_TYPE, "event": event})
-    except Exception:
-        logger.warning("progress publish failed for upload %s", upload.id, exc_info=True)
+    (_publisher or _process_publisher()).publish(progress_event(upload, part_number=part_number))
+
+
+_process_publishers: dict[int, tuple[Any, ProgressPublisher]] = {}
+
+
+def _process_publisher() -> ProgressPublisher:
+    """This process's publisher outside a job (a request cancelling, a part confirmed): one per layer.
+
+    Kept per layer object, so a test that swaps CHANNEL_LAYERS (Channels then builds a new layer)
+    gets a publisher for the new one.
+    """
+    layer = get_channel_layer()
+    kept = _process_publishers.get(id(layer))
+    if kept is None or kept[0] is not layer:
+        kept = _process_publishers[id(layer)] = (layer, ProgressPublisher().start())
+    return kept[1]
 
 
 # --- subscribing ------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Protocol, TypeVar
 
@@ -119,14 +120,19 @@ def transfer_upload(
     config: TransferSettings,
     part_from_file: PartFromFile | None = None,
     count: Callable[[Mapping[str, int]], None] = _no_counts,
-) -> None:
+) -> PartReceipt | None:
     """Copy the staged bytes at `source` into the store and assemble the object `spec` describes.
 
     `should_stop` is asked before each part is started; `part_from_file` is the store's optional
     capability of taking a part straight from the staged file (the factory resolves it); `count`
     adds to the metrics counters (part_attempts, part_failures, parts_confirmed, bytes_transferred)
-    from the retry policy's hooks. Raises TransferFailed,
-    TransferStopped or ClaimLost; returns once the object is whole.
+    from the retry policy's hooks. Raises TransferFailed, TransferStopped or ClaimLost; returns
+    once the object is whole.
+
+    An object of one part that no earlier run opened is stored with one plain put, as boto3's
+    `upload_file` does below its multipart threshold: no open object, no listing, no assembly.
+    Its part is not recorded here: the receipt is returned, for the caller to record with the
+    completion in one write. Otherwise every part is in the ledger and None is returned.
     """
     if not source.exists():
         # The web process that accepted the upload staged it; a worker that cannot see it is most
@@ -145,7 +151,9 @@ def transfer_upload(
         run.call_store(
             lambda: storage.put_object(key=spec.key, data=b"", content_type=spec.content_type, metadata=spec.metadata)
         )
-        return
+        return None
+    if spec.parts_total == 1 and spec.handle is None:
+        return run.put_whole(source)
 
     handle = run.open_object()
     confirmed = run.reconcile(handle=handle)
@@ -160,6 +168,7 @@ def transfer_upload(
     if [r.part_number for r in receipts] != list(range(1, spec.parts_total + 1)):
         raise TransferFailed("the part ledger is incomplete after every part was sent")
     run.call_store(lambda: storage.complete(key=spec.key, handle=handle, parts=receipts, size=spec.size))
+    return None
 
 
 def transfer_arrived_parts(
@@ -177,11 +186,13 @@ def transfer_arrived_parts(
     """Send the whole parts of an upload whose bytes are still arriving; never complete the object.
 
     `arrived()` answers how many whole parts (each exactly `spec.part_size`) staging holds now;
-    parts 1..arrived() that neither the ledger nor the store confirm are sent, then `arrived()` is
-    asked again, and the run returns once a round finds nothing new: it sends what is there and
-    never waits for more. `spec.size` is not used (the length may not be known yet). The object
-    is opened if `spec.handle` is None. Returns the number of parts sent. Raises as
-    `transfer_upload` does.
+    parts 1..arrived() that neither the ledger nor the store confirm are sent. `arrived()` is
+    asked again whenever a part in flight finishes, and the parts that arrived meanwhile join
+    the ones in flight (up to the concurrency), so a client sending steadily keeps every slot
+    busy. The run returns once no part is in flight and nothing new has arrived: it sends what
+    is there and never waits for more. `spec.size` is not used (the length may not be known
+    yet). The object is opened if `spec.handle` is None. Returns the number of parts sent.
+    Raises as `transfer_upload` does.
     """
     whole = arrived()
     if whole < 1:
@@ -200,22 +211,26 @@ def transfer_arrived_parts(
     )
     handle = run.open_object()
     confirmed = run.reconcile(handle=handle)
-    sent = 0
+    due = deque(n for n in range(1, whole + 1) if n not in confirmed)
+    sent = len(due)
+
+    def newly_arrived() -> list[int]:
+        nonlocal whole, sent
+        now = arrived()
+        if now <= whole:
+            return []
+        fresh = [n for n in range(whole + 1, now + 1) if n not in confirmed]
+        whole = now
+        run.spec = replace(spec, size=whole * spec.part_size)
+        sent += len(fresh)
+        return fresh
+
     fd = os.open(source, os.O_RDONLY)
     try:
-        while True:
-            due = [n for n in range(1, whole + 1) if n not in confirmed]
-            if due:
-                run.send_parts(handle=handle, fd=fd, pending=deque(due))
-                confirmed.update(due)
-                sent += len(due)
-            now = arrived()
-            if now <= whole:
-                return sent
-            whole = now
-            run.spec = replace(spec, size=whole * spec.part_size)
+        run.send_parts(handle=handle, fd=fd, pending=due, refill=newly_arrived)
     finally:
         os.close(fd)
+    return sent
 
 
 @dataclass
@@ -264,38 +279,64 @@ class _Run:
             confirmed.add(receipt.part_number)
         return confirmed
 
-    def send_parts(self, *, handle: str, fd: int, pending: deque[int]) -> None:
+    def put_whole(self, source: Path) -> PartReceipt:
+        """The one part of a small object in one plain put, in this thread; its receipt is not recorded."""
+        if self.should_stop():
+            raise TransferStopped("the transfer was asked to stop")
+        fd = os.open(source, os.O_RDONLY)
+        try:
+            return self.send_part(number=1, put=partial(self.put_object, fd=fd))
+        finally:
+            os.close(fd)
+
+    def send_parts(
+        self, *, handle: str, fd: int, pending: deque[int], refill: Callable[[], list[int]] | None = None
+    ) -> None:
+        """Send `pending` with up to `concurrency` parts in flight. `refill` (pipelining) is asked for
+        more part numbers whenever `pending` is empty and a slot is free; it answers [] for none."""
+        if len(pending) == 1 and refill is None:
+            # One part left (a resumed run): no thread pool for it.
+            if self.should_stop():
+                raise TransferStopped("the transfer was asked to stop")
+            number = pending.popleft()
+            self.ledger.record_part(self.send_part(number=number, put=partial(self.put_part, handle=handle, fd=fd)))
+            return
         concurrency = max(1, self.config.concurrency)
         heartbeat_every = self.config.heartbeat_seconds
         last_beat = time.monotonic()
         failure: BaseException | None = None
         stopping = False
+        confirmed: list[PartReceipt] = []
         with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="part") as pool:
             in_flight: dict[Future[PartReceipt], int] = {}
-            while in_flight or (pending and not stopping and failure is None):
+            while True:
+                if refill is not None and not pending and len(in_flight) < concurrency and not stopping and not failure:
+                    pending.extend(refill())
                 while pending and len(in_flight) < concurrency and not stopping and failure is None:
                     if self.should_stop():
                         stopping = True
                         break
                     number = pending.popleft()
                     # A fresh copy of this thread's context per part, so its log lines carry the upload id.
-                    future = pool.submit(
-                        contextvars.copy_context().run, self.send_part, handle=handle, fd=fd, number=number
-                    )
+                    put = partial(self.put_part, handle=handle, fd=fd)
+                    future = pool.submit(contextvars.copy_context().run, self.send_part, number=number, put=put)
                     in_flight[future] = number
+                # The parts just confirmed enter the ledger once their successors are on the way:
+                # no thread of the pool waits for a ledger write.
+                for receipt in confirmed:
+                    try:
+                        self.ledger.record_part(receipt)
+                    except ClaimLost as exc:
+                        failure = failure or exc
+                confirmed.clear()
                 if not in_flight:
                     break
                 done, _ = wait(in_flight, timeout=heartbeat_every, return_when=FIRST_COMPLETED)
                 for future in done:
                     in_flight.pop(future)
                     try:
-                        receipt = future.result()
+                        confirmed.append(future.result())
                     except TransferFailed as exc:
-                        failure = failure or exc
-                        continue
-                    try:
-                        self.ledger.record_part(receipt)
-                    except ClaimLost as exc:
                         failure = failure or exc
                 if time.monotonic() - last_beat >= heartbeat_every:
                     last_beat = time.monotonic()
@@ -306,14 +347,17 @@ class _Run:
         if stopping:
             raise TransferStopped("the transfer was asked to stop")
 
-    def send_part(self, *, handle: str, fd: int, number: int) -> PartReceipt:
-        """Put one part from staging under the retry policy; attempts and failures are counted by its hooks."""
+    def send_part(self, *, number: int, put: Callable[..., PartReceipt]) -> PartReceipt:
+        """`put(number=number)` under the retry policy; its attempts and failures, counted by the
+        policy's hooks, go to the counters with its confirmation: one round trip per part."""
+        tried = {"part_attempts": 0, "part_failures": 0}
+        confirmed: dict[str, int] = {}
 
         def attempted(state: RetryCallState) -> None:
-            self.count({"part_attempts": 1})
+            tried["part_attempts"] += 1
 
         def failed(state: RetryCallState) -> None:
-            self.count({"part_failures": 1})
+            tried["part_failures"] += 1
 
         def retrying(state: RetryCallState) -> None:
             error = state.outcome.exception() if state.outcome else None
@@ -323,19 +367,22 @@ class _Run:
 
         attempts = storage_retrying(self.config.retry, before=attempted, after=failed, before_sleep=retrying)
         try:
-            receipt: PartReceipt = attempts(self.put_part, handle=handle, number=number, fd=fd)
+            receipt: PartReceipt = attempts(put, number=number)
+            confirmed = {"parts_confirmed": 1, "bytes_transferred": receipt.size}
         except StorageError as exc:
             if not exc.retryable:
                 raise TransferFailed(f"part {number}: {exc}") from exc
             tries = self.config.retry.attempts
             raise TransferFailed(f"part {number} failed {tries} times; last error: {exc}") from exc
-        self.count({"parts_confirmed": 1, "bytes_transferred": receipt.size})
+        finally:
+            counts = {name: amount for name, amount in {**tried, **confirmed}.items() if amount}
+            if counts:
+                self.count(counts)
         return receipt
 
     def put_part(self, *, handle: str, number: int, fd: int) -> PartReceipt:
         """One attempt at part `number`: straight from the staged file if the store can, else its bytes."""
-        if self.config.part_delay_ms:
-            time.sleep(self.config.part_delay_ms / 1000)  # sync-ok: UPLOAD_PART_DELAY_MS, a deliberate pause per part
+        self.part_delay()
         spec, storage = self.spec, self.storage
         offset, length = part_range(part_number=number, size=spec.size, part_size=spec.part_size)
         if self.part_from_file is not None:
@@ -346,6 +393,19 @@ class _Run:
         if len(data) != length:
             raise StorageError(f"the staged file ends before part {number} does", retryable=False)
         return storage.put_part(key=spec.key, handle=handle, part_number=number, offset=offset, data=data)
+
+    def put_object(self, *, number: int, fd: int) -> PartReceipt:
+        """One attempt at a one-part object (`number` is 1): its bytes in one plain put."""
+        self.part_delay()
+        spec = self.spec
+        data = os.pread(fd, spec.size, 0)
+        if len(data) != spec.size:
+            raise StorageError(f"the staged file ends before part {number} does", retryable=False)
+        return self.storage.put_object(key=spec.key, data=data, content_type=spec.content_type, metadata=spec.metadata)
+
+    def part_delay(self) -> None:
+        if self.config.part_delay_ms:
+            time.sleep(self.config.part_delay_ms / 1000)  # sync-ok: UPLOAD_PART_DELAY_MS, a deliberate pause per part
 
     def call_store(self, call: Callable[[], T]) -> T:
         """Run a whole-object store call (start, list, complete, put) with the same retry policy as parts."""

@@ -16,8 +16,8 @@ on transferring, and both carry on once Redis answers again. Jobs a Redis withou
 are queued again by the reaper (`services.upload_requeue_lost`).
 
 RQ forks a fresh work horse for every job, and whatever the worker has not imported each horse
-imports again: the channel layer (channels_redis, msgpack, cryptography) and the storage backend
-cost tens of milliseconds per job, more than a small file's whole transfer. The worker imports
+imports again: the channel layer (channels_redis, msgpack, cryptography), the storage backend and
+the ORM's SQL compiler cost tens of milliseconds per job, more than a small file's whole transfer. The worker imports
 them once, before its first fork (`transfer_modules_preload`); it opens no connection, so the
 horses share nothing but code.
 """
@@ -33,7 +33,7 @@ from types import FrameType
 from typing import Any, TypeVar
 
 from django.conf import settings
-from django.db import connections
+from django.db import DEFAULT_DB_ALIAS, connections
 from django.utils.module_loading import import_string
 from django_rq.cron import DjangoCronScheduler
 from rq import Queue, Worker
@@ -42,7 +42,7 @@ from rq.job import Job
 
 from backend.redis_errors import REDIS_UNREACHABLE, redis_unless_unreachable
 from backend.uploads import jobs
-from backend.uploads.jobqueue import TRANSFER_JOB
+from backend.uploads.jobqueue import PIPELINE_JOB, TRANSFER_JOB
 from backend.uploads.transfer import stop_requested
 
 logger = logging.getLogger(__name__)
@@ -65,6 +65,11 @@ def _unless_redis_away(what: str, call: Callable[[], T], default: T) -> T:
 def transfer_modules_preload() -> None:
     """Import (only import: no client, no connection) what every transfer job needs."""
     import_module("backend.uploads.jobs")
+    # The ORM imports its SQL compiler, and builds the database backend's wrapper, at the first
+    # query: each horse did both again (about 8 ms of a small upload's job, in py-spy). The wrapper
+    # opens no connection until a query asks for one.
+    import_module("django.db.models.sql.compiler")
+    connections[DEFAULT_DB_ALIAS].ops.compiler("SQLCompiler")
     backend = "s3" if settings.STORAGE_BACKEND == "s3" else "local"
     import_module(f"backend.uploads.storage.{backend}")
     for layer in settings.CHANNEL_LAYERS.values():
@@ -115,14 +120,15 @@ class UploadWorker(Worker):
         now (`jobs.upload_transfer_orphaned`), instead of waiting out UPLOAD_STALE_AFTER_SECONDS
         for the reaper: this worker saw its child die, so nothing is left to wait for."""
         super().handle_work_horse_killed(job, retpid, ret_val, rusage)
-        if job.func_name != TRANSFER_JOB or not job.args:
+        orphaned = {TRANSFER_JOB: jobs.upload_transfer_orphaned, PIPELINE_JOB: jobs.upload_pipeline_orphaned}
+        if job.func_name not in orphaned or not job.args:
             return
         if ret_val is not None and os.WIFSIGNALED(ret_val):
             cause = f"killed by signal {os.WTERMSIG(ret_val)}"
         else:
             cause = f"exit status {os.waitstatus_to_exitcode(ret_val) if ret_val is not None else 'unknown'}"
         try:
-            jobs.upload_transfer_orphaned(job_id=job.id, upload_id=str(job.args[0]), cause=cause)
+            orphaned[job.func_name](job_id=job.id, upload_id=str(job.args[0]), cause=cause)
         except Exception:
             self.log.warning("Worker %s: could not give back job %s; the reaper will", self.name, job.id, exc_info=True)
         finally:

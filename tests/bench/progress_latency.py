@@ -100,8 +100,8 @@ def run(bench: Bench) -> list[Figure]:
             ours=p50,
             baseline=b50,
             unit="ms",
-            goal="<= 5 ms",
-            check=lambda f: f.ours <= 5,
+            goal="<= 3 ms",
+            check=lambda f: f.ours <= 3,
             note=note,
         ),
         figure(

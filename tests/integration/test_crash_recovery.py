@@ -15,7 +15,7 @@ from rq import Queue
 from backend.uploads.models import FileUpload, UploadStatus
 from tests.support.client import data_of, upload_file
 from tests.support.processes import wait_until
-from tests.support.uploads import put_part_counts
+from tests.support.uploads import Gate, put_part_counts
 
 MIB = 1024 * 1024
 
@@ -37,20 +37,29 @@ def _assert_stored(upload_id: str, content: bytes) -> None:
 
 
 def test_sigterm_stops_between_parts_and_the_upload_resumes(make_stack, api_user, tmp_path) -> None:
+    # Both part threads are held at parts 4 and 5 (1-3 confirmed) while the SIGTERM arrives, so the
+    # stop lands mid-transfer however fast or loaded the machine is.
     log = tmp_path / "parts.jsonl"
-    stack = make_stack(
-        env={"UPLOAD_PART_DELAY_MS": "150", "UPLOAD_PART_CONCURRENCY": "2", "TEST_STORAGE_LOG": str(log)}
-    )
+    fourth, fifth = Gate(tmp_path / "gate-4", part=4), Gate(tmp_path / "gate-5", part=5)
+    faults = {"hold_part": fourth.plan["hold_part"], "hold_part_also": fifth.plan["hold_part"]}
+    stack = make_stack(env={"UPLOAD_PART_CONCURRENCY": "2", "TEST_STORAGE_LOG": str(log)}, faults=faults)
     content = os.urandom(24 * MIB)
     upload_id = data_of(upload_file(stack.url, content, headers=api_user.headers))["uploadFile"]["id"]
-    wait_until(lambda: _row(upload_id).parts_uploaded >= 3, timeout=30, what="three confirmed parts")
+    fourth.reached()
+    fifth.reached()
+    assert _row(upload_id).parts_uploaded == 3
 
     worker = stack.workers[0]
     os.kill(worker.process.pid, signal.SIGTERM)
+    wait_until(
+        lambda: "to stop after its parts" in worker.log.read_text(), timeout=30, what="the worker to pass the stop on"
+    )
+    fourth.open()
+    fifth.open()
     worker.process.wait(30)
     row = _row(upload_id)
     assert row.status == UploadStatus.QUEUED, "a stopping worker gives the transfer back"
-    assert 3 <= row.parts_uploaded < row.parts_total
+    assert 5 <= row.parts_uploaded < row.parts_total, "the parts in flight are finished, no more are started"
     assert row.parts.count() == row.parts_uploaded
     confirmed_before = row.parts_uploaded
 
@@ -66,19 +75,18 @@ def test_sigterm_stops_between_parts_and_the_upload_resumes(make_stack, api_user
 
 def test_sigkilled_worker_is_reaped_and_resumed_by_the_cron(make_stack, api_user, tmp_path) -> None:
     log = tmp_path / "parts.jsonl"
-    env = {
-        "UPLOAD_PART_DELAY_MS": "100",
-        "UPLOAD_PART_CONCURRENCY": "1",
-        "UPLOAD_STALE_AFTER_SECONDS": "3",
-        "TEST_STORAGE_LOG": str(log),
-    }
-    stack = make_stack(env=env)
+    env = {"UPLOAD_PART_CONCURRENCY": "1", "UPLOAD_STALE_AFTER_SECONDS": "3", "TEST_STORAGE_LOG": str(log)}
+    # Killed while it holds part 3, with parts 1 and 2 confirmed behind it.
+    gate = Gate(tmp_path / "gate", part=3)
+    stack = make_stack(env=env, faults=gate.plan)
     stack.start_cron()
     content = os.urandom(12 * MIB)
     upload_id = data_of(upload_file(stack.url, content, headers=api_user.headers))["uploadFile"]["id"]
-    wait_until(lambda: _row(upload_id).parts_uploaded >= 2, timeout=30, what="two confirmed parts")
+    gate.reached()
     stack.workers[0].kill()
+    gate.open()
     confirmed = _row(upload_id).parts_uploaded
+    assert confirmed == 2
     stack.add_worker()
     wait_until(lambda: _row(upload_id).status == UploadStatus.COMPLETED, timeout=90, what="reaped and resumed")
     _assert_stored(upload_id, content)
@@ -89,11 +97,16 @@ def test_sigkilled_worker_is_reaped_and_resumed_by_the_cron(make_stack, api_user
 
 def test_a_job_delivered_twice_transfers_once(make_stack, api_user, tmp_path) -> None:
     log = tmp_path / "parts.jsonl"
-    stack = make_stack(env={"UPLOAD_PART_DELAY_MS": "50", "TEST_STORAGE_LOG": str(log)}, workers=2)
+    # The second delivery runs, on the other worker, while the first holds part 2 in flight.
+    gate = Gate(tmp_path / "gate", part=2)
+    stack = make_stack(env={"TEST_STORAGE_LOG": str(log)}, workers=2, faults=gate.plan)
     content = os.urandom(8 * MIB)
     upload_id = data_of(upload_file(stack.url, content, headers=api_user.headers))["uploadFile"]["id"]
+    gate.reached()
     queue = Queue("default", connection=redis.Redis.from_url(stack.env["REDIS_URL"]))
-    queue.enqueue("backend.uploads.jobs.upload_transfer", upload_id)
+    duplicate = queue.enqueue("backend.uploads.jobs.upload_transfer", upload_id)
+    wait_until(lambda: duplicate.get_status(refresh=True) == "finished", timeout=30, what="the duplicate to end")
+    gate.open()
     wait_until(lambda: _row(upload_id).status == UploadStatus.COMPLETED, timeout=60, what="completion")
     wait_until(lambda: queue.count == 0 and len(queue.started_job_registry) == 0, timeout=30, what="queue drained")
     _assert_stored(upload_id, content)

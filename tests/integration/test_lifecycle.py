@@ -27,7 +27,7 @@ from backend.uploads.staging import INCOMING, staging_delete
 from backend.uploads.storage.local import INCOMPLETE_DIR
 from tests.support.client import UPLOAD_QUERY, data_of, error_codes, graphql, subscriber, upload_file
 from tests.support.processes import ROOT, _spawn, _stop, wait_until
-from tests.support.uploads import put_part_log, upload_wait_for_status
+from tests.support.uploads import Gate, put_part_log, upload_wait_for_status
 
 MIB = 1024 * 1024
 CANCEL = "mutation($id: ID!) { cancelUpload(id: $id) { id status bytesUploaded partsUploaded } }"
@@ -93,10 +93,13 @@ def test_cancel_while_uploading_stops_before_the_next_part_and_retry_starts_over
 ) -> None:
     log = tmp_path / "parts.jsonl"
     bucket = Path(os.environ["LOCAL_STORAGE_ROOT"])
-    env = {"UPLOAD_PART_DELAY_MS": "200", "UPLOAD_PART_CONCURRENCY": "1", "TEST_STORAGE_LOG": str(log)}
-    stack = make_stack(env=env)
+    env = {"UPLOAD_PART_CONCURRENCY": "1", "TEST_STORAGE_LOG": str(log)}
+    # The cancel lands while part 3 is in flight (held), with parts 1 and 2 confirmed.
+    gate = Gate(tmp_path / "gate", part=3)
+    stack = make_stack(env=env, faults=gate.plan)
     content = os.urandom(6 * MIB + 1)
     upload_id = data_of(upload_file(stack.url, content, headers=api_user.headers))["uploadFile"]["id"]
+    gate.reached()
 
     async def cancel_while_uploading() -> tuple[dict[str, Any], list[dict[str, Any]], str]:
         async with subscriber(stack.ws_url, api_user.token) as session:
@@ -108,6 +111,7 @@ def test_cancel_while_uploading_stops_before_the_next_part_and_retry_starts_over
                 events.append(message["payload"]["data"]["uploadProgress"])
             handle = await asyncio.to_thread(lambda: _row(upload_id).storage_upload_id)
             cancelled = await asyncio.to_thread(_mutate, stack, CANCEL, upload_id, api_user.headers)
+            gate.open()
             events += await session.events_until_complete(sub_id)
             return cancelled["cancelUpload"], events, handle
 
@@ -120,8 +124,8 @@ def test_cancel_while_uploading_stops_before_the_next_part_and_retry_starts_over
     wait_until(lambda: _row(upload_id).storage_upload_id is None, timeout=15, what="the cancelled run to abort")
     assert handle and not _handle_files(bucket, handle)
     parts_sent = _parts_in(log)
-    assert len(parts_sent) <= cancelled["partsUploaded"] + 1, f"parts started after the cancel: {parts_sent}"
-    assert len(parts_sent) < 7
+    assert cancelled["partsUploaded"] == 2
+    assert parts_sent == [1, 2, 3], f"parts started after the cancel: {parts_sent}"
     row = _row(upload_id)
     assert row.status == UploadStatus.CANCELLED and row.parts.count() == 0
     assert row.staged_at is not None and (Path(os.environ["UPLOAD_STAGING_DIR"]) / upload_id).exists()
@@ -134,6 +138,25 @@ def test_cancel_while_uploading_stops_before_the_next_part_and_retry_starts_over
     assert hashlib.sha256(_stored(bucket, upload_id)).digest() == hashlib.sha256(content).digest()
     assert _refused(stack, RETRY, upload_id, api_user.headers) == ["INVALID_STATE"]
     assert _refused(stack, CANCEL, upload_id, api_user.headers) == ["INVALID_STATE"]
+
+
+def test_a_one_part_file_cancelled_during_its_plain_put_leaves_no_object(make_stack, api_user, tmp_path) -> None:
+    """The put of a one-part file writes the object itself: a cancel landing meanwhile removes it."""
+    gate = Gate(tmp_path / "gate", part=1)
+    stack = make_stack(faults=gate.plan)
+    bucket = Path(os.environ["LOCAL_STORAGE_ROOT"])
+    upload_id = data_of(upload_file(stack.url, b"one small part", headers=api_user.headers))["uploadFile"]["id"]
+    gate.reached()
+    assert _mutate(stack, CANCEL, upload_id, api_user.headers)["cancelUpload"]["status"] == "CANCELLED"
+    job_id = _row(upload_id).job_id
+    gate.open()
+
+    job = Job.fetch(job_id, connection=_queue(stack).connection)
+    wait_until(lambda: job.get_status(refresh=True) == "finished", timeout=30, what="the cancelled run to end")
+    row = _row(upload_id)
+    assert row.status == UploadStatus.CANCELLED
+    assert not (bucket / row.storage_key).exists(), "the object the put wrote is removed"
+    assert not row.parts.exists() and row.storage_upload_id is None
 
 
 def test_retry_after_failure_resumes_and_cancel_while_queued_removes_job_and_open_object(
@@ -183,11 +206,16 @@ def test_retry_after_failure_resumes_and_cancel_while_queued_removes_job_and_ope
 # --- delete -----------------------------------------------------------------------------------
 
 
-def test_delete_cancels_then_removes_object_staged_bytes_parts_and_row(make_stack, api_user, make_user) -> None:
+def test_delete_cancels_then_removes_object_staged_bytes_parts_and_row(
+    make_stack, api_user, make_user, tmp_path
+) -> None:
     bucket, staging = Path(os.environ["LOCAL_STORAGE_ROOT"]), Path(os.environ["UPLOAD_STAGING_DIR"])
-    stack = make_stack(env={"UPLOAD_PART_DELAY_MS": "150", "UPLOAD_PART_CONCURRENCY": "1"})
+    # The delete lands while part 3 is in flight (held), with parts 1 and 2 confirmed.
+    gate = Gate(tmp_path / "gate", part=3)
+    stack = make_stack(env={"UPLOAD_PART_CONCURRENCY": "1"}, faults=gate.plan)
     active = data_of(upload_file(stack.url, os.urandom(8 * MIB), headers=api_user.headers))["uploadFile"]["id"]
-    wait_until(lambda: _row(active).parts_uploaded >= 2, timeout=30, what="two confirmed parts")
+    gate.reached()
+    assert _row(active).parts_uploaded == 2
     handle = _row(active).storage_upload_id
     assert handle and _handle_files(bucket, handle)
     key = _row(active).storage_key
@@ -199,6 +227,7 @@ def test_delete_cancels_then_removes_object_staged_bytes_parts_and_row(make_stac
     assert not FileUpload.objects.filter(id=active).exists()
     assert not UploadPart.objects.filter(upload_id=active).exists()
     assert not (staging / active).exists()
+    gate.open()
     # The run still going stops at its next part; nothing it wrote is left.
     wait_until(lambda: not _handle_files(bucket, handle), timeout=15, what="the open object to go")
     wait_until(lambda: not _queue(stack).started_job_registry.get_job_ids(), timeout=15, what="the run to end")

@@ -31,7 +31,7 @@ from tests.support.client import UPLOAD_QUERY, data_of, graphql, subscriber, upl
 from tests.support.moto import PART as S3_PART
 from tests.support.moto import Moto, moto_start, s3_env
 from tests.support.processes import wait_until
-from tests.support.uploads import put_part_counts, upload_wait_for_status
+from tests.support.uploads import Gate, put_part_counts, upload_wait_for_status
 
 MIB = 1024 * 1024
 
@@ -277,25 +277,23 @@ def test_cancel_mid_pipeline_aborts_the_multipart_upload(make_stack, bucket, api
 
 
 def test_a_worker_killed_mid_pipeline_resumes_without_resending_parts(make_stack, bucket, api_user, tmp_path) -> None:
-    env = {
-        **bucket.env,
-        "UPLOAD_PART_DELAY_MS": "300",
-        "UPLOAD_PART_CONCURRENCY": "1",
-        "UPLOAD_STALE_AFTER_SECONDS": "3",
-    }
-    stack = make_stack(env=env)
+    env = {**bucket.env, "UPLOAD_PART_CONCURRENCY": "1", "UPLOAD_STALE_AFTER_SECONDS": "3"}
+    # The pipeline run is killed while a gate holds its part 3, parts 1 and 2 confirmed behind it.
+    gate = Gate(tmp_path / "gate", part=3)
+    stack = make_stack(env=env, faults=gate.plan)
     stack.start_cron()
     part = bucket.part
     path, content = _file(tmp_path, "killed.bin", 6 * part + 5)
     uploader = _tus(stack.url, api_user.headers, path, chunk=part)
     upload_id = _id_of(uploader)
     uploader.upload(stop_at=5 * part)
-    wait_until(lambda: FileUpload.objects.get(id=upload_id).parts_uploaded >= 2, timeout=60, what="two parts sent")
+    gate.reached()
     stack.workers[0].kill()
+    gate.open()
     row = FileUpload.objects.get(id=upload_id)
     assert row.status == UploadStatus.RECEIVING and row.claim is not None, "killed mid-run, holding the claim"
     confirmed = {p.part_number for p in row.parts.all()}
-    assert len(confirmed) < 5
+    assert confirmed == {1, 2}
 
     stack.add_worker()
     # The reaper frees the silent run's claim and requests a run: the parts already in go out
@@ -308,6 +306,59 @@ def test_a_worker_killed_mid_pipeline_resumes_without_resending_parts(make_stack
     sent = bucket.parts_sent(done["storageKey"])
     assert set(sent) == set(range(1, 8))
     assert all(sent[n] == 1 for n in confirmed), f"confirmed parts sent again: {sent}"
+
+
+def test_a_work_horse_killed_mid_pipeline_frees_its_claim_at_once(make_stack, bucket, api_user, tmp_path) -> None:
+    """The horse dies, its worker lives: the worker frees that horse's claim and the next run goes on.
+
+    The stale window is ten minutes and no reaper runs, so nothing else could free the claim in time.
+    """
+    env = {**bucket.env, "UPLOAD_PART_CONCURRENCY": "1", "UPLOAD_STALE_AFTER_SECONDS": "600"}
+    # Every work horse sends two parts and dies as it starts a third.
+    stack = make_stack(env=env, faults={"crash_after_parts": 2})
+    part = bucket.part
+    path, content = _file(tmp_path, "horse.bin", 5 * part + 5)
+    uploader = _tus(stack.url, api_user.headers, path, chunk=part)
+    upload_id = _id_of(uploader)
+    uploader.upload(stop_at=4 * part)
+    # Four whole parts take two horses: the second runs only once the first one's claim is freed.
+    _wait_uploaded_while_receiving(stack.url, api_user.headers, upload_id, at_least=4 * part)
+    uploader.upload()
+    done = upload_wait_for_status(stack.url, api_user.headers, upload_id, {"COMPLETED", "FAILED"}, timeout=90)
+    assert done["status"] == "COMPLETED", done
+    assert httpx.get(done["downloadUrl"], timeout=30).content == content
+    sent = bucket.parts_sent(done["storageKey"])
+    assert set(sent) == set(range(1, 7)) and all(n == 1 for n in sent.values()), sent
+
+
+def test_a_failed_pipeline_run_is_followed_by_another_while_the_client_waits(
+    make_stack, bucket, api_user, tmp_path
+) -> None:
+    """A run fails (the store is down) while the client sends nothing more: the parts go once the store is back.
+
+    No new part arrives to request a run, so only the reaper's look at uploads left behind can.
+    """
+    outage = tmp_path / "store-down"
+    outage.touch()
+    stack = make_stack(env={**bucket.env, "UPLOAD_PART_RETRIES": "2"}, faults={"outage_while": str(outage)})
+    stack.start_cron()
+    part = bucket.part
+    path, content = _file(tmp_path, "outage.bin", 3 * part + 17)
+    uploader = _tus(stack.url, api_user.headers, path, chunk=part)
+    upload_id = _id_of(uploader)
+    uploader.upload(stop_at=2 * part)
+    worker_log = stack.workers[0].log
+    wait_until(
+        lambda: "sending parts while receiving failed" in worker_log.read_text(errors="replace"),
+        timeout=60,
+        what="a pipeline run to fail",
+    )
+    outage.unlink()
+    _wait_uploaded_while_receiving(stack.url, api_user.headers, upload_id, at_least=2 * part)
+    uploader.upload()
+    done = upload_wait_for_status(stack.url, api_user.headers, upload_id, {"COMPLETED", "FAILED"}, timeout=90)
+    assert done["status"] == "COMPLETED", done
+    assert httpx.get(done["downloadUrl"], timeout=30).content == content
 
 
 def test_expiry_mid_pipeline_aborts_the_multipart_upload(make_stack, bucket, api_user, tmp_path) -> None:

@@ -38,7 +38,8 @@ from tests.support.uploads import Gate
 MIB = 1024 * 1024
 TERMINAL = {"COMPLETED", "FAILED", "CANCELLED"}
 RESYNC_SECONDS = float(os.environ["PROGRESS_RESYNC_SECONDS"])
-# Parts one at a time with a pause before each: events arrive about every PART_DELAY_MS.
+# Parts one at a time with a pause before each: events arrive about every PART_DELAY_MS. Pacing, not
+# synchronisation: the one test using it measures the gaps between live events.
 PART_DELAY_MS = 120
 PACED = {"UPLOAD_PART_DELAY_MS": str(PART_DELAY_MS), "UPLOAD_PART_CONCURRENCY": "1"}
 # Parts one at a time, the worker held at part 1 until the test's subscriber is in place.
@@ -152,6 +153,37 @@ def test_subscriber_between_answer_and_first_part_sees_every_event_in_order(make
     assert completed["partNumber"] is None
     assert (completed["partsUploaded"], completed["bytesUploaded"], completed["progress"]) == (6, len(content), 1.0)
     assert completed["sequence"] == FileUpload.objects.get(id=created["id"]).sequence
+
+
+def test_a_one_part_file_reports_its_part_then_completed_from_one_plain_put(make_stack, api_user, tmp_path) -> None:
+    """A file of one part is stored with one plain put (no open object); its part and its
+    completion are written together, and still reported as two events, in order."""
+    gate = Gate(tmp_path / "gate", part=1)
+    paced = make_stack(faults=gate.plan)
+    content = os.urandom(1000)
+
+    async def scenario() -> tuple[dict, list[dict]]:
+        async with subscriber(paced.ws_url, api_user.token) as session:
+            created = await upload(paced.url, content, api_user.headers)
+            sub_id = await session.subscribe(created["id"])
+            return created, (await next_payloads(session, [sub_id], gate=gate))[sub_id]
+
+    created, events = run(scenario(), paced)
+    assert created["partsTotal"] == 1
+    assert_consistent_stream(events, created, ends_with="COMPLETED")
+    assert_every_part_reported(events, 1)
+    *_, part, completed = events
+    assert (part["partNumber"], part["partsUploaded"], part["bytesUploaded"], part["status"]) == (
+        1,
+        1,
+        len(content),
+        "UPLOADING",
+    )
+    assert (completed["partNumber"], completed["sequence"]) == (None, part["sequence"] + 1)
+    row = FileUpload.objects.get(id=created["id"])
+    assert row.storage_upload_id is None, "no multipart object was opened"
+    assert list(row.parts.values_list("part_number", "size")) == [(1, len(content))]
+    assert completed["sequence"] == row.sequence
 
 
 def test_snapshot_comes_first_with_the_current_sequence(make_stack, api_user) -> None:

@@ -20,6 +20,7 @@ import pytest
 from backend.stack import free_port, redis_server_binary, redis_server_tls_support
 from tests.support.client import data_of, subscriber, upload_file
 from tests.support.processes import wait_until
+from tests.support.uploads import Gate
 
 PASSWORD = "s3cret-with:colon"
 MIB = 1024 * 1024
@@ -67,23 +68,28 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
     process.wait(10)
 
 
-def _upload_and_follow(stack, api_user) -> list[dict]:
+def _upload_and_follow(stack, api_user, gate: Gate) -> list[dict]:
+    """Upload 3 parts and follow them; the worker waits at part 1 until the subscription's snapshot
+    came, so every part is published after the subscriber joined."""
     response = upload_file(stack.url, os.urandom(3 * MIB), headers=api_user.headers)
     upload = data_of(response)["uploadFile"]
 
     async def follow() -> list[dict]:
         async with subscriber(stack.ws_url, api_user.token) as sub:
             sub_id = await sub.subscribe(upload["id"])
-            return await asyncio.wait_for(sub.events_until_complete(sub_id), 60)
+            snapshot = await asyncio.wait_for(sub.receive(), 60)
+            assert snapshot["type"] == "next", snapshot
+            gate.open()
+            events = [snapshot["payload"]["data"]["uploadProgress"]]
+            return await asyncio.wait_for(sub.events_until_complete(sub_id, events), 60)
 
     return asyncio.run(follow())
 
 
 def _assert_parts_reported_live(events: list[dict]) -> None:
-    """Progress flowed through the channel layer part by part, not only as the final snapshot (the
-    part delay gives the subscriber time to join before the first part)."""
+    """Progress flowed through the channel layer part by part, not only as the final snapshot."""
     parts = [e["partsUploaded"] for e in events if e["partNumber"] is not None]
-    assert len(parts) >= 2 and parts == sorted(parts) and parts[-1] == 3, events
+    assert parts == [1, 2, 3], events
 
 
 @pytest.fixture
@@ -94,9 +100,10 @@ def password_redis(tmp_path: Path) -> Iterator[str]:
     _stop(process)
 
 
-def test_a_password_in_redis_url_carries_queues_and_progress(make_stack, api_user, password_redis) -> None:
-    stack = make_stack(env={"REDIS_URL": password_redis, "UPLOAD_PART_DELAY_MS": "1000"}, workers=1)
-    events = _upload_and_follow(stack, api_user)
+def test_a_password_in_redis_url_carries_queues_and_progress(make_stack, api_user, password_redis, tmp_path) -> None:
+    gate = Gate(tmp_path / "gate", part=1)
+    stack = make_stack(env={"REDIS_URL": password_redis}, workers=1, faults=gate.plan)
+    events = _upload_and_follow(stack, api_user, gate)
     assert events[-1]["status"] == "COMPLETED"
     _assert_parts_reported_live(events)
 
@@ -146,8 +153,9 @@ def tls_redis(tmp_path: Path) -> Iterator[str]:
     _stop(process)
 
 
-def test_rediss_url_carries_queues_and_progress_over_tls(make_stack, api_user, tls_redis) -> None:
-    stack = make_stack(env={"REDIS_URL": tls_redis, "UPLOAD_PART_DELAY_MS": "1000"}, workers=1)
-    events = _upload_and_follow(stack, api_user)
+def test_rediss_url_carries_queues_and_progress_over_tls(make_stack, api_user, tls_redis, tmp_path) -> None:
+    gate = Gate(tmp_path / "gate", part=1)
+    stack = make_stack(env={"REDIS_URL": tls_redis}, workers=1, faults=gate.plan)
+    events = _upload_and_follow(stack, api_user, gate)
     assert events[-1]["status"] == "COMPLETED"
     _assert_parts_reported_live(events)

@@ -21,12 +21,14 @@ from typing import Any
 
 import httpx
 import pytest
+import redis
 import websockets
 
 from backend.uploads.models import FileUpload, UploadStatus
+from backend.uploads.progress import progress_group
 from tests.support.client import data_of, graphql, subscriber, upload_file
 from tests.support.processes import RedisServer, wait_until
-from tests.support.uploads import put_part_log
+from tests.support.uploads import Gate, put_part_log
 
 MIB = 1024 * 1024
 OUTAGE_SECONDS = 10  # the scenario itself, not a synchronisation: Redis stays down this long
@@ -96,17 +98,22 @@ def test_a_new_websocket_while_redis_is_down_is_refused_cleanly(
 
 @pytest.mark.parametrize("own_redis", [False], indirect=True)
 def test_a_subscription_opened_while_redis_is_down_converges_and_goes_live_again(
-    make_stack, api_user, own_redis: RedisServer
+    make_stack, api_user, own_redis: RedisServer, tmp_path: Path
 ) -> None:
     """On a socket opened before the outage: the snapshot from the row, re-reads, then live parts."""
-    stack = make_stack(env={"UPLOAD_PART_DELAY_MS": "1000", "UPLOAD_PART_CONCURRENCY": "1"}, redis_url=own_redis.url)
+    # The transfer waits at part 2 (part 1 confirmed) through the outage, and goes on only once the
+    # server has joined the upload's group on the restarted Redis: parts 2..8 can only come live.
+    gate = Gate(tmp_path / "gate", part=2)
+    stack = make_stack(env={"UPLOAD_PART_CONCURRENCY": "1"}, redis_url=own_redis.url, faults=gate.plan)
     upload_id = data_of(upload_file(stack.url, _content(2), headers=api_user.headers))["uploadFile"]["id"]
+
+    def group_joined() -> bool:
+        with redis.Redis.from_url(own_redis.url) as connection:
+            return bool(connection.pubsub_channels(f"*{progress_group(upload_id)}*"))
 
     async def scenario() -> list[dict[str, Any]]:
         async with subscriber(stack.ws_url, api_user.token) as session:
-            await asyncio.to_thread(
-                wait_until, lambda: _rows([upload_id])[upload_id].parts_uploaded >= 1, timeout=30, what="a part"
-            )
+            await asyncio.to_thread(gate.reached)
             own_redis.stop(signal.SIGKILL)
             await session.subscribe(upload_id)
             first = await asyncio.wait_for(session.receive(), timeout=10)
@@ -114,6 +121,8 @@ def test_a_subscription_opened_while_redis_is_down_converges_and_goes_live_again
             events = [first["payload"]["data"]["uploadProgress"]]
             assert events[0]["status"] == "UPLOADING" and events[0]["partNumber"] is None, events[0]
             own_redis.start()
+            await asyncio.to_thread(wait_until, group_joined, timeout=30, what="the server to join the group again")
+            gate.open()
             while True:
                 message = await asyncio.wait_for(session.receive(), timeout=60)
                 if message["type"] == "complete":
@@ -143,13 +152,21 @@ def test_uploads_and_subscribers_come_through_a_redis_restart(
 ) -> None:
     log = tmp_path / "parts.jsonl"
     env = {
+        # Pacing, not synchronisation: the uploads started after Redis is back must send their
+        # parts slower than the resync period, so that parts arriving one by one prove the server's
+        # subscription joined its group again (the last assertion).
         "UPLOAD_PART_DELAY_MS": "250",
         "UPLOAD_PART_CONCURRENCY": "1",
         "UPLOAD_STALE_AFTER_SECONDS": str(STALE_AFTER_SECONDS),
         "TEST_STORAGE_LOG": str(log),
     }
-    # Two test workers (which log every part they put), or the worker pool `make run` starts.
-    stack = make_stack(env=env, workers=0 if pool else 2, redis_url=own_redis.url)
+    # Two test workers (which log every part they put), each held at its first part 2 until Redis
+    # is down, so both transfers live through the outage; or the worker pool `make run` starts,
+    # which has no fault hooks: there the outage starts once two transfers confirmed a part.
+    stack = make_stack(env=env, workers=0, redis_url=own_redis.url)
+    gates = [] if pool else [Gate(tmp_path / f"gate-{n}", part=2) for n in range(2)]
+    for gate in gates:
+        stack.add_worker(faults=gate.plan)
     if pool:
         stack.add_worker_pool(2)
     stack.start_cron()
@@ -168,6 +185,8 @@ def test_uploads_and_subscribers_come_through_a_redis_restart(
 
     async def outage(ids: list[str]) -> tuple[str, set[str]]:
         """Stop Redis once two transfers are under way; send an upload and probe /readyz meanwhile."""
+        for gate in gates:
+            await asyncio.to_thread(gate.reached)
         await asyncio.to_thread(
             wait_until,
             lambda: sum(r.parts_uploaded > 0 for r in _rows(ids).values()) >= 2,
@@ -176,6 +195,8 @@ def test_uploads_and_subscribers_come_through_a_redis_restart(
         )
         own_redis.stop(stop_signal)
         timeline["down"] = time.monotonic()
+        for gate in gates:
+            gate.open()
         status, body = await asyncio.to_thread(_ready, stack.url)
         assert status == 503 and body["redis"] != "ok" and body["database"] == "ok", body
         metrics = await asyncio.to_thread(httpx.get, f"{stack.url}/metrics", timeout=30)

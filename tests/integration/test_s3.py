@@ -14,6 +14,7 @@ import os
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
+from datetime import UTC
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
@@ -328,6 +329,26 @@ def test_list_parts_reads_every_page(moto, bucket):
     assert pages() == 3
 
 
+def test_one_part_is_found_on_one_small_page_while_lower_parts_are_missing(moto, bucket):
+    # Confirming parts as they land: lower parts are often still in flight. moto reads
+    # PartNumberMarker as a position in its list, S3 as a part number; one page must do on both.
+    client = moto.client()
+    storage = S3Storage(client=client, bucket=bucket)
+    handle = storage.start(key="sparse", content_type="application/octet-stream", metadata={})
+    landed = [n for n in range(1, 21) if n not in (15, 17, 18)]
+    for n in landed:
+        storage.put_part(key="sparse", handle=handle, part_number=n, offset=0, data=bytes([n]) * 10)
+    pages = _count_requests(client, "ListParts")
+    found = {n: storage.part_listed(key="sparse", handle=handle, part_number=n) for n in (3, 16, 17, 19, 20)}
+
+    assert {n: r.part_number for n, r in found.items() if r is not None} == {3: 3, 16: 16, 19: 19, 20: 20}
+    assert found[20] is not None and found[20].size == 10
+    assert pages() == 5
+    # The clients read LastModified with the standard library (s3_timestamp_parse), not dateutil.
+    modified = client.list_parts(Bucket=bucket, Key="sparse", UploadId=handle)["Parts"][0]["LastModified"]
+    assert modified.tzinfo is UTC
+
+
 def test_abort_leaves_nothing_and_is_idempotent(moto, bucket, storage):
     handle = storage.start(key="gone", content_type="application/octet-stream", metadata={})
     storage.put_part(key="gone", handle=handle, part_number=1, offset=0, data=os.urandom(1000))
@@ -441,24 +462,26 @@ def test_store_outage_fails_the_upload_and_retry_after_it_sends_only_the_missing
         bucket,
         UPLOAD_PART_CONCURRENCY="1",
         UPLOAD_PART_RETRIES="3",
-        UPLOAD_PART_DELAY_MS="100",
         TEST_S3_FAULTS=json.dumps(faults),
         TEST_S3_LOG=str(log),
     )
-    stack = make_stack(env=env)
+    # The outage starts while part 3 waits at a gate (before its request), parts 1-2 confirmed.
+    gate = Gate(tmp_path / "gate", part=3)
+    stack = make_stack(env=env, faults=gate.plan)
     content = os.urandom(5 * PART + 11)
     upload_id = data_of(upload_file(stack.url, content, headers=api_user.headers))["uploadFile"]["id"]
-    wait_until(lambda: _row(upload_id).parts_uploaded >= 2, timeout=30, what="two confirmed parts")
+    gate.reached()
     outage.touch()  # every request to the store now fails
+    gate.open()
 
     row = _wait_status(upload_id, UploadStatus.FAILED, UploadStatus.COMPLETED)
     assert row.status == UploadStatus.FAILED
     cause = "503 SlowDown" if kind == "503" else "Read timeout"
     assert "failed 3 times" in row.error and cause in row.error, row.error
     confirmed = set(row.parts.values_list("part_number", flat=True))
-    assert len(confirmed) == row.parts_uploaded >= 2
+    assert confirmed == {1, 2} and row.parts_uploaded == 2
     failing = [r for r in _requests(log) if r["fault"] == kind]
-    assert len(failing) == 3 and len({r["part"] for r in failing}) == 1, failing
+    assert len(failing) == 3 and {r["part"] for r in failing} == {3}, failing
     # A FAILED upload keeps its multipart upload and its staged bytes, so a retry can resume.
     assert [u["UploadId"] for u in _open_uploads(moto, bucket)] == [row.storage_upload_id]
     assert staging_path(row.id).exists()

@@ -28,11 +28,11 @@ from backend.uploads.worker import UploadWorker
 from tests.support.client import UPLOAD_FIELDS, data_of, follow_progress, graphql, upload_file
 from tests.support.moto import PART, moto_start, s3_env
 from tests.support.processes import ROOT, wait_until
-from tests.support.uploads import upload_wait_for_status
+from tests.support.uploads import Gate, upload_wait_for_status
 
 KIB = 1024
 RETRY = f"mutation($id: ID!) {{ retryUpload(id: $id) {{ {UPLOAD_FIELDS} }} }}"
-# Largest first, so each worker starts on a transfer of several parts; an empty file and a small one.
+# Largest first (the one worker 0 is killed in); an empty file and a small one.
 SIZES = [3 * PART, 2 * PART + 123, 2 * PART, PART + 7, KIB, 0]
 
 
@@ -40,18 +40,9 @@ def _row(upload_id: str) -> FileUpload:
     return FileUpload.objects.get(id=upload_id)
 
 
-def _transferring(worker: Any) -> str | None:
-    """The upload `worker` is transferring with a part confirmed and parts to go, else None."""
-    job = worker.current_job()
-    if job is None or not job.func_name.endswith("upload_transfer"):
-        return None
-    row = _row(job.args[0])
-    if row.status == UploadStatus.UPLOADING and 0 < row.parts_uploaded < row.parts_total:
-        return str(row.id)
-    return None
-
-
-async def _run(stack: Any, server_a: Any, server_b: Any, token: str, headers: dict[str, str], contents: list[bytes]):
+async def _run(
+    stack: Any, gate: Gate, server_a: Any, server_b: Any, token: str, headers: dict[str, str], contents: list[bytes]
+):
     """Upload to A, follow on A and B, kill a transferring worker, restart B; every follower's runs."""
     ids: list[str] = []
     followers: dict[tuple[str, str], asyncio.Task[list[list[dict[str, Any]]]]] = {}
@@ -63,39 +54,41 @@ async def _run(stack: Any, server_a: Any, server_b: Any, token: str, headers: di
         ids.append(upload_id)
         for name, server in (("A", server_a), ("B", server_b)):
             followers[(upload_id, name)] = asyncio.create_task(follow_progress(server.ws_url, token, upload_id))
+        if index == 0:
+            # Worker 0, alone so far, took the first upload and holds its part 2 (part 1 confirmed):
+            # the kill below lands mid-transfer. Only then do the two other workers start.
+            await asyncio.to_thread(gate.reached)
+            for _ in range(2):
+                await asyncio.to_thread(stack.add_worker)
 
-    victim = stack.workers[0]
-    killed = await asyncio.to_thread(
-        wait_until, lambda: _transferring(victim), timeout=60, what="worker 0 in the middle of a transfer"
-    )
+    victim, killed = stack.workers[0], ids[0]
     await asyncio.to_thread(victim.kill)
+    gate.open()
+    row = await asyncio.to_thread(_row, killed)
+    assert (row.status, row.parts_uploaded, row.parts_total) == (UploadStatus.UPLOADING, 1, 3)
     # The killed transfer waits for the reaper (UPLOAD_STALE_AFTER_SECONDS): B restarts mid-way.
-    assert (await asyncio.to_thread(_row, killed)).status == UploadStatus.UPLOADING
     await asyncio.to_thread(server_b.restart)
     runs = dict(zip(followers, await asyncio.wait_for(asyncio.gather(*followers.values()), timeout=180), strict=True))
     return ids, killed, runs
 
 
 def test_two_servers_three_workers_share_one_system_through_a_kill_and_a_restart(
-    make_stack, api_user, session_root: Path
+    make_stack, api_user, session_root: Path, tmp_path: Path
 ) -> None:
     moto = moto_start(session_root, f"moto-scale-{uuid.uuid4().hex[:6]}")
     try:
         bucket = f"uploads-{uuid.uuid4().hex[:12]}"
         moto.client().create_bucket(Bucket=bucket)
-        env = s3_env(
-            moto,
-            bucket,
-            UPLOAD_PART_DELAY_MS="400",
-            UPLOAD_PART_CONCURRENCY="1",
-            UPLOAD_STALE_AFTER_SECONDS="3",
-        )
-        stack = make_stack(env=env, workers=3)
+        env = s3_env(moto, bucket, UPLOAD_PART_CONCURRENCY="1", UPLOAD_STALE_AFTER_SECONDS="3")
+        gate = Gate(tmp_path / "gate", part=2)
+        stack = make_stack(env=env, workers=1, faults=gate.plan)
         server_a, server_b = stack.server, stack.add_server()
         stack.start_cron()
         contents = [os.urandom(size) for size in SIZES]
 
-        ids, killed, runs = asyncio.run(_run(stack, server_a, server_b, api_user.token, api_user.headers, contents))
+        ids, killed, runs = asyncio.run(
+            _run(stack, gate, server_a, server_b, api_user.token, api_user.headers, contents)
+        )
 
         for upload_id, content in zip(ids, contents, strict=True):
             row = _row(upload_id)
@@ -139,12 +132,15 @@ def test_a_worker_that_does_not_share_staging_fails_the_upload_saying_why(make_s
 
 
 def test_a_work_horse_never_closes_its_parents_database_connection() -> None:
-    """A forked horse that closed the connection it inherited would end its parent's session too
-    (PostgreSQL: the close goes over the shared socket). Meaningful under `make test-postgres`."""
+    """A forked horse that closed the connection it inherited would end its parent's session too.
+
+    On PostgreSQL that shows as the parent's next query failing (the close goes over the shared
+    socket); on SQLite a close in the child leaves the parent's file handle alone, so there only the
+    horse's own view can fail: it must find no open connection it did not open itself.
+    """
     FileUpload.objects.exists()  # this process, the worker's parent below, now holds a connection
     queue = Queue(f"fork-{uuid.uuid4().hex[:8]}", connection=django_rq.get_connection("default"))
-    # What every job does first (jobs.upload_transfer): close the connections it finds.
-    job = queue.enqueue("django.db.close_old_connections")
+    job = queue.enqueue("tests.support.probes.horse_inherited_connections")
     handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         UploadWorker([queue], connection=queue.connection).work(burst=True)
@@ -152,6 +148,7 @@ def test_a_work_horse_never_closes_its_parents_database_connection() -> None:
         for sig, handler in handlers.items():
             signal.signal(sig, handler)
     assert job.get_status(refresh=True) == "finished"
+    assert job.return_value(refresh=True) == [], "the horse inherited its parent's database connection"
     FileUpload.objects.exists()  # the parent's database session survived its horse
 
 

@@ -17,8 +17,7 @@ from backend.uploads.models import FileUpload, UploadPart
 from backend.uploads.staging import staging_path
 from backend.uploads.storage.local import LocalStorage
 from tests.support.client import data_of, graphql, upload_file
-from tests.support.processes import wait_until
-from tests.support.uploads import put_part_counts, put_part_log, upload_wait_for_status
+from tests.support.uploads import Gate, put_part_counts, put_part_log, upload_wait_for_status
 
 MIB = 1024 * 1024
 TERMINAL = {"COMPLETED", "FAILED", "CANCELLED"}
@@ -115,19 +114,22 @@ def test_a_store_outage_longer_than_the_retries_fails_and_retry_resumes_after_it
     make_stack, api_user, tmp_path
 ) -> None:
     log, outage = tmp_path / "puts.jsonl", tmp_path / "store-down"
-    env = {"TEST_STORAGE_LOG": str(log), "UPLOAD_PART_RETRIES": "3", "UPLOAD_PART_DELAY_MS": "100"}
-    stack = make_stack(faults={"outage_while": str(outage)}, env=env)
+    env = {"TEST_STORAGE_LOG": str(log), "UPLOAD_PART_RETRIES": "3", "UPLOAD_PART_CONCURRENCY": "1"}
+    # The outage starts while part 4 waits at a gate, parts 1-3 confirmed behind it.
+    gate = Gate(tmp_path / "gate", part=4)
+    stack = make_stack(faults={"outage_while": str(outage), **gate.plan}, env=env)
     content = os.urandom(10 * MIB + 3)
     upload = data_of(upload_file(stack.url, content, headers=api_user.headers))["uploadFile"]
-    wait_until(lambda: FileUpload.objects.get(id=upload["id"]).parts_uploaded >= 3, what="three confirmed parts")
+    gate.reached()
     outage.touch()  # the store stops storing anything
+    gate.open()
 
     failed = upload_wait_for_status(stack.url, api_user.headers, upload["id"], TERMINAL)
     assert failed["status"] == "FAILED", failed
     assert "failed 3 times" in failed["error"] and "injected store outage" in failed["error"], failed["error"]
     row = FileUpload.objects.get(id=upload["id"])
     confirmed = set(row.parts.values_list("part_number", flat=True))
-    assert len(confirmed) == row.parts_uploaded >= 3
+    assert confirmed == {1, 2, 3} and row.parts_uploaded == 3
     # Per contract a FAILED upload keeps its staged bytes and its open object, for retryUpload.
     assert staging_path(row.id).exists()
     assert [e.handle for e in LocalStorage(root=settings.LOCAL_STORAGE_ROOT).temporary_entries()].count(

@@ -6,19 +6,19 @@ import hashlib
 import json
 import os
 import socket
-import time
 import uuid
 from datetime import timedelta
 from pathlib import Path
 
 import httpx
 import pytest
+import redis
 from django.conf import settings
 from django.utils import timezone
 
 from backend.uploads.models import FileUpload
 from tests.support.client import data_of, error_codes, graphql, upload_file
-from tests.support.uploads import incoming_entries, open_staging_files, staging_entries, upload_wait_for_status
+from tests.support.uploads import Gate, incoming_entries, open_staging_files, staging_entries, upload_wait_for_status
 
 MIB = 1024 * 1024
 
@@ -98,23 +98,35 @@ def test_uppercase_sha256_is_accepted(stack, api_user) -> None:
 # --- the mutation does not wait for the bucket ---------------------------------------------------
 
 
-def test_upload_answers_before_a_slow_bucket_takes_one_part(make_stack, api_user) -> None:
-    delay = 2.0
-    slow = make_stack(env={"UPLOAD_PART_DELAY_MS": str(int(delay * 1000))})
-    content = os.urandom(MIB + 1)  # two parts, each behind the delay
-    data_of(graphql(slow.url, "{ uploads { totalCount } }", headers=api_user.headers))  # the server is warm
+def test_upload_answers_while_the_bucket_has_not_taken_one_part(make_stack, api_user, tmp_path) -> None:
+    # The worker holds part 1 at a gate until after the answer: a mutation that waited for the
+    # bucket would never answer (the client gives up after 120 s and the test fails).
+    gate = Gate(tmp_path / "gate", part=1)
+    held = make_stack(env={"UPLOAD_PART_CONCURRENCY": "1"}, faults=gate.plan)
+    content = os.urandom(MIB + 1)  # two parts
 
-    started = time.monotonic()
-    upload = data_of(upload_file(slow.url, content, headers=api_user.headers))["uploadFile"]
-    answered = time.monotonic() - started
+    upload = data_of(upload_file(held.url, content, headers=api_user.headers))["uploadFile"]
     assert upload["status"] == "QUEUED"
-    assert answered < delay / 2, f"uploadFile took {answered:.2f}s with a {delay}s delay per part"
-
-    done = upload_wait_for_status(slow.url, api_user.headers, upload["id"], {"COMPLETED", "FAILED"}, timeout=30)
-    assert done["status"] == "COMPLETED", done
+    gate.reached()
     row = FileUpload.objects.get(id=upload["id"])
-    # The delay was really in force: the transfer took at least one part's delay.
-    assert row.completed_at - row.created_at >= timedelta(seconds=delay)
+    assert (row.status, row.parts_uploaded) == ("UPLOADING", 0), "answered, and the bucket has no part yet"
+
+    gate.open()
+    done = upload_wait_for_status(held.url, api_user.headers, upload["id"], {"COMPLETED", "FAILED"}, timeout=30)
+    assert done["status"] == "COMPLETED", done
+
+
+def test_queueing_uploads_reuses_the_servers_redis_connection(make_stack, api_user) -> None:
+    # A new connection per enqueue (connect, handshakes, RQ's INFO) was a third of a small answer.
+    quiet = make_stack(workers=0)
+    redis_server = redis.Redis.from_url(quiet.env["REDIS_URL"])
+    data_of(upload_file(quiet.url, os.urandom(1024), headers=api_user.headers))  # connections made once
+    before = redis_server.info("stats")["total_connections_received"]
+    for _ in range(5):
+        assert data_of(upload_file(quiet.url, os.urandom(1024), headers=api_user.headers))["uploadFile"]["id"]
+    after = redis_server.info("stats")["total_connections_received"]
+    redis_server.close()
+    assert after - before <= 1, f"{after - before} Redis connections for 5 uploads"
 
 
 # --- listing ---------------------------------------------------------------------------------

@@ -1,8 +1,9 @@
 """Test doubles the settings choose by dotted path (never by patching modules): see tests/support/worker.py.
 
 STORAGE_WRAPPER=tests.support.doubles.FaultyStorage wraps the storage backend: every put_part (or
-put_part_from_file) call is appended to TEST_STORAGE_LOG (one JSON line each: part, attempt, pid,
-the object's key, time) and fails as TEST_STORAGE_FAULTS (JSON) says:
+put_part_from_file, or the plain put of a one-part file: its part 1) call is appended to
+TEST_STORAGE_LOG (one JSON line each: part, attempt, pid, the object's key, time) and fails as
+TEST_STORAGE_FAULTS (JSON) says:
   {"fail_part": {"2": 2}}     part 2 fails its first 2 attempts with a retryable error
   {"always_fail_part": 3}     part 3 fails every attempt
   {"fatal_part": 1}           part 1 fails with a non-retryable error
@@ -79,6 +80,12 @@ class FaultyStorage:
     def put_part(self, *, key: str, handle: str, part_number: int, offset: int, data: bytes) -> PartReceipt:
         self._inject(key, part_number)
         return self.inner.put_part(key=key, handle=handle, part_number=part_number, offset=offset, data=data)
+
+    def put_object(self, *, key: str, data: bytes, content_type: str, metadata: dict[str, str]) -> PartReceipt:
+        # A file of one part is stored with one plain put: that put is its part 1, faults included.
+        if data:
+            self._inject(key, 1)
+        return self.inner.put_object(key=key, data=data, content_type=content_type, metadata=metadata)
 
     def _inject(self, key: str, part_number: int) -> None:
         """Log the attempt, then fail it, or kill the process, as the plan says."""

@@ -11,7 +11,8 @@ import pytest
 
 from backend.logs import TextFormatter, UploadIdFilter, logging_config, upload_log_context
 
-UPLOAD = str(uuid.uuid4())
+# Fixed: the parameters name the tests, and they must be the same in every pytest-xdist worker.
+UPLOAD = "63fbb02a-29bd-4fb2-8e50-a9fd36413e61"
 
 
 def _record(name: str, message: str, **extra: str) -> logging.LogRecord:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 import uuid
 from pathlib import Path
 
@@ -55,10 +56,10 @@ def test_rounds_send_only_whole_parts_as_they_arrive_and_the_last_run_completes(
     config = TransferSettings(concurrency=2, heartbeat_seconds=1)
     # The client has sent 2.5 parts; more arrive while the first round runs (the engine asks again).
     staged.write_bytes(data[: 2 * PART + PART // 2])
-    answers = iter([2, 4, 4])
+    answers = iter([2, 4])
 
     def arrived() -> int:
-        whole = next(answers)
+        whole = next(answers, 4)
         with staged.open("ab") as f:
             f.write(data[staged.stat().st_size : whole * PART + PART // 2])
         return whole
@@ -117,3 +118,41 @@ def test_no_whole_part_yet_opens_nothing(tmp_path: Path) -> None:
         arrived=lambda: 0,
     )
     assert sent == 0 and ledger.handle is None
+
+
+class _GatedStore(LocalStorage):
+    """Part 1 is held until part 2 has started (or 5 s passed): what it saw is kept."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root=root)
+        self.part_two_started = threading.Event()
+        self.overlapped = False
+
+    def put_part(self, *, key: str, handle: str, part_number: int, offset: int, data: bytes) -> PartReceipt:
+        if part_number == 2:
+            self.part_two_started.set()
+        if part_number == 1:
+            self.overlapped = self.part_two_started.wait(5)
+        return super().put_part(key=key, handle=handle, part_number=part_number, offset=offset, data=data)
+
+
+def test_a_part_that_arrives_while_another_is_in_flight_is_sent_beside_it(tmp_path: Path) -> None:
+    # One part is in when the run starts; the second arrives while the first is still in flight.
+    # It goes out at once in the free slot, not after the first part's round ends.
+    data = os.urandom(2 * PART)
+    staged = tmp_path / "staged"
+    staged.write_bytes(data)
+    answers = iter([1])
+    store = _GatedStore(tmp_path / "bucket")
+    ledger = MemoryLedger()
+    sent = transfer_arrived_parts(
+        spec=_spec(len(data)),
+        source=staged,
+        storage=store,
+        ledger=ledger,
+        should_stop=lambda: False,
+        config=TransferSettings(concurrency=2, heartbeat_seconds=1),
+        arrived=lambda: next(answers, 2),
+    )
+    assert sent == 2 and sorted(ledger.recorded) == [1, 2]
+    assert store.overlapped, "part 2 waited for part 1's round to end"

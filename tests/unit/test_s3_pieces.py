@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import base64
 import hashlib
+from datetime import UTC, datetime
 
 import pytest
 from botocore.exceptions import ClientError
+from botocore.utils import parse_timestamp
 from django.core.exceptions import ImproperlyConfigured
 
 from backend.uploads.storage.s3 import (
@@ -22,7 +24,7 @@ from backend.uploads.storage.s3 import (
     s3_error_retryable,
 )
 from backend.uploads.storage.s3_bucket import LIFECYCLE_RULE_ID, lifecycle_rules_with_abort
-from backend.uploads.storage.s3_client import s3_client_config
+from backend.uploads.storage.s3_client import s3_client_config, s3_timestamp_parse
 
 
 def test_part_checksum_follows_the_configured_algorithm() -> None:
@@ -169,3 +171,11 @@ def test_lifecycle_rule_is_added_once_and_other_rules_kept() -> None:
     again = lifecycle_rules_with_abort(rules=rules, days=5)
     assert [r["ID"] for r in again] == ["logs", LIFECYCLE_RULE_ID]
     assert again[1]["AbortIncompleteMultipartUpload"] == {"DaysAfterInitiation": 5}
+
+
+@pytest.mark.parametrize(
+    "value", ["2026-12-01T15:08:43.000Z", "2026-12-01T15:08:43Z", "Tue, 01 Dec 2026 15:08:43 GMT", 1796137723]
+)
+def test_timestamps_are_the_instants_botocore_reads(value: object) -> None:
+    parsed = s3_timestamp_parse(value)
+    assert parsed == parse_timestamp(value) == datetime(2026, 12, 1, 15, 8, 43, tzinfo=UTC)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import uuid
+import zlib
 from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
@@ -83,6 +84,14 @@ class FlakyStore(LocalStorage):
             self.failures[part_number] -= 1
             raise StorageError(f"injected failure of part {part_number}", retryable=self.retryable)
         return super().put_part(key=key, handle=handle, part_number=part_number, offset=offset, data=data)
+
+    def put_object(self, *, key: str, data: bytes, content_type: str, metadata: dict[str, str]) -> PartReceipt:
+        if data:  # a one-part file's plain put is its part 1
+            self.puts.append(1)
+            if self.failures.get(1, 0) > 0:
+                self.failures[1] -= 1
+                raise StorageError("injected failure of part 1", retryable=self.retryable)
+        return super().put_object(key=key, data=data, content_type=content_type, metadata=metadata)
 
 
 def _staged(tmp_path: Path, size: int) -> tuple[Path, bytes]:
@@ -229,6 +238,55 @@ def test_the_empty_file_is_one_plain_put(tmp_path: Path) -> None:
     _run(store, spec, source, ledger)
     assert store.object_path(spec.key).read_bytes() == b""
     assert store.puts == [] and ledger.handle is None
+
+
+def test_a_one_part_file_is_one_plain_put_whose_receipt_is_left_to_the_caller(tmp_path: Path) -> None:
+    source, data = _staged(tmp_path, PART - 5)
+    store = FlakyStore(tmp_path / "bucket", failures={1: 1})
+    spec, ledger, counts = _spec(len(data)), MemoryLedger(), Counter[str]()
+    receipt = transfer_upload(
+        spec=spec,
+        source=source,
+        storage=store,
+        ledger=ledger,
+        should_stop=lambda: False,
+        config=FAST,
+        count=counts.update,
+    )
+    assert store.object_path(spec.key).read_bytes() == data
+    assert receipt is not None and (receipt.part_number, receipt.size) == (1, len(data))
+    assert receipt.etag == f"{zlib.crc32(data):08x}"
+    assert ledger.handle is None and store.temporary_entries() == [], "no open object, nothing to assemble"
+    assert ledger.record_calls == [], "the caller records the only part with the completion, in one write"
+    assert store.puts == [1, 1], "a retryable failure of the put is retried like a part"
+    assert counts == Counter(part_attempts=2, part_failures=1, parts_confirmed=1, bytes_transferred=len(data))
+
+
+def test_a_one_part_file_stops_before_its_put_when_asked(tmp_path: Path) -> None:
+    source, _ = _staged(tmp_path, 10)
+    store = FlakyStore(tmp_path / "bucket")
+    spec = _spec(10)
+    with pytest.raises(TransferStopped):
+        _run(store, spec, source, MemoryLedger(), should_stop=lambda: True)
+    assert store.puts == [] and not store.object_path(spec.key).exists()
+
+
+def test_a_one_part_file_an_earlier_run_opened_is_finished_in_that_object(tmp_path: Path) -> None:
+    source, data = _staged(tmp_path, 100)
+    store = FlakyStore(tmp_path / "bucket")
+    spec = _spec(len(data))
+    handle = store.start(key=spec.key, content_type="", metadata={})
+    ledger = MemoryLedger()
+    receipt = transfer_upload(
+        spec=TransferSpec(**{**spec.__dict__, "handle": handle}),
+        source=source,
+        storage=store,
+        ledger=ledger,
+        should_stop=lambda: False,
+        config=FAST,
+    )
+    assert receipt is None and ledger.record_calls == [1]
+    assert store.object_path(spec.key).read_bytes() == data and store.temporary_entries() == []
 
 
 def test_missing_staged_bytes_fail_with_the_shared_staging_hint(tmp_path: Path) -> None:

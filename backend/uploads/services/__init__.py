@@ -22,10 +22,12 @@ from backend.uploads.services.actions import (
     upload_transfer_stopped,
 )
 from backend.uploads.services.pipeline import (
+    pipeline_claim_for,
     upload_pipeline_abort,
     upload_pipeline_arrived,
     upload_pipeline_claim,
     upload_pipeline_nudge,
+    upload_pipeline_orphaned,
     upload_pipeline_release,
     upload_pipeline_requeue_stale,
     upload_pipeline_started,
@@ -53,6 +55,7 @@ __all__ = [
     "ClaimLost",
     "SweepItem",
     "SweepReport",
+    "pipeline_claim_for",
     "upload_abort_store",
     "upload_cancel",
     "upload_claim",
@@ -66,6 +69,7 @@ __all__ = [
     "upload_pipeline_arrived",
     "upload_pipeline_claim",
     "upload_pipeline_nudge",
+    "upload_pipeline_orphaned",
     "upload_pipeline_release",
     "upload_pipeline_requeue_stale",
     "upload_pipeline_started",

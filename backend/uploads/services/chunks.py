@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import os
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,6 +44,7 @@ from backend.uploads.resumable.locking import WriterLock
 from backend.uploads.services import pipeline, resumable
 from backend.uploads.sniffing import SNIFF_BYTES
 from backend.uploads.staging import staging_path
+from backend.uploads.writeback import writeback_start
 
 logger = logging.getLogger(__name__)
 
@@ -100,6 +102,8 @@ class ChunkAppend:
             while view:
                 written = os.pwrite(self.fd, view, position)
                 view, position = view[written:], position + written
+            # On its way to disk now, so the checkpoint's fdatasync has only the last write to wait for.
+            writeback_start(self.fd, self.offset, len(data))
         except OSError as exc:
             if exc.errno not in DISK_FULL_ERRNOS:
                 raise
@@ -144,10 +148,11 @@ class ChunkAppend:
             raise OffsetMismatch("another writer moved this upload's offset", offset=current.bytes_received)
         before, self.committed = self.committed, self.offset
         self.upload.bytes_received = self.offset
+        self.upload.expires_at = fields["expires_at"]
         part_size = self.upload.part_size
         if part_size and self.offset // part_size > before // part_size and not self.whole:
             # A whole part more is in staging (flushed, offset committed): it may go to the bucket now.
-            pipeline.upload_pipeline_nudge(upload=self.upload)
+            pipeline.upload_pipeline_nudge_soon(upload=self.upload)
         if publish:
             fresh = FileUpload.objects.filter(id=self.upload.id).first()
             if fresh is not None:
@@ -157,13 +162,18 @@ class ChunkAppend:
     def whole(self) -> bool:
         return not self.upload.length_deferred and self.offset == self.upload.size
 
-    def finish(self) -> FileUpload:
-        """The whole chunk arrived: verify its checksum, commit, and complete the upload if it is whole.
+    def finish(self, data: bytes = b"", *, reread: bool = True) -> FileUpload:
+        """The whole chunk arrived (its last `data` is written first): verify its checksum, commit,
+        and complete the upload if it is whole.
 
-        Raises ChunkChecksumMismatch (bytes discarded, offset unchanged), or the completion's
-        refusals (CHECKSUM_MISMATCH, UNSUPPORTED_MEDIA_TYPE: the upload is then FAILED).
+        Returns the upload; without `reread`, an unfinished one is this appender's copy of the row
+        (its offset and expiry current, not its `sequence`), saving a query per chunk. Raises
+        ChunkChecksumMismatch (bytes discarded, offset unchanged), or the completion's refusals
+        (CHECKSUM_MISMATCH, UNSUPPORTED_MEDIA_TYPE: the upload is then FAILED).
         """
         try:
+            if data:
+                self.write(data)
             if self.checksum is not None and not self.checksum.matches():
                 self._discard()
                 raise ChunkChecksumMismatch(f"the chunk does not match its {self.checksum.algorithm} checksum")
@@ -175,7 +185,7 @@ class ChunkAppend:
                 head = self.head if upload.content_type else os.pread(self.fd, SNIFF_BYTES, 0)
                 self.close(keep_digest=False)
                 return resumable.resumable_complete(upload=upload, digest=self.digest, head=head)
-            return FileUpload.objects.get(id=self.upload.id)
+            return FileUpload.objects.get(id=self.upload.id) if reread else self.upload
         finally:
             self.close()
 
@@ -215,27 +225,30 @@ def chunk_append_begin(
     chunk_length: int | None,
     upload_length: int | None = None,
     checksum: ChunkChecksum | None = None,
+    check: Callable[[FileUpload], None] | None = None,
 ) -> ChunkAppend:
     """Start appending a chunk of `chunk_length` bytes (None: unknown) at `offset`.
 
     Refusals, each before a byte is stored: NOT_FOUND, GONE (cancelled, expired, failed),
-    UPLOAD_LOCKED, OFFSET_MISMATCH (with the current offset; also for an upload that is no
+    UPLOAD_LOCKED, OFFSET_MISMATCH (with the current one; also for an upload that is no
     longer receiving), FILE_TOO_LARGE (the chunk would pass the length), BAD_USER_INPUT (a
-    length that contradicts the one set).
+    length that contradicts the one set). `check` (a door's own refusals) is called with the
+    caller's upload before any of the others but NOT_FOUND.
+
+    The lock is taken first and the row read once under it (the offset must be read there
+    anyway). If the lock is held, the row is read to answer what its owner would hear (a
+    refusal about the upload itself comes first), and anyone else hears NOT_FOUND: nobody
+    learns from UPLOAD_LOCKED that someone else's upload exists.
     """
-    upload = resumable.resumable_get_for_user(user=user, upload_id=upload_id)
-    if resumable.resumable_gone(upload):
-        raise Gone("this upload was cancelled, has expired or failed")
-    if upload.status != UploadStatus.RECEIVING:
-        # Every byte is in already: only the offset it ended at is right, and nothing fits after it.
-        if offset != upload.size:
-            raise OffsetMismatch(f"the upload is complete at offset {upload.size}", offset=upload.size)
-        raise UploadTooLarge("the upload is complete; it takes no more bytes")
-    lock = WriterLock(upload.id).acquire()
+    lock = WriterLock(upload_id)
     try:
-        upload = FileUpload.objects.get(id=upload.id)
-        if upload.status != UploadStatus.RECEIVING:
-            raise Gone("this upload was cancelled or has expired")
+        lock.acquire()
+    except UploadLocked:
+        _appendable(resumable.resumable_get_for_user(user=user, upload_id=upload_id), offset=offset, check=check)
+        raise
+    try:
+        upload = resumable.resumable_get_for_user(user=user, upload_id=upload_id)
+        _appendable(upload, offset=offset, check=check)
         if offset != upload.bytes_received:
             raise OffsetMismatch(
                 f"the upload's offset is {upload.bytes_received}, not {offset}", offset=upload.bytes_received
@@ -282,6 +295,19 @@ def chunk_append_begin(
         digest_before=digest.copy() if digest is not None and checksum is not None else None,
         checkpoint_every=max(upload.part_size, 1024 * 1024) if upload.part_size else settings.UPLOAD_PART_SIZE,
     )
+
+
+def _appendable(upload: FileUpload, *, offset: int, check: Callable[[FileUpload], None] | None) -> None:
+    """The refusals about the upload itself: the door's `check`, GONE, and a complete upload."""
+    if check is not None:
+        check(upload)
+    if resumable.resumable_gone(upload):
+        raise Gone("this upload was cancelled, has expired or failed")
+    if upload.status != UploadStatus.RECEIVING:
+        # Every byte is in already: only the offset it ended at is right, and nothing fits after it.
+        if offset != upload.size:
+            raise OffsetMismatch(f"the upload is complete at offset {upload.size}", offset=upload.size)
+        raise UploadTooLarge("the upload is complete; it takes no more bytes")
 
 
 def chunk_append_file(*, user: User, upload_id: uuid.UUID, offset: int, path: os.PathLike[str] | str) -> FileUpload:

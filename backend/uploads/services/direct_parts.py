@@ -75,23 +75,21 @@ def ledger_record(*, upload_id: uuid.UUID, receipt: PartReceipt) -> FileUpload |
     A part put again (same number, new bytes) replaces its entry; its byte count is adjusted.
     """
     with transaction.atomic():
-        previous = UploadPart.objects.filter(upload_id=upload_id, part_number=receipt.part_number).first()
-        if previous is not None and (previous.etag, previous.size) == (receipt.etag, receipt.size):
-            return None
-        if previous is None:
-            try:
-                with transaction.atomic():
-                    UploadPart.objects.create(
-                        upload_id=upload_id,
-                        part_number=receipt.part_number,
-                        size=receipt.size,
-                        etag=receipt.etag,
-                        checksum=receipt.checksum,
-                    )
-            except IntegrityError:
-                return None  # a concurrent confirmation of the same part recorded it
+        # Most parts are new: insert first, and read the entry only when the part is already in.
+        try:
+            with transaction.atomic():
+                UploadPart.objects.create(
+                    upload_id=upload_id,
+                    part_number=receipt.part_number,
+                    size=receipt.size,
+                    etag=receipt.etag,
+                    checksum=receipt.checksum,
+                )
             added, parts = receipt.size, 1
-        else:
+        except IntegrityError:
+            previous = UploadPart.objects.filter(upload_id=upload_id, part_number=receipt.part_number).first()
+            if previous is None or (previous.etag, previous.size) == (receipt.etag, receipt.size):
+                return None  # confirmed already (or, concurrently, removed)
             UploadPart.objects.filter(id=previous.id).update(
                 size=receipt.size, etag=receipt.etag, checksum=receipt.checksum
             )
@@ -121,8 +119,8 @@ def direct_confirm(*, user: User, upload_id: uuid.UUID, part_number: int, etag: 
     store = direct_store()
     handle = str(upload.storage_upload_id)
     listed = store_call(lambda: store.part_listed(key=upload.storage_key, handle=handle, part_number=part_number))
-    # One small page finds the part on S3; a store that reads PartNumberMarker otherwise (moto takes it
-    # as a position in its list) gets the whole listing before the part is refused.
+    # One small page finds the part (on S3, and on moto while few lower parts are in flight); a part
+    # not on it is looked for in the whole listing before it is refused.
     receipt = _checked(upload, part_number, etag, {part_number: listed} if listed is not None else _listed(upload))
     return ledger_record(upload_id=upload.id, receipt=receipt) or FileUpload.objects.get(id=upload.id)
 

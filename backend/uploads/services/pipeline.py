@@ -1,9 +1,10 @@
 """Pipelining: the whole parts of a RESUMABLE upload go to the bucket while its client still sends.
 
 CONTRACT section 8, last paragraph (issue 19). The pieces:
-- The chunk appender calls `upload_pipeline_nudge` when its committed offset passes a part
-  boundary. That queues one pipeline job unless one is queued and not started yet
-  (`jobqueue.pipeline_job_request`): one job per burst of parts, never one per chunk.
+- The chunk appender calls `upload_pipeline_nudge_soon` when its committed offset passes a part
+  boundary (the request is made on a thread of its own, off the chunk's path). That queues one
+  pipeline job unless one is queued and not started yet (`jobqueue.pipeline_job_request`): one
+  job per burst of parts, never one per chunk.
 - The job clears that request first, then takes the RECEIVING upload's `claim`
   (`upload_pipeline_claim`, refused while another live run holds it), so two runs of one upload
   never overlap; it sends parts 1..N of the N whole parts staging holds and ends: no worker
@@ -18,27 +19,44 @@ CONTRACT section 8, last paragraph (issue 19). The pieces:
   runs the transfer itself. The final transfer sends what is left (the last part) and completes.
 A run that dies holding the claim is fenced out by its silent heartbeat: after
 UPLOAD_STALE_AFTER_SECONDS the claim counts as free (`transitions.unclaimed`) and the reaper
-requests a run (`upload_pipeline_requeue_stale`).
+requests a run (`upload_pipeline_requeue_stale`). A work horse that dies under a live worker is
+seen at once: its job's claim is derived from the job id (`pipeline_claim_for`), so the worker
+frees exactly that claim and requests the next run (`upload_pipeline_orphaned`).
 """
 
 from __future__ import annotations
 
 import logging
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
+from functools import cache
 
 from django.conf import settings
+from django.db.models import F
 from django.utils import timezone
 
+from backend.uploads.errors import ClaimLost
 from backend.uploads.jobqueue import pipeline_job_request, pipeline_job_started, transfer_job_timeout
 from backend.uploads.models import ConcatRole, FileUpload, UploadMode, UploadStatus
 from backend.uploads.selectors import upload_get
 from backend.uploads.services.actions import upload_abort_store
 from backend.uploads.services.queueing import upload_enqueue
-from backend.uploads.services.transitions import unclaimed
+from backend.uploads.services.transitions import unclaimed, upload_transition
 from backend.uploads.storage import StorageError
 
 logger = logging.getLogger("backend.uploads.services")
+
+_CLAIM_NAMESPACE = uuid.UUID("6f1c2a52-53b4-4c1e-9d8e-7d1f0b6f4a19")
+
+
+def pipeline_claim_for(job_id: str) -> uuid.UUID:
+    """The claim a pipeline job's runs hold (its pipeline run, then the transfer it may take over).
+
+    Derived from the job id, so the worker that saw the job's work horse die knows which claim
+    was that horse's, and can free it without touching a newer run's.
+    """
+    return uuid.uuid5(_CLAIM_NAMESPACE, job_id)
 
 
 def pipeline_applies(upload: FileUpload) -> bool:
@@ -77,18 +95,41 @@ def upload_pipeline_nudge(*, upload: FileUpload) -> bool:
     return pipeline_job_request(upload_id=upload.id, timeout=timeout)
 
 
+@cache
+def _requests() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="pipeline-request")
+
+
+def upload_pipeline_nudge_soon(*, upload: FileUpload) -> None:
+    """`upload_pipeline_nudge` on this process's request thread: the chunk being received (and its
+    answer) never waits for Redis. A request lost with the process is made by the reaper
+    (`upload_pipeline_requeue_behind`)."""
+    if pipeline_applies(upload):
+        _requests().submit(_nudge_logged, upload)
+
+
+def _nudge_logged(upload: FileUpload) -> None:
+    try:
+        upload_pipeline_nudge(upload=upload)
+    except Exception:
+        logger.warning("upload %s: requesting a pipeline run failed; the reaper will", upload.id, exc_info=True)
+
+
 def upload_pipeline_started(*, upload_id: uuid.UUID) -> None:
     """A pipeline job starts: parts arriving from now on request a run of their own."""
     pipeline_job_started(upload_id=upload_id)
 
 
-def upload_pipeline_claim(*, upload_id: uuid.UUID) -> tuple[FileUpload, uuid.UUID] | None:
+def upload_pipeline_claim(
+    *, upload_id: uuid.UUID, claim: uuid.UUID | None = None
+) -> tuple[FileUpload, uuid.UUID] | None:
     """Take a RECEIVING upload for one pipeline run if it has whole parts not sent yet.
 
     None when it is not RECEIVING, another live run holds it, or nothing is due. Not counted in
     `attempts` and not a state move: the upload stays RECEIVING, and no event is published.
+    `claim` is the job's (`pipeline_claim_for`); a fresh one without.
     """
-    claim = uuid.uuid4()
+    claim = claim or uuid.uuid4()
     rows = FileUpload.objects.filter(unclaimed(), id=upload_id, status=UploadStatus.RECEIVING)
     if not rows.update(claim=claim, heartbeat_at=timezone.now()):
         return None
@@ -160,12 +201,74 @@ def upload_pipeline_abort(*, upload: FileUpload) -> None:
         logger.warning("upload %s: aborting its open object failed; the sweep retries", upload.id, exc_info=True)
 
 
+def upload_pipeline_orphaned(*, upload_id: uuid.UUID, job_id: str, cause: str) -> bool:
+    """The work horse running pipeline job `job_id` died under a live worker: free the claim it held
+    and request what comes next at once, instead of after the stale window. False if that claim
+    is not on the row (the horse died before claiming, or a newer run holds the upload).
+
+    RECEIVING: the next pipeline run is requested. QUEUED (the last byte came while it sent) or
+    UPLOADING (it had taken the transfer over): the transfer is queued again.
+    """
+    claim = pipeline_claim_for(job_id)
+    row = FileUpload.objects.filter(id=upload_id, claim=claim).first()
+    if row is None:
+        return False
+    if row.status == UploadStatus.UPLOADING:
+        try:
+            row = upload_transition(upload_id=upload_id, to=UploadStatus.QUEUED, owned_by=claim, claim=None)
+        except ClaimLost:
+            return False
+    elif not FileUpload.objects.filter(id=upload_id, claim=claim, status=row.status).update(claim=None):
+        return False
+    logger.warning("upload %s: the work horse of pipeline job %s died (%s); claim freed", upload_id, job_id, cause)
+    current = upload_get(upload_id=upload_id)
+    if current is not None and current.status == UploadStatus.RECEIVING:
+        upload_pipeline_nudge(upload=current)
+    elif current is not None and current.status == UploadStatus.QUEUED:
+        upload_enqueue(current, redelivery=True)
+    return True
+
+
 def upload_pipeline_requeue_stale(*, stale_after_seconds: float) -> list[uuid.UUID]:
     """Free the claims of pipeline runs silent too long (a SIGKILLed worker) and request new runs.
 
     A QUEUED upload so freed gets its transfer job again (the one queued at its last byte found
-    the claim held and left it to the run that died).
+    the claim held and left it to the run that died). Then `upload_pipeline_requeue_behind`.
     """
+    freed = _requeue_silent(stale_after_seconds=stale_after_seconds)
+    upload_pipeline_requeue_behind()
+    return freed
+
+
+def upload_pipeline_requeue_behind() -> list[uuid.UUID]:
+    """Request a run for every RECEIVING upload with whole parts unsent that no run holds.
+
+    What is left there: a run that failed (it asks for no next run itself, or a store that
+    refuses every part would be asked again at once, in a loop), or a request Redis lost. The
+    reaper calls this every few seconds: while the client sends nothing new, that is when the
+    parts go. Requests are debounced as the appender's are. The uploads requested for.
+    """
+    if not settings.UPLOAD_PIPELINE:
+        return []
+    behind = (
+        FileUpload.objects.filter(
+            status=UploadStatus.RECEIVING,
+            mode=UploadMode.RESUMABLE,
+            claim__isnull=True,
+            part_size__gt=0,
+            bytes_received__gte=(F("parts_uploaded") + 1) * F("part_size"),
+        )
+        .exclude(concat_role=ConcatRole.PARTIAL)
+        .exclude(content_type="")
+    )
+    requested = []
+    for upload in behind:
+        if pipeline_whole_parts(upload) > upload.parts_uploaded and upload_pipeline_nudge(upload=upload):
+            requested.append(upload.id)
+    return requested
+
+
+def _requeue_silent(*, stale_after_seconds: float) -> list[uuid.UUID]:
     cutoff = timezone.now() - timedelta(seconds=stale_after_seconds)
     freed = []
     silent = FileUpload.objects.filter(

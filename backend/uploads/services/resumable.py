@@ -6,7 +6,7 @@ in, appended to `staging/<id>` (`chunks.ChunkAppend`). When the last byte is in 
 `cancelUpload` makes it CANCELLED and removes its bytes; one with no new byte for
 `UPLOAD_RECEIVING_TTL` expires (FAILED "expired", bytes removed) when the sweep or the next
 request finds it. Partial uploads (tus concatenation) are pieces: RECEIVING until a final upload
-takes them, never transferred, not counted as active, not listed.
+takes them (`concatenation`), never transferred, not counted as active, not listed.
 """
 
 from __future__ import annotations
@@ -33,7 +33,6 @@ from backend.uploads.errors import (
     Gone,
     InsufficientStorage,
     InvalidState,
-    NotFound,
     TooManyActiveUploads,
     UnsupportedMediaType,
     UploadTooLarge,
@@ -44,7 +43,6 @@ from backend.uploads.naming import filename_sanitise, storage_key_for
 from backend.uploads.parts import part_count, part_size_for
 from backend.uploads.progress import progress_publish
 from backend.uploads.resumable.hashing import running_hash_forget
-from backend.uploads.resumable.locking import WriterLock
 from backend.uploads.selectors import upload_active_count, upload_get_for_user
 from backend.uploads.sniffing import SNIFF_BYTES, content_type_allowed, content_type_sniff
 from backend.uploads.staging import staging_delete, staging_path, staging_short_of_space
@@ -54,14 +52,13 @@ logger = logging.getLogger(__name__)
 
 EXPIRED = "expired: no byte arrived for UPLOAD_RECEIVING_TTL seconds"
 DEFAULT_NAME = "upload"
-COPY_SIZE = 1024 * 1024
 
 
 def receiving_expires_at() -> datetime:
     return timezone.now() + timedelta(seconds=settings.UPLOAD_RECEIVING_TTL)
 
 
-def _sizing(size: int | None) -> dict[str, int]:
+def sizing(size: int | None) -> dict[str, int]:
     """Part size and count. A deferred length (None) is sized for the largest upload allowed, so the
     part size is fixed from the first byte (whole parts are sent while the bytes arrive, issue 19)
     and any length set later fits in 10,000 parts; its count stays 0 until the length is known."""
@@ -70,7 +67,7 @@ def _sizing(size: int | None) -> dict[str, int]:
     return {"part_size": part_size, "parts_total": part_count(size=size or 0, part_size=part_size)}
 
 
-def _check_sha256(sha256: str | None) -> str | None:
+def check_sha256(sha256: str | None) -> str | None:
     if sha256 is None:
         return None
     if not services.SHA256_RE.match(sha256):
@@ -78,7 +75,7 @@ def _check_sha256(sha256: str | None) -> str | None:
     return sha256.lower()
 
 
-def _check_room(*, user: User, size: int | None, counted: bool) -> None:
+def check_room(*, user: User, size: int | None, counted: bool) -> None:
     """The refusals due before any byte is stored: size, staging space, active uploads (and quota)."""
     if size is not None and size < 0:
         raise BadUserInput("the length must not be negative")
@@ -110,8 +107,8 @@ def resumable_create(
     Refused before anything is stored when over UPLOAD_MAX_BYTES, short of staging space or over
     the active-upload cap (partial uploads are not counted). An empty file is complete at once.
     """
-    expected = _check_sha256(sha256)
-    _check_room(user=user, size=size, counted=not partial)
+    expected = check_sha256(sha256)
+    check_room(user=user, size=size, counted=not partial)
     upload_id = uuid.uuid4()
     upload_log_bind(upload_id)
     known = size if size is not None else 0
@@ -137,7 +134,7 @@ def resumable_create(
             concat_role=ConcatRole.PARTIAL if partial else ConcatRole.NONE,
             concat_header=concat_header,
             tus_metadata=tus_metadata,
-            **_sizing(size),
+            **sizing(size),
         )
         path = staging_path(upload_id)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -233,118 +230,6 @@ def _fail_receiving(*, upload: FileUpload, error: str, **fields: Any) -> None:
         services.upload_pipeline_abort(upload=failed)
     staging_delete(upload.id)
     logger.info("upload %s failed while receiving: %s", upload.id, error)
-
-
-# --- concatenation ----------------------------------------------------------------------------
-
-
-def resumable_concatenate(
-    *,
-    user: User,
-    partial_ids: list[uuid.UUID],
-    filename: str | None,
-    sha256: str | None,
-    tus_metadata: str = "",
-    concat_header: str = "",
-) -> FileUpload:
-    """A final upload made of the caller's complete partial uploads, in order, hashed once here.
-
-    NOT_FOUND if one is missing, someone else's or not a partial upload; BAD_USER_INPUT if one is
-    not complete (unfinished concatenation is not offered). The partial uploads are removed once
-    the final one holds their bytes.
-    """
-    if not partial_ids:
-        raise BadUserInput("a final upload needs at least one partial upload")
-    expected = _check_sha256(sha256)
-    rows = {
-        u.id: u for u in FileUpload.objects.filter(id__in=partial_ids, owner_id=user.pk, concat_role=ConcatRole.PARTIAL)
-    }
-    missing = [str(i) for i in partial_ids if i not in rows]
-    if missing:
-        raise NotFound(f"no such partial upload: {', '.join(missing)}")
-    for piece in rows.values():
-        if piece.status != UploadStatus.RECEIVING or piece.length_deferred or piece.bytes_received != piece.size:
-            raise BadUserInput(f"partial upload {piece.id} is not complete")
-    size = sum(rows[i].size for i in partial_ids)
-    # No quota to reserve: the partial uploads reserved these bytes, and they go as the final comes.
-    _check_room(user=user, size=size, counted=True)
-    locks = [WriterLock(i) for i in dict.fromkeys(partial_ids)]
-    try:
-        for lock in locks:
-            lock.acquire()
-        return _concatenate_locked(
-            user=user,
-            pieces=[rows[i] for i in partial_ids],
-            size=size,
-            filename=filename,
-            expected=expected,
-            tus_metadata=tus_metadata,
-            concat_header=concat_header,
-        )
-    finally:
-        for lock in locks:
-            lock.release()
-
-
-def _concatenate_locked(
-    *,
-    user: User,
-    pieces: list[FileUpload],
-    size: int,
-    filename: str | None,
-    expected: str | None,
-    tus_metadata: str,
-    concat_header: str,
-) -> FileUpload:
-    upload_id = uuid.uuid4()
-    upload_log_bind(upload_id)
-    target = staging_path(upload_id)
-    digest = hashlib.sha256()
-    head = b""
-    fd = os.open(target, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
-    try:
-        for piece in pieces:
-            with open(staging_path(piece.id), "rb") as source:
-                while data := source.read(COPY_SIZE):
-                    digest.update(data)
-                    if len(head) < SNIFF_BYTES:
-                        head += data[: SNIFF_BYTES - len(head)]
-                    view = memoryview(data)
-                    while view:
-                        view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        target.unlink(missing_ok=True)
-        raise
-    os.close(fd)
-    with transaction.atomic():
-        upload = FileUpload.objects.create(
-            id=upload_id,
-            owner=user,
-            filename=filename_sanitise(filename or DEFAULT_NAME),
-            content_type="",
-            size=size,
-            sha256=None,
-            expected_sha256=expected,
-            status=UploadStatus.RECEIVING,
-            mode=UploadMode.RESUMABLE,
-            bytes_received=size,
-            storage_backend=get_storage().name,
-            storage_key=storage_key_for(upload_id),
-            sequence=1,
-            expires_at=receiving_expires_at(),
-            concat_role=ConcatRole.FINAL,
-            concat_header=concat_header,
-            tus_metadata=tus_metadata,
-            **_sizing(size),
-        )
-        FileUpload.objects.filter(id__in=[p.id for p in pieces]).delete()
-    for piece in pieces:
-        staging_delete(piece.id)
-        running_hash_forget(piece.id)
-    logger.info("upload %s concatenated from %d partial uploads, %d bytes", upload.id, len(pieces), size)
-    return resumable_complete(upload=upload, digest=digest, head=head)
 
 
 # --- cancelling, terminating, expiring --------------------------------------------------------

@@ -95,13 +95,14 @@ def upload_transition(
     return upload
 
 
-def upload_claim(*, upload_id: uuid.UUID) -> tuple[FileUpload, uuid.UUID] | None:
+def upload_claim(*, upload_id: uuid.UUID, claim: uuid.UUID | None = None) -> tuple[FileUpload, uuid.UUID] | None:
     """Take a QUEUED upload for one transfer run; None if it is not QUEUED (cancelled, taken).
 
     Also None while a pipeline run still holds it (its last byte came while that run was sending
-    parts): that run takes the transfer over when it ends (`upload_pipeline_release`).
+    parts): that run takes the transfer over when it ends (`upload_pipeline_release`), under
+    its own `claim` (a fresh one without).
     """
-    claim = uuid.uuid4()
+    claim = claim or uuid.uuid4()
     try:
         upload = upload_transition(
             upload_id=upload_id,
@@ -162,17 +163,26 @@ def upload_heartbeat(*, upload_id: uuid.UUID, claim: uuid.UUID) -> bool:
     )
 
 
-def upload_complete(*, upload_id: uuid.UUID, claim: uuid.UUID, **found: Any) -> FileUpload:
-    """UPLOADING -> COMPLETED; `found`: what finishing learned of the object (a DIRECT upload's type, sha256)."""
-    upload = upload_transition(
-        upload_id=upload_id,
-        to=UploadStatus.COMPLETED,
-        owned_by=claim,
-        completed_at=timezone.now(),
-        staged_at=None,
-        error=None,
-        **found,
-    )
+def upload_complete(
+    *, upload_id: uuid.UUID, claim: uuid.UUID, last_part: PartReceipt | None = None, **found: Any
+) -> FileUpload:
+    """UPLOADING -> COMPLETED; `found`: what finishing learned of the object (a DIRECT upload's type, sha256).
+
+    `last_part`: a part not recorded yet (a one-part object stored with one plain put), recorded in
+    the same transaction; its event and the COMPLETED one follow each other, each its own sequence.
+    """
+    with transaction.atomic():
+        if last_part is not None:
+            upload_record_part(upload_id=upload_id, claim=claim, receipt=last_part)
+        upload = upload_transition(
+            upload_id=upload_id,
+            to=UploadStatus.COMPLETED,
+            owned_by=claim,
+            completed_at=timezone.now(),
+            staged_at=None,
+            error=None,
+            **found,
+        )
     staging_delete(upload.id)
     logger.info("upload %s completed", upload.id)
     return upload

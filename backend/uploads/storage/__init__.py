@@ -1,7 +1,7 @@
 """The bucket, behind a small Protocol.
 
 The core is what a resumable multipart transfer needs: open an object, put part N, list the
-parts the store confirmed, complete, abort. A plain put covers the empty file. Download URLs are
+parts the store confirmed, complete, abort. A plain put covers the empty file and a file of one part. Download URLs are
 a separate capability (`Presigner`). Each backend lives in its own module; `get_storage()`
 picks one from settings.
 """
@@ -67,8 +67,12 @@ class Storage(Protocol):
     def abort(self, *, key: str, handle: str) -> None:
         """Discard an open object and every part of it. Idempotent: an unknown handle is fine."""
 
-    def put_object(self, *, key: str, data: bytes, content_type: str, metadata: dict[str, str]) -> None:
-        """Store a small object with one plain put (the empty file)."""
+    def put_object(self, *, key: str, data: bytes, content_type: str, metadata: dict[str, str]) -> PartReceipt:
+        """Store a small object with one plain put (the empty file, a file of one part).
+
+        It appears whole or not at all, durable once this returns; putting it again replaces it.
+        Returns what the store said of the bytes as the receipt of part 1.
+        """
 
     def delete_object(self, *, key: str) -> None:
         """Remove a completed object. Idempotent."""

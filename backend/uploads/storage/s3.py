@@ -75,6 +75,10 @@ LIST_PAGE_SIZE = 1000
 MAX_PRESIGN_SECONDS = 7 * 24 * 3600
 # Rounds of abort-then-list before giving up on parts that keep arriving.
 ABORT_ROUNDS = 5
+# The ListParts page that finds one part (`part_listed`): S3 starts a page after PartNumberMarker,
+# moto reads the marker as a position in its sorted list. A page of this many, ending at the part,
+# holds it on both while fewer lower parts are still missing (in flight); otherwise the caller lists all.
+PART_LISTED_WINDOW = 8
 
 
 class S3Presigner(Protocol):
@@ -278,7 +282,7 @@ class S3Storage:
         if remaining:
             raise _PartsStillListed(f"{len(remaining)} parts still listed")
 
-    def put_object(self, *, key: str, data: bytes, content_type: str, metadata: dict[str, str]) -> None:
+    def put_object(self, *, key: str, data: bytes, content_type: str, metadata: dict[str, str]) -> PartReceipt:
         params: dict[str, Any] = {
             **self._object_params(key=key, content_type=content_type, metadata=metadata),
             "Body": data,
@@ -289,10 +293,19 @@ class S3Storage:
             params[checksum[0]] = checksum[1]
         params["ContentMD5"] = base64.b64encode(md5.digest()).decode("ascii")
         response = self._call("PutObject", lambda: self.client.put_object(**params))
-        if self.etags_are_md5 and etag_md5(str(response.get("ETag", ""))) != md5.hexdigest():
+        etag = str(response.get("ETag", ""))
+        if self.etags_are_md5 and etag_md5(etag) != md5.hexdigest():
             raise S3StorageError(
-                f"PutObject: the store's ETag {response.get('ETag')} is not the MD5 of the bytes sent", retryable=True
+                f"PutObject: the store's ETag {etag} is not the MD5 of the bytes sent ({md5.hexdigest()})",
+                retryable=True,
+                code="ETagMismatch",
             )
+        return PartReceipt(
+            part_number=1,
+            size=len(data),
+            etag=etag,
+            checksum=f"{self.checksum_algorithm}:{checksum[1]}" if checksum is not None else "",
+        )
 
     def delete_object(self, *, key: str) -> None:
         self._with_retries(
@@ -339,11 +352,14 @@ class S3Storage:
         return PresignedPut(url=url, headers=headers)
 
     def part_listed(self, *, key: str, handle: str, part_number: int) -> PartReceipt | None:
-        """ListParts from just before `part_number`, one part: O(1) per confirmation, not O(parts)."""
+        """One small ListParts page ending at `part_number` (O(1) per confirmation, not O(parts)); None if
+        the part is not on it (not put, or, on a store that reads the marker as a position, too many
+        lower parts missing)."""
+        window = min(part_number, PART_LISTED_WINDOW)
         page = self._call(
             "ListParts",
             lambda: self.client.list_parts(
-                Bucket=self.bucket, Key=key, UploadId=handle, MaxParts=1, PartNumberMarker=part_number - 1
+                Bucket=self.bucket, Key=key, UploadId=handle, MaxParts=window, PartNumberMarker=part_number - window
             ),
         )
         for part in page.get("Parts", []):

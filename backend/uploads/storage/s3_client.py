@@ -13,10 +13,12 @@ would still send each request twice; `total_max_attempts` counts the first reque
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 import boto3
 from botocore.config import Config
+from botocore.utils import parse_timestamp
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 
@@ -57,6 +59,21 @@ def s3_client_config(
     )
 
 
+def s3_timestamp_parse(value: Any) -> datetime:
+    """botocore's timestamp parser, with the ISO 8601 form S3 answers in XML (ListParts' LastModified,
+    one per part) read by the standard library: botocore's default (dateutil) takes about 100 us for
+    each, which was a tenth of the server's CPU per part confirmation. Anything else (RFC 1123
+    headers, epoch numbers) goes to botocore's parser as before."""
+    if isinstance(value, str):
+        try:
+            parsed = datetime.fromisoformat(value)
+        except ValueError:
+            parsed = None
+        if parsed is not None and parsed.tzinfo is not None:
+            return parsed
+    return parse_timestamp(value)
+
+
 def s3_client_create(
     *,
     endpoint_url: str | None,
@@ -67,6 +84,8 @@ def s3_client_create(
 ) -> Any:
     """A boto3 S3 client for `endpoint_url` (None: AWS), credentials from the standard chain."""
     session = session or boto3.session.Session()
+    # The parsers of every client this session makes from now on (ResponseParserFactory.set_parser_defaults).
+    session._session.get_component("response_parser_factory").set_parser_defaults(timestamp_parser=s3_timestamp_parse)
     config = s3_client_config(
         region=region,
         request_checksum_calculation=request_checksum_calculation,
