@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,6 +18,7 @@ import redis
 
 from backend.uploads.models import FileUpload
 from tests.support.client import PROGRESS_SUBSCRIPTION, Subscriber, data_of, subscriber, upload_file
+from tests.support.processes import RedisServer
 from tests.support.progress_driver import drive_parts, publishing_to
 from tests.support.stalled import stalled_subscriber
 
@@ -96,11 +99,19 @@ def test_two_selection_sets_on_one_upload_each_get_their_own_shape(make_stack, a
     assert [(e["sequence"], e["status"]) for e in narrowed] == [(e["sequence"], e["status"]) for e in full[0]]
 
 
-def test_sockets_take_no_channel_of_their_own_on_the_layer(make_stack, api_user) -> None:
+def test_sockets_take_no_channel_of_their_own_on_the_layer(make_stack, api_user, tmp_path: Path) -> None:
     """Twenty more sockets subscribed to one upload add no pub/sub channel in Redis: the process's
     hub holds one channel and one group membership for all of them (Channels' consumer would
-    subscribe a channel per socket)."""
-    idle = make_stack(workers=0)
+    subscribe a channel per socket). A Redis of its own: pub/sub channels are not per database, and
+    other stacks' servers would subscribe and leave meanwhile."""
+    own_redis = RedisServer(directory=tmp_path / "redis", persistent=False).start()
+    try:
+        _no_channel_per_socket(make_stack(workers=0, redis_url=own_redis.url), api_user)
+    finally:
+        own_redis.stop(signal.SIGKILL)
+
+
+def _no_channel_per_socket(idle: Any, api_user: Any) -> None:
     upload_id = new_upload(idle, api_user.headers, 1)
     redis_client = redis.Redis.from_url(idle.env["REDIS_URL"])
 
