@@ -24,9 +24,9 @@ from tests.support.uploads import Gate
 
 ROOT = Path(__file__).resolve().parents[2]
 MIB = 1024 * 1024
-# A transfer that is still running after the last byte: without pipelining (UPLOAD_PIPELINE), whose
-# parts sent while the bytes arrive would leave too little of it for these tests to act during.
-SLOW = {"UPLOAD_PART_DELAY_MS": "400", "UPLOAD_PART_CONCURRENCY": "1", "UPLOAD_PIPELINE": "false"}
+# A transfer held at a gate after the last byte: without pipelining (UPLOAD_PIPELINE), whose run
+# would reach the gate while the bytes still arrive, before the upload is UPLOADING.
+ONE_PART_AT_A_TIME = {"UPLOAD_PART_CONCURRENCY": "1", "UPLOAD_PIPELINE": "false"}
 
 
 def cli_env(extra: dict[str, str] | None = None, *, cwd: Path | None = None) -> dict[str, str]:
@@ -274,9 +274,12 @@ def test_cancel_and_retry_an_upload_in_flight(make_stack, api_user, tmp_path) ->
 
 
 def test_ctrl_c_asks_and_cancels_only_when_told(make_stack, api_user, tmp_path) -> None:
-    slow = make_stack(env=SLOW)
+    # The worker holds part 2 through the whole conversation: the upload cannot end before the cancel.
+    gate = Gate(tmp_path / "gate", part=2)
+    slow = make_stack(env=ONE_PART_AT_A_TIME, faults=gate.plan)
     path, _ = write_file(tmp_path, "big.bin", 12 * MIB)
     client = Running(["upload", str(path), "--url", slow.url, "--token", api_user.token], cwd=tmp_path)
+    gate.reached()
     client.wait_for("stdout", "big.bin: UPLOADING")
 
     client.process.send_signal(signal.SIGINT)
@@ -290,23 +293,30 @@ def test_ctrl_c_asks_and_cancels_only_when_told(make_stack, api_user, tmp_path) 
     client.wait_for("stderr", "Cancel 1 upload(s) in flight? [y/N] ", after=seen)
     client.answer("y\n")
 
-    assert client.finish() == 1, client.out
+    try:
+        assert client.finish() == 1, client.out
+    finally:
+        gate.open()
     assert status_of(upload_id) == "CANCELLED"
     assert f"CANCELLED: {path} ({upload_id})" in client.text("stderr")
     assert "big.bin: CANCELLED" in client.text("stdout")
 
 
 def test_progress_survives_a_server_restart(make_stack, api_user, tmp_path) -> None:
-    slow = make_stack(env=SLOW)
+    # The worker holds part 2 until the server is down and up again: the restart lands mid-transfer.
+    gate = Gate(tmp_path / "gate", part=2)
+    slow = make_stack(env=ONE_PART_AT_A_TIME, faults=gate.plan)
     path, _ = write_file(tmp_path, "long.bin", 8 * MIB)
     client = Running(["upload", str(path), "--url", slow.url, "--token", api_user.token], cwd=tmp_path)
+    gate.reached()
     client.wait_for("stdout", "long.bin: UPLOADING")
 
-    # The websocket drops with the server while the worker goes on; the client reconnects.
+    # The websocket drops with the server; the client reconnects.
     slow.server.stop()
     upload = FileUpload.objects.get(owner=api_user.user)
     assert upload.status == "UPLOADING"
     slow.server.start()  # the same port, and still the stack's: its teardown stops it
+    gate.open()
 
     assert client.finish() == 0, client.out
     # Only a progress event says this: the stream was followed again after the restart.
