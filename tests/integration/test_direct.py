@@ -26,7 +26,7 @@ import httpx
 import pytest
 from django.utils import timezone
 
-from backend.uploads.models import FileUpload, UploadStatus
+from backend.uploads.models import FileUpload, UploadPart, UploadStatus
 from tests.support.client import data_of, error_codes, graphql, subscriber
 from tests.support.direct import (
     direct_complete,
@@ -237,6 +237,12 @@ def test_confirming_a_part_never_put_or_with_another_etag_or_size_is_refused(s3_
     assert (ok["partsUploaded"], ok["bytesUploaded"], ok["bytesReceived"]) == (1, PART, PART)
     again = data_of(direct_confirm(s3_stack.url, api_user.headers, upload_id, 1, etag))["confirmUploadPart"]
     assert again["partsUploaded"] == 1  # confirming twice counts once
+    # Part 1 put again with other bytes: its ledger entry is replaced, still counted once.
+    other = os.urandom(PART)
+    etag_other = put_part(_signed(s3_stack.url, api_user.headers, upload_id, 1, other), other)
+    replaced = data_of(direct_confirm(s3_stack.url, api_user.headers, upload_id, 1, etag_other))["confirmUploadPart"]
+    assert (replaced["partsUploaded"], replaced["bytesUploaded"]) == (1, PART)
+    assert list(UploadPart.objects.filter(upload_id=upload_id).values_list("part_number", "etag")) == [(1, etag_other)]
 
 
 def test_completing_with_parts_missing_or_twice(s3_stack, api_user):

@@ -38,7 +38,8 @@ from tests.support.uploads import Gate
 MIB = 1024 * 1024
 TERMINAL = {"COMPLETED", "FAILED", "CANCELLED"}
 RESYNC_SECONDS = float(os.environ["PROGRESS_RESYNC_SECONDS"])
-# Parts one at a time with a pause before each: events arrive about every PART_DELAY_MS.
+# Parts one at a time with a pause before each: events arrive about every PART_DELAY_MS. Pacing, not
+# synchronisation: the one test using it measures the gaps between live events.
 PART_DELAY_MS = 120
 PACED = {"UPLOAD_PART_DELAY_MS": str(PART_DELAY_MS), "UPLOAD_PART_CONCURRENCY": "1"}
 # Parts one at a time, the worker held at part 1 until the test's subscriber is in place.

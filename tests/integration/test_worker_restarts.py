@@ -25,7 +25,7 @@ from rq.intermediate_queue import IntermediateQueue
 from backend.uploads.models import FileUpload, UploadStatus
 from tests.support.client import data_of, upload_file
 from tests.support.processes import wait_until
-from tests.support.uploads import put_part_counts
+from tests.support.uploads import Gate, put_part_counts
 
 pytestmark = pytest.mark.slow
 MIB = 1024 * 1024
@@ -45,6 +45,8 @@ def test_rolling_sigterm_restart_of_every_worker_completes_every_upload_putting_
     """As a deploy does it: start a new worker, SIGTERM an old one while it transfers, wait for it
     to exit, next. 20 uploads of 8 parts are under way throughout."""
     log = tmp_path / "parts.jsonl"
+    # Pacing: 20 uploads paced at 250 ms a part keep every old worker busy through the deploy, as
+    # real traffic would; the gates other tests use hold one transfer, not a stream of them.
     env = {"UPLOAD_PART_DELAY_MS": "250", "UPLOAD_PART_CONCURRENCY": "2", "TEST_STORAGE_LOG": str(log)}
     stack = make_stack(env=env, workers=3)
     contents = {}
@@ -88,14 +90,18 @@ def _horse_of(worker) -> psutil.Process:
 def test_a_killed_work_horse_is_given_back_by_its_own_worker_without_the_reaper(make_stack, api_user, tmp_path) -> None:
     """No cron runs here, so nothing but the worker that saw its child die can queue the upload again."""
     log = tmp_path / "parts.jsonl"
-    env = {"UPLOAD_PART_DELAY_MS": "150", "UPLOAD_PART_CONCURRENCY": "1", "TEST_STORAGE_LOG": str(log)}
-    stack = make_stack(env=env, workers=1)
+    env = {"UPLOAD_PART_CONCURRENCY": "1", "TEST_STORAGE_LOG": str(log)}
+    # The horse is killed while a gate holds its part 3, parts 1 and 2 confirmed behind it.
+    gate = Gate(tmp_path / "gate", part=3)
+    stack = make_stack(env=env, workers=1, faults=gate.plan)
     body = os.urandom(12 * MIB)
     upload_id = data_of(upload_file(stack.url, body, headers=api_user.headers))["uploadFile"]["id"]
-    wait_until(lambda: _row(upload_id).parts_uploaded >= 2, timeout=30, what="two confirmed parts")
+    gate.reached()
     horse = _horse_of(stack.workers[0])
     horse.kill()
+    gate.open()
     confirmed = set(_row(upload_id).parts.values_list("part_number", flat=True))
+    assert confirmed == {1, 2}
 
     wait_until(lambda: _row(upload_id).status == UploadStatus.COMPLETED, timeout=60, what="the upload resumed")
     assert stack.workers[0].process.poll() is None, "the worker itself lives on"

@@ -75,23 +75,21 @@ def ledger_record(*, upload_id: uuid.UUID, receipt: PartReceipt) -> FileUpload |
     A part put again (same number, new bytes) replaces its entry; its byte count is adjusted.
     """
     with transaction.atomic():
-        previous = UploadPart.objects.filter(upload_id=upload_id, part_number=receipt.part_number).first()
-        if previous is not None and (previous.etag, previous.size) == (receipt.etag, receipt.size):
-            return None
-        if previous is None:
-            try:
-                with transaction.atomic():
-                    UploadPart.objects.create(
-                        upload_id=upload_id,
-                        part_number=receipt.part_number,
-                        size=receipt.size,
-                        etag=receipt.etag,
-                        checksum=receipt.checksum,
-                    )
-            except IntegrityError:
-                return None  # a concurrent confirmation of the same part recorded it
+        # Most parts are new: insert first, and read the entry only when the part is already in.
+        try:
+            with transaction.atomic():
+                UploadPart.objects.create(
+                    upload_id=upload_id,
+                    part_number=receipt.part_number,
+                    size=receipt.size,
+                    etag=receipt.etag,
+                    checksum=receipt.checksum,
+                )
             added, parts = receipt.size, 1
-        else:
+        except IntegrityError:
+            previous = UploadPart.objects.filter(upload_id=upload_id, part_number=receipt.part_number).first()
+            if previous is None or (previous.etag, previous.size) == (receipt.etag, receipt.size):
+                return None  # confirmed already (or, concurrently, removed)
             UploadPart.objects.filter(id=previous.id).update(
                 size=receipt.size, etag=receipt.etag, checksum=receipt.checksum
             )
