@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 
 from asgiref.sync import sync_to_async
 from channels.auth import get_user
+from channels.exceptions import StopConsumer
 from django.conf import settings
 from django.http.request import validate_host
 from strawberry.channels import GraphQLWSConsumer
@@ -21,6 +22,7 @@ from strawberry.subscriptions.protocols.graphql_ws.handlers import BaseGraphQLWS
 from backend.redis_errors import REDIS_UNREACHABLE
 from backend.tokens.bearer import bearer_token
 from backend.tokens.services import token_user
+from backend.uploads.progress import progress_layer_probe
 from schema.context import Context
 from schema.fanout import shared_message_json
 from schema.validation import json_decode
@@ -53,29 +55,67 @@ class LegacyWSHandler(BaseGraphQLWSHandler[Any, Any]):
             await super().handle_message(message)
 
 
+class _Inbox:
+    """strawberry's per-socket message queue (`put_nowait`, `get`) without asyncio.Queue's three
+    deques: one list and one waiter, about 2 KiB less for every open socket."""
+
+    __slots__ = ("_items", "_waiter")
+
+    def __init__(self) -> None:
+        self._items: list[Any] = []
+        self._waiter: asyncio.Future[None] | None = None
+
+    def put_nowait(self, item: Any) -> None:
+        self._items.append(item)
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def get(self) -> Any:
+        while not self._items:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        return self._items.pop(0)
+
+
 class UploadGraphQLWSConsumer(GraphQLWSConsumer):
     """Authenticates at `connection_init` (bearer token in the payload, else the session cookie)."""
 
     graphql_transport_ws_handler_class = TransportWSHandler
     graphql_ws_handler_class = LegacyWSHandler
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.message_queue = _Inbox()  # type: ignore[assignment]
+
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         """Serve one socket; while the channel layer's Redis is unreachable, refuse it cleanly.
 
-        Channels gives every socket a channel on the layer before the handshake: with Redis down
-        that raises, and the ASGI server would answer the handshake with a 500. Instead the
-        handshake is answered 503 with Retry-After (ASGI's `websocket.http.response` extension:
-        uvicorn), or, on a server without it (daphne), accepted and closed at once with 1000
-        (daphne's websocket library allows no other standard code, 1013 "try again later"
-        included). Either way the client may reconnect, and succeeds once Redis is back.
+        Channels' AsyncConsumer would give every socket a channel of its own on the layer (a Redis
+        SUBSCRIBE, a queue and a reader task per socket) and a second task per message; nothing
+        here uses that channel (the process's ProgressHub holds the one channel subscriptions
+        need), so this loop reads the socket's ASGI events in the socket's own task instead.
+        Before the handshake, one round trip to the layer's Redis (`progress_layer_probe`) stands
+        in for the refusal the channel gave: with Redis down the handshake is answered 503 with
+        Retry-After (ASGI's `websocket.http.response` extension: uvicorn), or, on a server without
+        it (daphne), accepted and closed at once with 1000 (daphne's websocket library allows no
+        other standard code, 1013 "try again later" included). Either way the client may
+        reconnect, and succeeds once Redis is back.
         """
+        self.scope = scope
+        self.channel_layer = None
+        self.base_send = send
         try:
-            await super().__call__(scope, receive, send)
+            await progress_layer_probe()
         except REDIS_UNREACHABLE as exc:
-            if hasattr(self, "channel_receive"):
-                raise  # the socket got its channel: a later failure is not the handshake's
             logger.warning("websocket refused: the channel layer's Redis is unreachable: %s", exc)
             await self._refuse_until_redis(scope=scope, receive=receive, send=send)
+            return
+        with contextlib.suppress(StopConsumer):
+            while True:
+                await self.dispatch(await receive())
 
     async def _refuse_until_redis(self, *, scope: Any, receive: Any, send: Any) -> None:
         message = await receive()

@@ -21,8 +21,12 @@ class Subscription:
         user = require_user(info)
         upload_id = upload_id_parse(id)
         upload_log_bind(upload_id)
-        upload = await sync_to_async(upload_get_for_user)(user=user, upload_id=upload_id)
+        # The owner check, once per subscriber; the row itself is not kept (an idle subscription
+        # holds as little as it can: README, Subscriptions at scale).
+        upload_id = (await sync_to_async(upload_get_for_user)(user=user, upload_id=upload_id)).id
+        del user
         # Each event goes out as the hub's shared object: schema/fanout.py executes it once per
         # document for every subscriber of this process (an UploadProgress as far as GraphQL knows).
-        async for event in progress_stream(upload_id=upload.id, resync_seconds=settings.PROGRESS_RESYNC_SECONDS):
+        async for event in progress_stream(upload_id=upload_id, resync_seconds=settings.PROGRESS_RESYNC_SECONDS):
             yield event  # type: ignore[misc]
+            del event

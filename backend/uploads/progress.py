@@ -310,6 +310,18 @@ class ProgressHub:
             self.deliver(feed, snapshot)
 
 
+PROBE_GROUP = "upload.probe"
+
+
+async def progress_layer_probe() -> None:
+    """One round trip to the channel layer's Redis; raises what the layer raises while it is unreachable.
+
+    A `group_send` to a group nobody joins: one PUBLISH (pub/sub layer) or one ZRANGE (core
+    layer), leaving nothing behind. The websocket consumer calls it before each handshake.
+    """
+    await get_channel_layer().group_send(PROBE_GROUP, {"type": "progress.probe"})
+
+
 _hubs: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, ProgressHub] = weakref.WeakKeyDictionary()
 
 
@@ -338,17 +350,21 @@ async def progress_stream(*, upload_id: uuid.UUID, resync_seconds: float) -> Asy
     feed = hub.subscribe(upload_id=upload_id, mailbox=mailbox, resync_seconds=resync_seconds)
     try:
         await hub.join(feed)
-        event = await _snapshot(upload_id)
-        if event is None:
+        snapshot = await _snapshot(upload_id)
+        if snapshot is None:
             return
-        mailbox.start_after(event)
-        yield event
-        while event["status"] not in TERMINAL:
-            news = await mailbox.get()
-            if news is None:
+        mailbox.start_after(snapshot)
+        status = snapshot["status"]
+        yield snapshot
+        # Only the status is kept between events: an idle subscriber holds no event of its own.
+        del snapshot
+        while status not in TERMINAL:
+            event = await mailbox.get()
+            if event is None:
                 return
-            event = news
+            status = event["status"]
             yield event
+            del event
     finally:
         subscription_gauge.closed()
         await hub.release(feed, mailbox)

@@ -3,7 +3,7 @@
 Ten real uploads (rows made by the mutation, no workers) are driven through the real services
 from this process: claimed, then one part recorded per upload per tick, then COMPLETED, each
 event committed and published by the job's publisher on the server's channel layer, exactly as a
-transfer job does. The ticks speed up in phases (0.5, 1, 2, 4, 10, 20 events/s per upload), so
+transfer job does. The ticks speed up in phases (0.5, 1, 2, 4, 10, 12, 15, 20 events/s per upload), so
 the phase at 2 events/s is the goal's 2,000 deliveries/s and the others bracket the highest rate
 the server sustains (10,000 deliveries/s is the delivery-rate goal). 1,000 graphql-transport-ws
 subscribers (one socket each, this process) record every event's arrival minus its `at` (the
@@ -31,9 +31,11 @@ from tests.support.client import subscriber
 
 UPLOADS = 10
 PER_UPLOAD = 100
-# (events/s per upload, parts at that rate): 500, 1,000, 2,000 (the goal), 4,000, 10,000 and 20,000
-# deliveries/s.
-PHASES = [(0.5, 8), (1.0, 10), (2.0, 20), (4.0, 12), (10.0, 30), (20.0, 40)]
+# (events/s per upload, parts at that rate): 500, 1,000, 2,000 (the goal), 4,000, 10,000, 12,000,
+# 15,000 and 20,000 deliveries/s. The phases past 10,000 show how much headroom the goal has: the
+# figure is the achieved rate of the highest phase that passes, so a 10,000 phase that passes just
+# under its offered rate would otherwise read as a miss.
+PHASES = [(0.5, 8), (1.0, 10), (2.0, 20), (4.0, 12), (10.0, 30), (12.0, 30), (15.0, 30), (20.0, 40)]
 RATE_GOAL = 10_000.0
 PARTS = sum(parts for _, parts in PHASES)
 PART_SIZE = 1024

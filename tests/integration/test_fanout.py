@@ -8,12 +8,17 @@ events there are and when, and the server relays them as it would a worker's.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import signal
+from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 
 from backend.uploads.models import FileUpload
 from tests.support.client import PROGRESS_SUBSCRIPTION, Subscriber, data_of, subscriber, upload_file
+from tests.support.processes import RedisServer
 from tests.support.progress_driver import drive_parts, publishing_to
 from tests.support.stalled import stalled_subscriber
 
@@ -92,6 +97,43 @@ def test_two_selection_sets_on_one_upload_each_get_their_own_shape(make_stack, a
     assert all(set(e) == {"sequence", "status"} for e in narrowed), narrowed
     assert_in_order(narrowed, final)
     assert [(e["sequence"], e["status"]) for e in narrowed] == [(e["sequence"], e["status"]) for e in full[0]]
+
+
+def test_sockets_take_no_channel_of_their_own_on_the_layer(make_stack, api_user, tmp_path: Path) -> None:
+    """Twenty more sockets subscribed to one upload add no pub/sub channel in Redis: the process's
+    hub holds one channel and one group membership for all of them (Channels' consumer would
+    subscribe a channel per socket). A Redis of its own: pub/sub channels are not per database, and
+    other stacks' servers would subscribe and leave meanwhile."""
+    own_redis = RedisServer(directory=tmp_path / "redis", persistent=False).start()
+    try:
+        _no_channel_per_socket(make_stack(workers=0, redis_url=own_redis.url), api_user)
+    finally:
+        own_redis.stop(signal.SIGKILL)
+
+
+def _no_channel_per_socket(idle: Any, api_user: Any) -> None:
+    upload_id = new_upload(idle, api_user.headers, 1)
+    redis_client = redis.Redis.from_url(idle.env["REDIS_URL"])
+
+    def channels() -> set[bytes]:
+        return set(redis_client.pubsub_channels("asgi*"))
+
+    async def scenario() -> tuple[set[bytes], set[bytes]]:
+        async with subscriber(idle.ws_url, api_user.token) as first:
+            await first_event(first, await first.subscribe(upload_id))
+            before = await asyncio.to_thread(channels)
+            async with contextlib.AsyncExitStack() as sockets:
+                more = [await sockets.enter_async_context(subscriber(idle.ws_url, api_user.token)) for _ in range(20)]
+                for session in more:
+                    await first_event(session, await session.subscribe(upload_id))
+                return before, await asyncio.to_thread(channels)
+
+    try:
+        before, after = run(scenario(), idle)
+    finally:
+        redis_client.close()
+    assert after == before, f"new channels: {sorted(after - before)}"
+    assert len(before) == 2, before  # the hub's channel and the upload's group
 
 
 @pytest.mark.slow
