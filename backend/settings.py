@@ -199,6 +199,10 @@ UPLOAD_PART_DELAY_MS = env.int("UPLOAD_PART_DELAY_MS", default=0)
 # Resumable uploads: send whole parts to the bucket while the client still sends (issue 19). Off,
 # the transfer starts after the last byte, as for a SINGLE upload (the benchmark's baseline).
 UPLOAD_PIPELINE = env.bool("UPLOAD_PIPELINE", default=True)
+# A pipeline run that failed (the store refusing its parts) is asked for again by the reaper after
+# this, doubling with each failure in a row up to the cap; a new part arriving asks at once.
+UPLOAD_PIPELINE_BACKOFF_SECONDS = env.float("UPLOAD_PIPELINE_BACKOFF_SECONDS", default=5.0)
+UPLOAD_PIPELINE_BACKOFF_MAX_SECONDS = env.float("UPLOAD_PIPELINE_BACKOFF_MAX_SECONDS", default=300.0)
 # Test doubles chosen by dotted path (tests/support/doubles.py), never by patching modules: a class
 # the storage factory hands the backend to stand in for it, and the class a job publishes through.
 STORAGE_WRAPPER = env.str("STORAGE_WRAPPER", default="") or None

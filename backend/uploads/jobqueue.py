@@ -134,6 +134,62 @@ def pipeline_job_request(*, upload_id: uuid.UUID, timeout: int) -> bool:
     return True
 
 
+def _pipeline_failures(upload_id: uuid.UUID) -> str:
+    return f"uploads:pipeline-failures:{upload_id}"
+
+
+def _pipeline_backoff(upload_id: uuid.UUID) -> str:
+    return f"uploads:pipeline-backoff:{upload_id}"
+
+
+def pipeline_backoff_start(*, upload_id: uuid.UUID, first: float, cap: float) -> float:
+    """A pipeline run of `upload_id` failed: the reaper asks for none before the delay returned.
+
+    `first` seconds after one failure, doubling with each failure in a row, at most `cap`. The
+    count of failures outlives the longest wait (twice `cap`), so a store down for an hour is
+    asked every `cap` seconds. Redis unreachable: logged, 0 (no run can be queued meanwhile anyway).
+    """
+    failures_key = _pipeline_failures(upload_id)
+    try:
+        connection = _connection()
+        failures = int(connection.incr(failures_key))
+        delay = min(cap, first * 2 ** min(failures - 1, 32))
+        with connection.pipeline(transaction=False) as both:
+            both.expire(failures_key, max(1, int(2 * cap)))
+            both.set(_pipeline_backoff(upload_id), str(failures), px=max(1, int(delay * 1000)))
+            both.execute()
+    except REDIS_UNREACHABLE as exc:
+        logger.warning("upload %s: Redis unreachable, no pipeline backoff set: %s", upload_id, exc)
+        return 0.0
+    return delay
+
+
+def pipeline_backoff_clear(*, upload_id: uuid.UUID) -> None:
+    """A pipeline run sent its parts: the next failure waits `first` seconds again."""
+    try:
+        _connection().delete(_pipeline_failures(upload_id), _pipeline_backoff(upload_id))
+    except REDIS_UNREACHABLE as exc:
+        logger.warning("upload %s: Redis unreachable, pipeline backoff not cleared: %s", upload_id, exc)
+
+
+def pipeline_backing_off(upload_ids: list[uuid.UUID]) -> set[uuid.UUID]:
+    """Which of `upload_ids` wait after a failed run (`pipeline_backoff_start`): one round trip.
+
+    Redis unreachable: none (a request then fails and is logged, as any other).
+    """
+    if not upload_ids:
+        return set()
+    try:
+        with _connection().pipeline(transaction=False) as each:
+            for upload_id in upload_ids:
+                each.exists(_pipeline_backoff(upload_id))
+            found = each.execute()
+    except REDIS_UNREACHABLE as exc:
+        logger.warning("Redis unreachable, pipeline backoffs not read: %s", exc)
+        return set()
+    return {upload_id for upload_id, waits in zip(upload_ids, found, strict=True) if waits}
+
+
 def current_job_id() -> str | None:
     """The id of the RQ job this code runs in (None outside a job: a test calling a job function)."""
     job = get_current_job()

@@ -28,7 +28,7 @@ from backend.uploads.models import FileUpload, UploadMode, UploadStatus
 from backend.uploads.progress import progress_publisher
 from backend.uploads.selectors import upload_get, upload_is_claimed_by, upload_parts_list
 from backend.uploads.staging import staging_path
-from backend.uploads.storage import PartReceipt, get_capabilities, storage_retry_policy
+from backend.uploads.storage import PartReceipt, StorageError, get_capabilities, storage_retry_policy
 from backend.uploads.transfer import (
     TransferFailed,
     TransferSettings,
@@ -232,15 +232,14 @@ def _pipeline_run(upload: FileUpload, claim: uuid.UUID) -> FileUpload | None:
         logger.info("upload %s: %d parts sent while receiving", upload.id, sent)
     except (TransferStopped, ClaimLost):
         return services.upload_pipeline_stopped(upload_id=upload.id, claim=claim)
-    except TransferFailed as exc:
+    except (TransferFailed, StorageError) as exc:
         # Not the upload's failure: the transfer after its last byte tries these parts again,
-        # with the whole retry policy, and fails the upload only then.
-        logger.warning("upload %s: sending parts while receiving failed: %s", upload.id, exc)
-        return services.upload_pipeline_release(upload_id=upload.id, claim=claim, look_again=False)
-    except Exception:
-        logger.exception("upload %s: unexpected error sending parts while receiving", upload.id)
-        return services.upload_pipeline_release(upload_id=upload.id, claim=claim, look_again=False)
-    return services.upload_pipeline_release(upload_id=upload.id, claim=claim)
+        # with the whole retry policy, and fails the upload only then. A store down: one line.
+        return services.upload_pipeline_failed(upload_id=upload.id, claim=claim, error=str(exc))
+    except Exception as exc:
+        error = f"unexpected error: {type(exc).__name__}"
+        return services.upload_pipeline_failed(upload_id=upload.id, claim=claim, error=error, unexpected=True)
+    return services.upload_pipeline_sent(upload_id=upload.id, claim=claim)
 
 
 def _direct_finish(*, upload: FileUpload, ledger: UploadLedger) -> dict[str, Any]:

@@ -27,6 +27,7 @@ frees exactly that claim and requests the next run (`upload_pipeline_orphaned`).
 from __future__ import annotations
 
 import logging
+import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
@@ -37,7 +38,14 @@ from django.db.models import F
 from django.utils import timezone
 
 from backend.uploads.errors import ClaimLost
-from backend.uploads.jobqueue import pipeline_job_request, pipeline_job_started, transfer_job_timeout
+from backend.uploads.jobqueue import (
+    pipeline_backing_off,
+    pipeline_backoff_clear,
+    pipeline_backoff_start,
+    pipeline_job_request,
+    pipeline_job_started,
+    transfer_job_timeout,
+)
 from backend.uploads.models import ConcatRole, FileUpload, UploadMode, UploadStatus
 from backend.uploads.selectors import upload_get
 from backend.uploads.services.actions import upload_abort_store
@@ -48,6 +56,12 @@ from backend.uploads.storage import StorageError
 logger = logging.getLogger("backend.uploads.services")
 
 _CLAIM_NAMESPACE = uuid.UUID("6f1c2a52-53b4-4c1e-9d8e-7d1f0b6f4a19")
+
+# Requests waiting for this process's request thread, by upload id (the job timeout each asks for):
+# one per upload, whatever the number of parts that arrived meanwhile; at most this many uploads.
+_WAITING_AT_MOST = 10_000
+_waiting: dict[uuid.UUID, int] = {}
+_waiting_lock = threading.Lock()
 
 
 def pipeline_claim_for(job_id: str) -> uuid.UUID:
@@ -85,14 +99,17 @@ def pipeline_whole_parts(upload: FileUpload) -> int:
     return whole
 
 
+def _run_timeout(upload: FileUpload) -> int:
+    return transfer_job_timeout(
+        size=upload.size, parts_total=upload.parts_total, part_delay_ms=settings.UPLOAD_PART_DELAY_MS
+    )
+
+
 def upload_pipeline_nudge(*, upload: FileUpload) -> bool:
     """New whole parts are in staging: request a pipeline run (debounced). True if one was queued."""
     if not pipeline_applies(upload):
         return False
-    timeout = transfer_job_timeout(
-        size=upload.size, parts_total=upload.parts_total, part_delay_ms=settings.UPLOAD_PART_DELAY_MS
-    )
-    return pipeline_job_request(upload_id=upload.id, timeout=timeout)
+    return pipeline_job_request(upload_id=upload.id, timeout=_run_timeout(upload))
 
 
 @cache
@@ -103,16 +120,32 @@ def _requests() -> ThreadPoolExecutor:
 def upload_pipeline_nudge_soon(*, upload: FileUpload) -> None:
     """`upload_pipeline_nudge` on this process's request thread: the chunk being received (and its
     answer) never waits for Redis. A request lost with the process is made by the reaper
-    (`upload_pipeline_requeue_behind`)."""
-    if pipeline_applies(upload):
-        _requests().submit(_nudge_logged, upload)
+    (`upload_pipeline_requeue_behind`).
+
+    Coalesced: while a request for this upload waits for the thread (Redis slow or hung), a new one
+    adds nothing, as the waiting one asks for the parts in by the time it runs. Only ids wait, never
+    rows; past _WAITING_AT_MOST uploads a request is dropped (logged) and left to the reaper.
+    """
+    if not pipeline_applies(upload):
+        return
+    with _waiting_lock:
+        if upload.id in _waiting:
+            return
+        if len(_waiting) >= _WAITING_AT_MOST:
+            logger.warning("upload %s: %d pipeline requests wait already; the reaper will", upload.id, len(_waiting))
+            return
+        _waiting[upload.id] = _run_timeout(upload)
+    _requests().submit(_request_waiting, upload.id)
 
 
-def _nudge_logged(upload: FileUpload) -> None:
+def _request_waiting(upload_id: uuid.UUID) -> None:
+    # Taken off before the request is made: parts arriving from now on wait for a request of their own.
+    with _waiting_lock:
+        timeout = _waiting.pop(upload_id)
     try:
-        upload_pipeline_nudge(upload=upload)
+        pipeline_job_request(upload_id=upload_id, timeout=timeout)
     except Exception:
-        logger.warning("upload %s: requesting a pipeline run failed; the reaper will", upload.id, exc_info=True)
+        logger.warning("upload %s: requesting a pipeline run failed; the reaper will", upload_id, exc_info=True)
 
 
 def upload_pipeline_started(*, upload_id: uuid.UUID) -> None:
@@ -165,6 +198,33 @@ def upload_pipeline_release(*, upload_id: uuid.UUID, claim: uuid.UUID, look_agai
     ):
         upload_pipeline_nudge(upload=current)
     return current
+
+
+def upload_pipeline_sent(*, upload_id: uuid.UUID, claim: uuid.UUID) -> FileUpload | None:
+    """A pipeline run sent every part it found: a later failure waits the shortest backoff again."""
+    pipeline_backoff_clear(upload_id=upload_id)
+    return upload_pipeline_release(upload_id=upload_id, claim=claim)
+
+
+def upload_pipeline_failed(
+    *, upload_id: uuid.UUID, claim: uuid.UUID, error: str, unexpected: bool = False
+) -> FileUpload | None:
+    """A pipeline run failed (the store refused its parts): not the upload's failure, and no next run now.
+
+    The reaper asks for the next one after a backoff (UPLOAD_PIPELINE_BACKOFF_SECONDS, doubling with
+    each failure in a row up to UPLOAD_PIPELINE_BACKOFF_MAX_SECONDS), set before the claim is given
+    back so the reaper never sees the upload free without it; a new part arriving asks at once. One
+    log line per failed run; a traceback only for an `unexpected` error (a bug, not an outage).
+    """
+    delay = pipeline_backoff_start(
+        upload_id=upload_id,
+        first=settings.UPLOAD_PIPELINE_BACKOFF_SECONDS,
+        cap=settings.UPLOAD_PIPELINE_BACKOFF_MAX_SECONDS,
+    )
+    log = logger.error if unexpected else logger.warning
+    message = "upload %s: sending parts while receiving failed: %s; the reaper asks again in %.0f s"
+    log(message, upload_id, error, delay, exc_info=unexpected)
+    return upload_pipeline_release(upload_id=upload_id, claim=claim, look_again=False)
 
 
 def upload_pipeline_stopped(*, upload_id: uuid.UUID, claim: uuid.UUID) -> FileUpload | None:
@@ -246,7 +306,9 @@ def upload_pipeline_requeue_behind() -> list[uuid.UUID]:
     What is left there: a run that failed (it asks for no next run itself, or a store that
     refuses every part would be asked again at once, in a loop), or a request Redis lost. The
     reaper calls this every few seconds: while the client sends nothing new, that is when the
-    parts go. Requests are debounced as the appender's are. The uploads requested for.
+    parts go. An upload whose last run failed is skipped until its backoff ends
+    (`upload_pipeline_failed`), so a store outage costs one run per upload per backoff, not one
+    per reaper tick. Requests are debounced as the appender's are. The uploads requested for.
     """
     if not settings.UPLOAD_PIPELINE:
         return []
@@ -261,9 +323,11 @@ def upload_pipeline_requeue_behind() -> list[uuid.UUID]:
         .exclude(concat_role=ConcatRole.PARTIAL)
         .exclude(content_type="")
     )
+    due = [upload for upload in behind if pipeline_whole_parts(upload) > upload.parts_uploaded]
+    waiting = pipeline_backing_off([upload.id for upload in due])
     requested = []
-    for upload in behind:
-        if pipeline_whole_parts(upload) > upload.parts_uploaded and upload_pipeline_nudge(upload=upload):
+    for upload in due:
+        if upload.id not in waiting and upload_pipeline_nudge(upload=upload):
             requested.append(upload.id)
     return requested
 
