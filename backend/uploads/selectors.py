@@ -27,9 +27,13 @@ def upload_id_parse(raw: str) -> uuid.UUID:
         raise BadUserInput(f"{raw!r} is not an upload id") from exc
 
 
-def upload_get_for_user(*, user: User, upload_id: uuid.UUID) -> FileUpload:
-    """The caller's upload; NOT_FOUND when it is missing or someone else's (never saying which)."""
-    upload = FileUpload.objects.filter(id=upload_id, owner_id=user.pk).first()
+def upload_get_for_user(*, user: User, upload_id: uuid.UUID, only: tuple[str, ...] = ()) -> FileUpload:
+    """The caller's upload; NOT_FOUND when it is missing or someone else's (never saying which).
+
+    With `only`, just those columns are read (the others are deferred: reading one is a query).
+    """
+    rows = FileUpload.objects.filter(id=upload_id, owner_id=user.pk)
+    upload = (rows.only(*only) if only else rows).first()
     if upload is None:
         raise NotFound("no such upload")
     return upload

@@ -336,7 +336,9 @@ class _Run:
                     in_flight.pop(future)
                     try:
                         confirmed.append(future.result())
-                    except TransferFailed as exc:
+                    except Exception as exc:
+                        # Any error, not only a failed part: raised below, once the parts confirmed
+                        # with it (this round or still in flight) are in the ledger.
                         failure = failure or exc
                 if time.monotonic() - last_beat >= heartbeat_every:
                     last_beat = time.monotonic()

@@ -1,18 +1,25 @@
-"""Many servers, one upload: the writer lock across two uvicorn processes, and a server SIGKILLed mid-PATCH."""
+"""Many servers, one upload: the writer lock across two uvicorn processes, and a server SIGKILLed mid-PATCH;
+what a PATCH that is refused anyway hears while another request holds the lock, or Redis is down."""
 
 from __future__ import annotations
 
 import hashlib
 import os
+import signal
 import socket
+from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
+import pytest
+import redis
+from django.utils import timezone
 
 from backend.uploads.models import FileUpload
-from tests.support.processes import wait_until
-from tests.support.tus import code_of, tus_create, tus_head, tus_patch
+from tests.support.processes import RedisServer, wait_until
+from tests.support.tus import code_of, tus_create, tus_delete, tus_head, tus_patch
 from tests.support.uploads import upload_wait_for_status
 
 MIB = 1024 * 1024
@@ -29,6 +36,59 @@ def _open_patch(server_url: str, location: str, token: str, offset: int, length:
     )
     sock.sendall(head.encode() + first)
     return sock
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(directory=tmp_path / "redis", persistent=False).start()
+    yield server
+    server.stop(signal.SIGKILL)
+
+
+def _refusal(answer: httpx.Response) -> tuple[int, str]:
+    return answer.status_code, code_of(answer)
+
+
+def test_while_the_owner_writes_others_hear_not_found_and_the_owner_hears_gone_before_locked(
+    make_stack, make_user, own_redis: RedisServer
+) -> None:
+    owner, stranger = make_user(), make_user()
+    stack = make_stack(workers=0, redis_url=own_redis.url)
+    location = tus_create(stack.url, owner.headers, length=2 * MIB).headers["Location"]
+    lock_key = f"uploads:writer-lock:{location.rsplit('/', 1)[1]}"
+    held = redis.Redis.from_url(own_redis.url)
+    slow = _open_patch(stack.url, location, owner.token, 0, 2 * MIB, b"a" * 1000)
+    try:
+        token = wait_until(lambda: held.get(lock_key), what="the owner's PATCH to take the lock")
+        assert _refusal(tus_patch(location, stranger.headers, 0, b"x")) == (404, "NOT_FOUND")
+        assert held.get(lock_key) == token  # the stranger never took, nor released, the owner's lock
+        assert _refusal(tus_patch(location, owner.headers, 0, b"x")) == (423, "UPLOAD_LOCKED")
+        assert tus_delete(location, owner.headers).status_code == 204
+        # Cancelled while the lock is still held: what the upload is comes before who writes to it.
+        assert held.get(lock_key) == token
+        assert _refusal(tus_patch(location, owner.headers, 0, b"x")) == (410, "GONE")
+    finally:
+        slow.close()
+
+
+def test_refusals_about_the_upload_need_no_redis(make_stack, make_user, own_redis: RedisServer) -> None:
+    """With Redis down only a PATCH that would write hears 503: NOT_FOUND and GONE are answered
+    before the lock, so a request refused anyway never holds (nor waits for) the owner's lock."""
+    owner, stranger = make_user(), make_user()
+    stack = make_stack(workers=0, redis_url=own_redis.url)
+    receiving, cancelled, expired = (
+        tus_create(stack.url, owner.headers, length=10).headers["Location"] for _ in range(3)
+    )
+    assert tus_delete(cancelled, owner.headers).status_code == 204
+    expired_id = expired.rsplit("/", 1)[1]
+    FileUpload.objects.filter(id=expired_id).update(expires_at=timezone.now() - timedelta(seconds=1))
+    own_redis.stop(signal.SIGKILL)
+
+    assert _refusal(tus_patch(receiving, stranger.headers, 0, b"x")) == (404, "NOT_FOUND")
+    assert _refusal(tus_patch(cancelled, owner.headers, 0, b"x")) == (410, "GONE")
+    assert _refusal(tus_patch(expired, owner.headers, 0, b"x")) == (410, "GONE")
+    assert FileUpload.objects.get(id=expired_id).status == "FAILED"
+    assert _refusal(tus_patch(receiving, owner.headers, 0, b"x")) == (503, "SERVICE_UNAVAILABLE")
 
 
 def test_a_second_writer_on_another_server_is_locked_out_until_a_killed_holder_frees_the_lock(

@@ -9,6 +9,7 @@ stopping it and leaving no open object behind.
 from __future__ import annotations
 
 import os
+import threading
 import uuid
 import zlib
 from collections import Counter
@@ -193,6 +194,30 @@ def test_a_part_out_of_attempts_fails_the_transfer_naming_it(tmp_path: Path) -> 
     with pytest.raises(TransferFailed, match=r"^part 3 failed 3 times; last error: injected failure of part 3$"):
         _run(store, _spec(3 * PART), source, MemoryLedger())
     assert store.puts.count(3) == 3
+
+
+class BrokenPartStore(FlakyStore):
+    """Part 2 raises an error that is no StorageError (a bug, a library's surprise); part 1 is
+    confirmed only once part 2 has raised, so the engine sees the failure first or with it."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.broken = threading.Event()
+
+    def put_part(self, *, key: str, handle: str, part_number: int, offset: int, data: bytes) -> PartReceipt:
+        if part_number == 2:
+            self.broken.set()
+            raise RuntimeError("not a storage error")
+        assert self.broken.wait(timeout=30), "part 2 never ran"
+        return super().put_part(key=key, handle=handle, part_number=part_number, offset=offset, data=data)
+
+
+def test_a_part_confirmed_with_an_unexpected_error_is_still_recorded(tmp_path: Path) -> None:
+    source, _ = _staged(tmp_path, 2 * PART)
+    store, ledger = BrokenPartStore(tmp_path / "bucket"), MemoryLedger()
+    with pytest.raises(RuntimeError, match="not a storage error"):
+        _run(store, _spec(2 * PART), source, ledger)
+    assert sorted(ledger.recorded) == [1], "the store confirmed part 1: the ledger says so at once"
 
 
 def test_a_refusal_is_not_retried(tmp_path: Path) -> None:

@@ -217,6 +217,10 @@ class ChunkAppend:
         self.lock.release()
 
 
+# What the refusals before the lock read: `_appendable`'s, `check`'s and the expiry's.
+_REFUSAL_FIELDS = ("status", "attempts", "size", "expires_at", "concat_role")
+
+
 def chunk_append_begin(
     *,
     user: User,
@@ -235,17 +239,16 @@ def chunk_append_begin(
     length that contradicts the one set). `check` (a door's own refusals) is called with the
     caller's upload before any of the others but NOT_FOUND.
 
-    The lock is taken first and the row read once under it (the offset must be read there
-    anyway). If the lock is held, the row is read to answer what its owner would hear (a
-    refusal about the upload itself comes first), and anyone else hears NOT_FOUND: nobody
-    learns from UPLOAD_LOCKED that someone else's upload exists.
+    The refusals about the upload itself (NOT_FOUND, GONE, `check`, a complete upload) come from
+    one indexed read of the few columns they need, before the lock: a request that is refused
+    anyway never holds the owner's lock (which would answer the owner UPLOAD_LOCKED while nobody
+    writes), nor needs Redis to be refused. Then the lock is taken and the row read once under it
+    (the offset must be read there) and judged again: it may have moved on in between. Nobody
+    learns from UPLOAD_LOCKED that someone else's upload exists: they hear NOT_FOUND first.
     """
-    lock = WriterLock(upload_id)
-    try:
-        lock.acquire()
-    except UploadLocked:
-        _appendable(resumable.resumable_get_for_user(user=user, upload_id=upload_id), offset=offset, check=check)
-        raise
+    known = resumable.resumable_get_for_user(user=user, upload_id=upload_id, only=_REFUSAL_FIELDS)
+    _appendable(known, offset=offset, check=check)
+    lock = WriterLock(upload_id).acquire()
     try:
         upload = resumable.resumable_get_for_user(user=user, upload_id=upload_id)
         _appendable(upload, offset=offset, check=check)

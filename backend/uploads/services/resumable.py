@@ -261,9 +261,12 @@ def resumable_gone(upload: FileUpload) -> bool:
     return upload.status == UploadStatus.FAILED and upload.attempts == 0
 
 
-def resumable_get_for_user(*, user: User, upload_id: uuid.UUID) -> FileUpload:
-    """The caller's upload (partial ones included) for a tus request; one past its expiry expires now."""
-    upload = upload_get_for_user(user=user, upload_id=upload_id)
+def resumable_get_for_user(*, user: User, upload_id: uuid.UUID, only: tuple[str, ...] = ()) -> FileUpload:
+    """The caller's upload (partial ones included) for a tus request; one past its expiry expires now.
+
+    `only`: the columns to read, as for `upload_get_for_user` (status and expires_at are needed here).
+    """
+    upload = upload_get_for_user(user=user, upload_id=upload_id, only=only)
     if upload.status == UploadStatus.RECEIVING and upload.expires_at is not None and upload.expires_at < timezone.now():
         resumable_expire(upload=upload)
         raise Gone("this upload expired")
