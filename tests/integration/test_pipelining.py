@@ -288,6 +288,11 @@ def test_a_worker_killed_mid_pipeline_resumes_without_resending_parts(make_stack
     upload_id = _id_of(uploader)
     uploader.upload(stop_at=5 * part)
     gate.reached()
+    # The engine records a confirmed part once its successor is on the way: part 2 enters the
+    # ledger just after part 3's put starts (and is held), so wait for it, not only for the gate.
+    wait_until(
+        lambda: FileUpload.objects.get(id=upload_id).parts.count() == 2, timeout=30, what="parts 1 and 2 in the ledger"
+    )
     stack.workers[0].kill()
     gate.open()
     row = FileUpload.objects.get(id=upload_id)
