@@ -15,7 +15,7 @@ from rq import Queue
 from backend.uploads.models import FileUpload, UploadStatus
 from tests.support.client import data_of, upload_file
 from tests.support.processes import wait_until
-from tests.support.uploads import Gate, put_part_counts
+from tests.support.uploads import Gate, ledger_wait, put_part_counts
 
 MIB = 1024 * 1024
 
@@ -47,6 +47,7 @@ def test_sigterm_stops_between_parts_and_the_upload_resumes(make_stack, api_user
     upload_id = data_of(upload_file(stack.url, content, headers=api_user.headers))["uploadFile"]["id"]
     fourth.reached()
     fifth.reached()
+    ledger_wait(upload_id, 3)
     assert _row(upload_id).parts_uploaded == 3
 
     worker = stack.workers[0]
@@ -83,6 +84,7 @@ def test_sigkilled_worker_is_reaped_and_resumed_by_the_cron(make_stack, api_user
     content = os.urandom(12 * MIB)
     upload_id = data_of(upload_file(stack.url, content, headers=api_user.headers))["uploadFile"]["id"]
     gate.reached()
+    ledger_wait(upload_id, 2)
     stack.workers[0].kill()
     gate.open()
     confirmed = _row(upload_id).parts_uploaded

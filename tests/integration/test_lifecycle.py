@@ -27,7 +27,7 @@ from backend.uploads.staging import INCOMING, staging_delete
 from backend.uploads.storage.local import INCOMPLETE_DIR
 from tests.support.client import UPLOAD_QUERY, data_of, error_codes, graphql, subscriber, upload_file
 from tests.support.processes import ROOT, _spawn, _stop, wait_until
-from tests.support.uploads import Gate, put_part_log, upload_wait_for_status
+from tests.support.uploads import Gate, ledger_wait, put_part_log, upload_wait_for_status
 
 MIB = 1024 * 1024
 CANCEL = "mutation($id: ID!) { cancelUpload(id: $id) { id status bytesUploaded partsUploaded } }"
@@ -215,6 +215,7 @@ def test_delete_cancels_then_removes_object_staged_bytes_parts_and_row(
     stack = make_stack(env={"UPLOAD_PART_CONCURRENCY": "1"}, faults=gate.plan)
     active = data_of(upload_file(stack.url, os.urandom(8 * MIB), headers=api_user.headers))["uploadFile"]["id"]
     gate.reached()
+    ledger_wait(active, 2)
     assert _row(active).parts_uploaded == 2
     handle = _row(active).storage_upload_id
     assert handle and _handle_files(bucket, handle)

@@ -33,7 +33,7 @@ from backend.uploads.storage.s3_bucket import LIFECYCLE_RULE_ID
 from tests.support.client import UPLOAD_FIELDS, data_of, graphql, upload_file
 from tests.support.moto import PART, Moto, moto_start, s3_env
 from tests.support.processes import wait_until
-from tests.support.uploads import Gate
+from tests.support.uploads import Gate, ledger_wait
 
 MIB = 1024 * 1024
 CANCEL = f"mutation($id: ID!) {{ cancelUpload(id: $id) {{ {UPLOAD_FIELDS} }} }}"
@@ -270,6 +270,7 @@ def test_cancel_aborts_the_multipart_upload(make_stack, api_user, moto, bucket, 
     content = os.urandom(2 * PART + MIB)
     upload_id = data_of(upload_file(stack.url, content, headers=api_user.headers))["uploadFile"]["id"]
     gate.reached()
+    ledger_wait(upload_id, 1)
     assert _row(upload_id).parts_uploaded == 1
     assert len(_open_uploads(moto, bucket)) == 1
 

@@ -25,7 +25,7 @@ from rq.intermediate_queue import IntermediateQueue
 from backend.uploads.models import FileUpload, UploadStatus
 from tests.support.client import data_of, upload_file
 from tests.support.processes import wait_until
-from tests.support.uploads import Gate, put_part_counts
+from tests.support.uploads import Gate, ledger_wait, put_part_counts
 
 pytestmark = pytest.mark.slow
 MIB = 1024 * 1024
@@ -97,6 +97,7 @@ def test_a_killed_work_horse_is_given_back_by_its_own_worker_without_the_reaper(
     body = os.urandom(12 * MIB)
     upload_id = data_of(upload_file(stack.url, body, headers=api_user.headers))["uploadFile"]["id"]
     gate.reached()
+    ledger_wait(upload_id, 2)
     horse = _horse_of(stack.workers[0])
     horse.kill()
     gate.open()

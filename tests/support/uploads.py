@@ -25,6 +25,22 @@ def upload_wait_for_status(
     return wait_until(current, timeout=timeout, what=f"upload {upload_id} to reach {statuses}")
 
 
+def ledger_wait(upload_id: str, parts: int, timeout: float = 30) -> None:
+    """Wait until the ledger holds `parts` parts of the upload.
+
+    The engine records a confirmed part once the part after it is on its way, so a worker held at
+    a gate on part N may not have written part N-1 yet: a test that acts "with parts 1..N-1
+    confirmed" waits for them here after `Gate.reached()`.
+    """
+    from backend.uploads.models import FileUpload
+
+    wait_until(
+        lambda: FileUpload.objects.get(id=upload_id).parts.count() == parts,
+        timeout=timeout,
+        what=f"{parts} parts of {upload_id} in the ledger",
+    )
+
+
 def staging_entries(staging: Path | None = None) -> set[str]:
     """Every file under the staging directory (staged uploads and `incoming/`), relative names."""
     root = Path(staging or os.environ["UPLOAD_STAGING_DIR"])
