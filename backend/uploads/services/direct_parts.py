@@ -16,7 +16,7 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.models import User
-from django.db import IntegrityError, transaction
+from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
@@ -36,7 +36,7 @@ from backend.uploads.services.direct import (
 )
 from backend.uploads.services.queueing import upload_enqueue
 from backend.uploads.services.resumable import receiving_expires_at
-from backend.uploads.services.transitions import upload_transition
+from backend.uploads.services.transitions import ledger_insert, upload_transition
 from backend.uploads.storage import PartReceipt
 from backend.uploads.storage.s3 import etag_md5
 
@@ -76,17 +76,9 @@ def ledger_record(*, upload_id: uuid.UUID, receipt: PartReceipt) -> FileUpload |
     """
     with transaction.atomic():
         # Most parts are new: insert first, and read the entry only when the part is already in.
-        try:
-            with transaction.atomic():
-                UploadPart.objects.create(
-                    upload_id=upload_id,
-                    part_number=receipt.part_number,
-                    size=receipt.size,
-                    etag=receipt.etag,
-                    checksum=receipt.checksum,
-                )
+        if ledger_insert(upload_id=upload_id, receipt=receipt):
             added, parts = receipt.size, 1
-        except IntegrityError:
+        else:
             previous = UploadPart.objects.filter(upload_id=upload_id, part_number=receipt.part_number).first()
             if previous is None or (previous.etag, previous.size) == (receipt.etag, receipt.size):
                 return None  # confirmed already (or, concurrently, removed)

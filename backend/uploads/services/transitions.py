@@ -126,26 +126,33 @@ def upload_set_storage_handle(*, upload_id: uuid.UUID, claim: uuid.UUID, handle:
         raise ClaimLost(f"upload {upload_id} is no longer this transfer's")
 
 
+def ledger_insert(*, upload_id: uuid.UUID, receipt: PartReceipt) -> bool:
+    """Insert a part's ledger entry in a savepoint; False (nothing written) if the part is in already."""
+    try:
+        with transaction.atomic():
+            UploadPart.objects.create(
+                upload_id=upload_id,
+                part_number=receipt.part_number,
+                size=receipt.size,
+                etag=receipt.etag,
+                checksum=receipt.checksum,
+            )
+    except IntegrityError:
+        return False
+    return True
+
+
 def upload_record_part(*, upload_id: uuid.UUID, claim: uuid.UUID, receipt: PartReceipt) -> FileUpload:
     """Add a confirmed part to the ledger and the counters, then publish. Idempotent per part."""
     with transaction.atomic():
         owned = FileUpload.objects.filter(id=upload_id, claim=claim, status__in=RUN_STATUSES)
-        try:
-            with transaction.atomic():
-                UploadPart.objects.create(
-                    upload_id=upload_id,
-                    part_number=receipt.part_number,
-                    size=receipt.size,
-                    etag=receipt.etag,
-                    checksum=receipt.checksum,
-                )
-        except IntegrityError:
+        if ledger_insert(upload_id=upload_id, receipt=receipt):
+            counters = {"bytes_uploaded": F("bytes_uploaded") + receipt.size, "parts_uploaded": F("parts_uploaded") + 1}
+        else:
             UploadPart.objects.filter(upload_id=upload_id, part_number=receipt.part_number).update(
                 etag=receipt.etag, checksum=receipt.checksum
             )
-            counters: dict[str, Any] = {}
-        else:
-            counters = {"bytes_uploaded": F("bytes_uploaded") + receipt.size, "parts_uploaded": F("parts_uploaded") + 1}
+            counters = {}
         now = timezone.now()
         if not owned.update(sequence=F("sequence") + 1, updated_at=now, heartbeat_at=now, **counters):
             raise ClaimLost(f"upload {upload_id} is no longer this transfer's")
