@@ -166,6 +166,11 @@ async def _quota_refusal(headers: dict[str, str]) -> Refusal | None:
     """413 QUOTA_EXCEEDED for a multipart body that could not fit in its sender's quota."""
     if not headers.get("content-type", "").lower().startswith("multipart/"):
         return None
+    if int(headers["content-length"]) <= ENVELOPE_ALLOWANCE:
+        # No quota room is below 0, so this body could not be refused here: skip the lookups (the
+        # caller's token, their quota: a thread and a database connection per request).
+        # `quota_reserve` still checks the file once staged.
+        return None
     room = await sync_to_async(quota_room_for_request)(headers=headers)
     if room is not None and int(headers["content-length"]) > room + ENVELOPE_ALLOWANCE:
         return 413, "QUOTA_EXCEEDED", f"this upload would pass your quota: {room} bytes are free"
