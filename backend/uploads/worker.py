@@ -116,8 +116,12 @@ class UploadWorker(Worker):
         """Run `job` here, without a work horse, as RQ's SimpleWorker does: the same bookkeeping
         (`perform_job`: started, finished or failed, its result) and the same job timeout (RQ's
         death penalty is a SIGALRM in this process, as it would be in the horse)."""
-        execution = self.prepare_execution(job)
         self._in_process = True
+        try:
+            execution = self.prepare_execution(job)
+        except BaseException:
+            self._in_process = False
+            raise
         if self._publisher is None:
             self._publisher = progress_publisher_start()
         try:
@@ -135,6 +139,13 @@ class UploadWorker(Worker):
     def setup_work_horse_signals(self) -> None:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, _horse_stop)
+
+    def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
+        if self._in_process:
+            # RQ's SimpleWorker's: nothing refreshes the job's heartbeat while it runs here, so it
+            # must last the whole job timeout (a horse's is refreshed by its watching parent).
+            return int(job.timeout or Queue.DEFAULT_TIMEOUT) + 60
+        return int(super().get_heartbeat_ttl(job, working_time))
 
     def handle_warm_shutdown_request(self) -> None:
         super().handle_warm_shutdown_request()

@@ -48,6 +48,7 @@ WORKER_OVERRIDES: dict[str, list[str]] = {
     "run_maintenance_tasks": [],
     "execute_job": ["job", "queue"],
     "kill_horse": ["sig"],
+    "get_heartbeat_ttl": ["job", "working_time"],
     "teardown": [],
 }
 # Our own methods, not overrides.
