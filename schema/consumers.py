@@ -33,6 +33,12 @@ logger = logging.getLogger(__name__)
 RETRY_AFTER_SECONDS = 2
 
 
+class SocketClosed(Exception):
+    """The server closed the socket under the application (its keepalive gave up on a client that
+    stopped reading, or the client went away): nothing more can be sent on it. Expected, so the
+    operations on the socket end quietly instead of logging a traceback each."""
+
+
 class TransportWSHandler(BaseGraphQLTransportWSHandler[Any, Any]):
     """graphql-transport-ws, closing with 4400 on any malformed message.
 
@@ -46,6 +52,10 @@ class TransportWSHandler(BaseGraphQLTransportWSHandler[Any, Any]):
         except (TypeError, AttributeError, ValueError):
             await self.handle_invalid_message("Failed to parse message")
 
+    async def handle_task_exception(self, error: Exception) -> None:
+        if not isinstance(error, SocketClosed):
+            await super().handle_task_exception(error)
+
 
 class LegacyWSHandler(BaseGraphQLWSHandler[Any, Any]):
     """Legacy graphql-ws, which ignores what it cannot parse: a message of the wrong shape too."""
@@ -53,6 +63,10 @@ class LegacyWSHandler(BaseGraphQLWSHandler[Any, Any]):
     async def handle_message(self, message: Any) -> None:
         with contextlib.suppress(TypeError, AttributeError, ValueError):
             await super().handle_message(message)
+
+    async def handle_async_results(self, *args: Any, **kwargs: Any) -> None:
+        with contextlib.suppress(SocketClosed):
+            await super().handle_async_results(*args, **kwargs)
 
 
 class _Inbox:
@@ -89,6 +103,7 @@ class UploadGraphQLWSConsumer(GraphQLWSConsumer):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.message_queue = _Inbox()  # type: ignore[assignment]
+        self.socket_closed = False
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         """Serve one socket; while the channel layer's Redis is unreachable, refuse it cleanly.
@@ -106,7 +121,8 @@ class UploadGraphQLWSConsumer(GraphQLWSConsumer):
         """
         self.scope = scope
         self.channel_layer = None
-        self.base_send = send
+        self.asgi_send = send
+        self.base_send = self._send_to_socket
         try:
             await progress_layer_probe()
         except REDIS_UNREACHABLE as exc:
@@ -116,6 +132,30 @@ class UploadGraphQLWSConsumer(GraphQLWSConsumer):
         with contextlib.suppress(StopConsumer):
             while True:
                 await self.dispatch(await receive())
+
+    async def _send_to_socket(self, message: dict[str, Any]) -> None:
+        """The server's `send`; a socket the server closed under us raises SocketClosed (quietly, once).
+
+        uvicorn refuses a send on a socket it has closed: ClientDisconnected (an OSError) once the
+        connection is gone, a RuntimeError while its own close is still under way (its keepalive
+        closed a socket whose kernel buffers are full, and cannot flush them). Either way the
+        strawberry handler is told the socket is gone, so it ends every operation on it at once.
+        A close on a closed socket has nothing left to do.
+        """
+        closing = message["type"] == "websocket.close"
+        if self.socket_closed:
+            if closing:
+                return
+            raise SocketClosed
+        try:
+            await self.asgi_send(message)
+        except (OSError, RuntimeError) as exc:
+            if not closing and message["type"] != "websocket.send":
+                raise  # a handshake message out of place: a bug here, not the socket going away
+            self.socket_closed = True
+            self.message_queue.put_nowait({"message": None, "disconnected": True})
+            if not closing:
+                raise SocketClosed from exc
 
     async def _refuse_until_redis(self, *, scope: Any, receive: Any, send: Any) -> None:
         message = await receive()
@@ -183,7 +223,8 @@ class UploadGraphQLWSConsumer(GraphQLWSConsumer):
             watch.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watch
-        await super().disconnect(code)
+        with contextlib.suppress(SocketClosed):  # the handler ended on a send the server refused
+            await super().disconnect(code)
 
     async def close(self, code: int | bool | None = None, reason: str | None = None) -> None:
         """Close 4403 after a refused credential on both protocols.
