@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import weakref
 from importlib import import_module
 from typing import Any
 from urllib.parse import urlsplit
@@ -21,7 +22,7 @@ from strawberry.subscriptions.protocols.graphql_ws.handlers import BaseGraphQLWS
 
 from backend.redis_errors import REDIS_UNREACHABLE
 from backend.tokens.bearer import bearer_token
-from backend.tokens.services import token_user
+from backend.tokens.services import token_user, token_users
 from backend.uploads.progress import progress_layer_probe
 from schema.context import Context
 from schema.fanout import shared_message_json
@@ -51,6 +52,11 @@ class TransportWSHandler(BaseGraphQLTransportWSHandler[Any, Any]):
             await super().handle_message(message)
         except (TypeError, AttributeError, ValueError):
             await self.handle_invalid_message("Failed to parse message")
+
+    async def handle_connection_init(self, message: Any) -> None:
+        await super().handle_connection_init(message)
+        # strawberry keeps the init timeout's task, cancelled by now, for the socket's whole life.
+        self.connection_init_timeout_task = None
 
     async def handle_task_exception(self, error: Exception) -> None:
         if not isinstance(error, SocketClosed):
@@ -201,30 +207,17 @@ class UploadGraphQLWSConsumer(GraphQLWSConsumer):
             self.credential_refused = True
             raise ConnectionRejectionError({"message": "authentication failed"})
         context.user = user
-        self.credential_watch = asyncio.create_task(self._watch_credential(token=token, user_id=user.pk))
-
-    async def _watch_credential(self, *, token: str | None, user_id: Any) -> None:
-        """Close the socket with 4403 once its credential stops being valid (revoked, expired, user
-        deactivated, session ended), checking every WS_AUTH_RECHECK_SECONDS."""
-        while True:
-            await asyncio.sleep(settings.WS_AUTH_RECHECK_SECONDS)
-            if token is not None:
-                user = await sync_to_async(token_user)(token=token)
-            else:
-                user = await _session_user(self.scope, reload=True)
-            if user is None or user.pk != user_id:
-                self.credential_refused = True
-                await self.close()
-                return
+        credential_watch().add(self, token=token, user_id=user.pk)
 
     async def disconnect(self, code: int) -> None:
-        watch = getattr(self, "credential_watch", None)
-        if watch is not None:
-            watch.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watch
+        credential_watch().discard(self)
         with contextlib.suppress(SocketClosed):  # the handler ended on a send the server refused
             await super().disconnect(code)
+
+    async def refuse_credential(self) -> None:
+        """The socket's credential stopped being valid: close it with 4403."""
+        self.credential_refused = True
+        await self.close()
 
     async def close(self, code: int | bool | None = None, reason: str | None = None) -> None:
         """Close 4403 after a refused credential on both protocols.
@@ -242,6 +235,76 @@ class UploadGraphQLWSConsumer(GraphQLWSConsumer):
         if hostname and ":" in hostname:
             hostname = f"[{hostname}]"  # ALLOWED_HOSTS spells IPv6 hosts with brackets
         return bool(hostname and validate_host(hostname, settings.ALLOWED_HOSTS))
+
+
+class CredentialWatch:
+    """The sockets of this process and their credentials, re-checked together every
+    WS_AUTH_RECHECK_SECONDS; a socket whose credential stopped being valid (revoked, expired, user
+    deactivated, session ended) is closed with 4403.
+
+    One task for the whole process, and one query for all its bearer tokens (each session read
+    once), instead of a task and a query per socket: an idle socket holds only its entry here.
+    """
+
+    def __init__(self) -> None:
+        self.sockets: weakref.WeakKeyDictionary[UploadGraphQLWSConsumer, tuple[str | None, Any]] = (
+            weakref.WeakKeyDictionary()
+        )
+        self.task: asyncio.Task[None] | None = None
+
+    def add(self, consumer: UploadGraphQLWSConsumer, *, token: str | None, user_id: Any) -> None:
+        """Watch `consumer`'s credential: its bearer `token`, or (None) its session, of user `user_id`."""
+        self.sockets[consumer] = (token, user_id)
+        if self.task is None or self.task.done():
+            self.task = asyncio.create_task(self._run())
+
+    def discard(self, consumer: UploadGraphQLWSConsumer) -> None:
+        self.sockets.pop(consumer, None)
+
+    async def _run(self) -> None:
+        while self.sockets:  # ends with the last socket; the next one starts it again
+            await asyncio.sleep(settings.WS_AUTH_RECHECK_SECONDS)
+            try:
+                refused = await self._refused()
+            except Exception:
+                logger.warning("re-checking websocket credentials failed; trying again later", exc_info=True)
+                continue
+            for consumer in refused:
+                if consumer in self.sockets:
+                    self.discard(consumer)
+                    with contextlib.suppress(Exception):
+                        await consumer.refuse_credential()
+
+    async def _refused(self) -> list[UploadGraphQLWSConsumer]:
+        watched = list(self.sockets.items())
+        tokens = {token for _, (token, _) in watched if token is not None}
+        live = await sync_to_async(token_users)(tokens=tokens) if tokens else {}
+        sessions: dict[str, Any] = {}
+        refused = []
+        for consumer, (token, user_id) in watched:
+            if token is not None:
+                still = live.get(token)
+            else:
+                key = str(consumer.scope["session"].session_key)
+                if key not in sessions:
+                    user = await _session_user(consumer.scope, reload=True)
+                    sessions[key] = user.pk if user is not None else None
+                still = sessions[key]
+            if still != user_id:
+                refused.append(consumer)
+        return refused
+
+
+_watches: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, CredentialWatch] = weakref.WeakKeyDictionary()
+
+
+def credential_watch() -> CredentialWatch:
+    """The credential watch of the running event loop (one per server process)."""
+    loop = asyncio.get_running_loop()
+    watch = _watches.get(loop)
+    if watch is None:
+        watch = _watches[loop] = CredentialWatch()
+    return watch
 
 
 async def _session_user(scope: dict[str, Any], *, reload: bool = False) -> Any:
