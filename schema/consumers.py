@@ -14,6 +14,7 @@ from asgiref.sync import sync_to_async
 from channels.auth import get_user
 from channels.exceptions import StopConsumer
 from django.conf import settings
+from django.http import parse_cookie
 from django.http.request import validate_host
 from strawberry.channels import GraphQLWSConsumer
 from strawberry.exceptions import ConnectionRejectionError
@@ -198,16 +199,18 @@ class UploadGraphQLWSConsumer(GraphQLWSConsumer):
         params = context.connection_params if isinstance(context.connection_params, dict) else {}
         authorization = next((v for k, v in params.items() if str(k).lower() == "authorization"), None)
         token: str | None = None
+        session_key: str | None = None
         if authorization is not None:
             token = bearer_token(str(authorization))
             user = await sync_to_async(token_user)(token=token) if token else None
         else:
-            user = await _session_user(self.scope)
+            session_key = _session_key(self.scope)
+            user = await _session_user(session_key)
         if user is None:
             self.credential_refused = True
             raise ConnectionRejectionError({"message": "authentication failed"})
         context.user = user
-        credential_watch().add(self, token=token, user_id=user.pk)
+        credential_watch().add(self, token=token, session_key=session_key, user_id=user.pk)
 
     async def disconnect(self, code: int) -> None:
         credential_watch().discard(self)
@@ -247,14 +250,16 @@ class CredentialWatch:
     """
 
     def __init__(self) -> None:
-        self.sockets: weakref.WeakKeyDictionary[UploadGraphQLWSConsumer, tuple[str | None, Any]] = (
+        self.sockets: weakref.WeakKeyDictionary[UploadGraphQLWSConsumer, tuple[str | None, str | None, Any]] = (
             weakref.WeakKeyDictionary()
         )
         self.task: asyncio.Task[None] | None = None
 
-    def add(self, consumer: UploadGraphQLWSConsumer, *, token: str | None, user_id: Any) -> None:
-        """Watch `consumer`'s credential: its bearer `token`, or (None) its session, of user `user_id`."""
-        self.sockets[consumer] = (token, user_id)
+    def add(
+        self, consumer: UploadGraphQLWSConsumer, *, token: str | None, session_key: str | None, user_id: Any
+    ) -> None:
+        """Watch `consumer`'s credential, of user `user_id`: its bearer `token`, else its session."""
+        self.sockets[consumer] = (token, session_key, user_id)
         if self.task is None or self.task.done():
             self.task = asyncio.create_task(self._run())
 
@@ -277,19 +282,18 @@ class CredentialWatch:
 
     async def _refused(self) -> list[UploadGraphQLWSConsumer]:
         watched = list(self.sockets.items())
-        tokens = {token for _, (token, _) in watched if token is not None}
+        tokens = {token for _, (token, _, _) in watched if token is not None}
         live = await sync_to_async(token_users)(tokens=tokens) if tokens else {}
-        sessions: dict[str, Any] = {}
+        sessions: dict[str | None, Any] = {}
         refused = []
-        for consumer, (token, user_id) in watched:
+        for consumer, (token, session_key, user_id) in watched:
             if token is not None:
                 still = live.get(token)
             else:
-                key = str(consumer.scope["session"].session_key)
-                if key not in sessions:
-                    user = await _session_user(consumer.scope, reload=True)
-                    sessions[key] = user.pk if user is not None else None
-                still = sessions[key]
+                if session_key not in sessions:
+                    user = await _session_user(session_key)
+                    sessions[session_key] = user.pk if user is not None else None
+                still = sessions[session_key]
             if still != user_id:
                 refused.append(consumer)
         return refused
@@ -307,17 +311,21 @@ def credential_watch() -> CredentialWatch:
     return watch
 
 
-async def _session_user(scope: dict[str, Any], *, reload: bool = False) -> Any:
-    """The session's active user, or None. `reload` reads the session again from its store (a
-    logout deletes it), instead of the copy loaded when the socket opened."""
-    if "session" not in scope:
+def _session_key(scope: dict[str, Any]) -> str | None:
+    """The session cookie of the handshake, if any.
+
+    Read here rather than by Channels' AuthMiddlewareStack, whose three middleware (cookies, session,
+    user) each keep a copy of the scope and their own objects for the socket's whole life: about
+    4 KiB per socket, for a session that only a cookie-authenticated socket needs, once at init.
+    """
+    cookies = "; ".join(value.decode("latin1") for name, value in scope.get("headers", ()) if name == b"cookie")
+    return parse_cookie(cookies).get(settings.SESSION_COOKIE_NAME) if cookies else None
+
+
+async def _session_user(session_key: str | None) -> Any:
+    """The active user of session `session_key` as its store holds it now (a logout deletes it), or None."""
+    if not session_key:
         return None
-    if reload:
-        session = scope["session"]
-        if not session.session_key or not await session.aexists(session.session_key):
-            return None
-        store = import_module(settings.SESSION_ENGINE).SessionStore
-        user = await get_user({**scope, "session": store(session.session_key)})
-    else:
-        user = await get_user(scope)
+    store = import_module(settings.SESSION_ENGINE).SessionStore(session_key)
+    user = await get_user({"session": store})
     return user if user.is_authenticated and user.is_active else None

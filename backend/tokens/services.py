@@ -105,7 +105,9 @@ def token_users(*, tokens: Iterable[str]) -> dict[str, int]:
     live: dict[str, int] = {}
     for start in range(0, len(hashes), 500):  # SQLite allows 999 parameters per statement
         rows = (
-            ApiToken.objects.filter(token_hash__in=hashes[start : start + 500], revoked_at__isnull=True, user__is_active=True)
+            ApiToken.objects.filter(
+                token_hash__in=hashes[start : start + 500], revoked_at__isnull=True, user__is_active=True
+            )
             .filter(Q(expires_at__isnull=True) | Q(expires_at__gt=timezone.now()))
             .values_list("token_hash", "user_id")
         )
