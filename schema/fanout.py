@@ -29,7 +29,6 @@ from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
 from backend.uploads.progress import ProgressEvent
 from schema.types import UploadProgress
 
-
 # strawberry's encoding (strawberry/http/base.py `encode_json`: json.dumps with these separators),
 # so the bytes are the same; one encoder kept, as json.dumps builds one per call when given
 # separators (a few microseconds, five times per message).
