@@ -26,6 +26,7 @@ from django.conf import settings
 
 from backend.http_errors import error_body
 from backend.quotas.requests import quota_room_for_request
+from backend.tokens.bearer import BEARER_USER_SCOPE_KEY
 from backend.uploads.staging import staging_short_of_space
 
 ENVELOPE_ALLOWANCE = 1024 * 1024
@@ -43,7 +44,7 @@ class RequestLimits:
             await self.app(scope, receive, send)
             return
         headers = {k.decode("latin1").lower(): v.decode("latin1") for k, v in scope["headers"]}
-        refusal = _refusal_from_headers(headers) or await _quota_refusal(headers)
+        refusal = _refusal_from_headers(headers) or await _quota_refusal(headers, scope)
         if refusal is not None:
             await _respond(send, refusal)
             return
@@ -162,11 +163,16 @@ def _refusal_from_headers(headers: dict[str, str]) -> Refusal | None:
     return None
 
 
-async def _quota_refusal(headers: dict[str, str]) -> Refusal | None:
-    """413 QUOTA_EXCEEDED for a multipart body that could not fit in its sender's quota."""
+async def _quota_refusal(headers: dict[str, str], scope: Scope) -> Refusal | None:
+    """413 QUOTA_EXCEEDED for a multipart body that could not fit in its sender's quota.
+
+    The sender a bearer token names is left in the scope for the view (BEARER_USER_SCOPE_KEY).
+    """
     if not headers.get("content-type", "").lower().startswith("multipart/"):
         return None
-    room = await sync_to_async(quota_room_for_request)(headers=headers)
+    user, room = await sync_to_async(quota_room_for_request)(headers=headers)
+    if headers.get("authorization"):
+        scope[BEARER_USER_SCOPE_KEY] = (headers["authorization"], user)
     if room is not None and int(headers["content-length"]) > room + ENVELOPE_ALLOWANCE:
         return 413, "QUOTA_EXCEEDED", f"this upload would pass your quota: {room} bytes are free"
     return None

@@ -18,7 +18,7 @@ from django.middleware.csrf import CsrfViewMiddleware
 from strawberry.django.views import AsyncGraphQLView
 
 from backend.http_errors import error_response
-from backend.tokens.bearer import bearer_token
+from backend.tokens.bearer import BEARER_USER_SCOPE_KEY, bearer_token
 from backend.tokens.services import token_user
 from backend.uploads.staging import FileTooLarge, StagingFull, staging_discard_incoming
 from schema.context import Context
@@ -106,10 +106,12 @@ async def _authenticate(request: HttpRequest) -> tuple[Any, bool]:
     """(user or None, whether the user came from the session cookie). A bearer token decides."""
     header = request.headers.get("Authorization", "")
     if header:
-        token = bearer_token(header)
-        if token is None:
-            raise InvalidToken
-        user = await sync_to_async(token_user)(token=token)
+        looked_up, user = getattr(request, "scope", {}).get(BEARER_USER_SCOPE_KEY, (None, None))
+        if looked_up != header:  # not looked up before the body (only multipart requests are)
+            token = bearer_token(header)
+            if token is None:
+                raise InvalidToken
+            user = await sync_to_async(token_user)(token=token)
         if user is None:
             raise InvalidToken
         return user, False

@@ -42,23 +42,23 @@ def request_user(*, headers: dict[str, str]) -> User | None:
     return user if isinstance(user, User) and user.is_active else None
 
 
-def quota_room_for_request(*, headers: dict[str, str]) -> int | None:
-    """`quota_room`, with the connection handling of a request (this runs before Django's handler)."""
+def quota_room_for_request(*, headers: dict[str, str]) -> tuple[User | None, int | None]:
+    """(the sender, `quota_room` for them), with a request's connection handling (this runs before Django's handler)."""
     close_old_connections()
     try:
-        return quota_room(headers=headers)
+        user = request_user(headers=headers)
+        return user, quota_room(user=user)
     finally:
         close_old_connections()
 
 
-def quota_room(*, headers: dict[str, str]) -> int | None:
+def quota_room(*, user: User | None) -> int | None:
     """The most file bytes this request could carry within its sender's quota; None: no bound.
 
     The bytes a user may still send are their free quota, plus what their uploads still
     RECEIVING may yet get in chunks (those bytes were reserved when the upload was created, so a
     chunk of one must not be refused here).
     """
-    user = request_user(headers=headers)
     if user is None:
         return None  # no credentials, or bad ones: the view answers that
     limit = quota_limit_for(user=user)

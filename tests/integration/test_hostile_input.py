@@ -529,6 +529,18 @@ def test_a_bad_token_is_401_before_the_body_is_parsed(target: Target, user: Any)
     assert_unharmed(target, user)
 
 
+@pytest.mark.parametrize("order", ["good-last", "good-first"])
+def test_a_second_authorization_header_is_401_whichever_comes_last(target: Target, user: Any, order: str) -> None:
+    """The view reads both headers joined (no token); the token looked up before the body must not stand in for them."""
+    bogus = "Authorization: Bearer not-a-token\r\n"
+    good = f"Authorization: Bearer {user.token}\r\n"
+    extra = bogus + good if order == "good-last" else good + bogus
+    head = request_head(target, content_type=MULTIPART, length=len(_valid_upload), token=None, extra=extra)
+    answer = exchange(target, head, _valid_upload)
+    assert (answer.status, answer.code) == (401, "UNAUTHENTICATED"), answer.body
+    assert_unharmed(target, user)
+
+
 # --- hostile filenames: accepted, under a safe name -------------------------------------------
 
 FILENAMES = {

@@ -26,7 +26,7 @@ from backend.uploads.errors import (
     TooManyActiveUploads,
     UnsupportedMediaType,
 )
-from backend.uploads.jobqueue import transfer_job_cancel
+from backend.uploads.jobqueue import transfer_job_cancel, transfer_job_id
 from backend.uploads.metrics import metrics_count
 from backend.uploads.models import ACTIVE_STATUSES, FileUpload, UploadMode, UploadPart, UploadStatus
 from backend.uploads.naming import filename_sanitise, storage_key_for
@@ -82,6 +82,7 @@ def upload_create(*, user: User, file: StagedFile, sha256: str | None) -> FileUp
             storage_key=storage_key_for(upload_id),
             sequence=1,
             staged_at=timezone.now(),
+            job_id=transfer_job_id(upload_id=upload_id, sequence=1),
         )
         file.path.rename(staging_path(upload_id))
         upload_enqueue(upload)

@@ -23,7 +23,9 @@ def upload_enqueue(upload: FileUpload, *, redelivery: bool = False) -> None:
     row, not the queue, is the record that the upload is owed a transfer.
     """
     job_id = transfer_job_id(upload_id=upload.id, sequence=upload.sequence, redelivery=redelivery)
-    FileUpload.objects.filter(id=upload.id).update(job_id=job_id)
+    if upload.job_id != job_id:  # a new row may carry it already (upload_create): no second write
+        FileUpload.objects.filter(id=upload.id).update(job_id=job_id)
+        upload.job_id = job_id
     timeout = transfer_job_timeout(
         size=upload.size, parts_total=upload.parts_total, part_delay_ms=settings.UPLOAD_PART_DELAY_MS
     )

@@ -21,7 +21,7 @@ from django.utils import timezone
 
 from backend.uploads.errors import ClaimLost, InvalidState
 from backend.uploads.models import ACTIVE_STATUSES, TERMINAL_STATUSES, FileUpload, UploadPart, UploadStatus
-from backend.uploads.progress import progress_publish
+from backend.uploads.progress import PROGRESS_EVENT_FIELDS, progress_publish
 from backend.uploads.services.queueing import upload_enqueue
 from backend.uploads.signals import upload_finished
 from backend.uploads.staging import staging_delete
@@ -143,7 +143,11 @@ def ledger_insert(*, upload_id: uuid.UUID, receipt: PartReceipt) -> bool:
 
 
 def upload_record_part(*, upload_id: uuid.UUID, claim: uuid.UUID, receipt: PartReceipt) -> FileUpload:
-    """Add a confirmed part to the ledger and the counters, then publish. Idempotent per part."""
+    """Add a confirmed part to the ledger and the counters, then publish. Idempotent per part.
+
+    The row returned holds the event's columns only (PROGRESS_EVENT_FIELDS): it is read back, on
+    the path from the part's commit to its subscribers, to be published.
+    """
     with transaction.atomic():
         owned = FileUpload.objects.filter(id=upload_id, claim=claim, status__in=RUN_STATUSES)
         if ledger_insert(upload_id=upload_id, receipt=receipt):
@@ -156,7 +160,7 @@ def upload_record_part(*, upload_id: uuid.UUID, claim: uuid.UUID, receipt: PartR
         now = timezone.now()
         if not owned.update(sequence=F("sequence") + 1, updated_at=now, heartbeat_at=now, **counters):
             raise ClaimLost(f"upload {upload_id} is no longer this transfer's")
-        upload = FileUpload.objects.get(id=upload_id)
+        upload = FileUpload.objects.only(*PROGRESS_EVENT_FIELDS).get(id=upload_id)
         transaction.on_commit(lambda: progress_publish(upload, part_number=receipt.part_number))
     return upload
 
