@@ -171,6 +171,9 @@ S3_PUBLIC_ENDPOINT_URL = env.str("S3_PUBLIC_ENDPOINT_URL", default="") or S3_END
 S3_REGION = env.str("S3_REGION", default="") or None
 S3_CHECKSUM_ALGORITHM = env.str("S3_CHECKSUM_ALGORITHM", default="SHA256").upper()
 S3_REQUEST_CHECKSUM_CALCULATION = env.str("S3_REQUEST_CHECKSUM_CALCULATION", default="when_required")
+# Each part's MD5 too (Content-MD5, checked against the ETag answered): for a store that verifies no
+# part checksum; without it such a store's corrupted part is caught when the object is assembled.
+S3_VERIFY_PART_ETAG = env.bool("S3_VERIFY_PART_ETAG", default=False)
 S3_SSE = env.str("S3_SSE", default="") or None
 S3_SSE_KMS_KEY_ID = env.str("S3_SSE_KMS_KEY_ID", default="") or None
 S3_STORAGE_CLASS = env.str("S3_STORAGE_CLASS", default="") or None

@@ -172,13 +172,46 @@ def test_failing_upload_part_requests_are_retried_and_each_part_is_stored_once(
     _assert_object_is(moto, bucket, upload_id, content)
 
 
+def test_part_corrupted_after_signing_is_caught_at_assembly_and_never_completes(
+    make_stack, api_user, moto, bucket, tmp_path
+):
+    # Default settings: no part MD5. moto verifies no checksum, so it keeps the corrupted part; the
+    # SHA-256 it computes for the assembled object is not the one the parts sent make.
+    log = tmp_path / "s3.jsonl"
+    faults = {"requests": {"2": "corrupt"}}
+    stack = make_stack(
+        env=s3_env(moto, bucket, UPLOAD_PART_CONCURRENCY="1", TEST_S3_FAULTS=json.dumps(faults), TEST_S3_LOG=str(log))
+    )
+    content = os.urandom(3 * PART + 5)
+    upload_id = data_of(upload_file(stack.url, content, headers=api_user.headers))["uploadFile"]["id"]
+
+    row = _wait_status(upload_id, UploadStatus.FAILED, UploadStatus.COMPLETED)
+    assert row.status == UploadStatus.FAILED
+    assert "SHA256 checksum of the assembled object" in row.error and "corrupted" in row.error, row.error
+    assert [(r["part"], r["fault"], r["status"]) for r in _requests(log)] == [
+        (1, None, 200),
+        (2, "corrupt", 200),  # the store took the corrupted bytes (moto checks no digest)
+        (3, None, 200),
+        (4, None, 200),
+    ]
+    keys = moto.client().list_objects_v2(Bucket=bucket).get("Contents", [])
+    assert row.storage_key not in [k["Key"] for k in keys], "the wrong object was removed"
+
+
 def test_part_corrupted_after_signing_is_detected_and_sent_again(make_stack, api_user, moto, bucket, tmp_path):
     log = tmp_path / "s3.jsonl"
     # One part at a time, so request 2 is part 2's first try and request 4 is part 3's.
     faults = {"requests": {"2": "corrupt", "4": "lost"}}
-    stack = make_stack(
-        env=s3_env(moto, bucket, UPLOAD_PART_CONCURRENCY="1", TEST_S3_FAULTS=json.dumps(faults), TEST_S3_LOG=str(log))
+    # S3_VERIFY_PART_ETAG: each part's MD5 is compared with the ETag answered, so the part is sent again.
+    env = s3_env(
+        moto,
+        bucket,
+        UPLOAD_PART_CONCURRENCY="1",
+        S3_VERIFY_PART_ETAG="true",
+        TEST_S3_FAULTS=json.dumps(faults),
+        TEST_S3_LOG=str(log),
     )
+    stack = make_stack(env=env)
     content = os.urandom(3 * PART + 5)
     upload_id = data_of(upload_file(stack.url, content, headers=api_user.headers))["uploadFile"]["id"]
 
@@ -315,6 +348,37 @@ def _count_requests(client: Any, operation: str) -> Callable[[], int]:
     sent: list[str] = []
     client.meta.events.register(f"before-send.s3.{operation}", lambda request, **kwargs: sent.append(request.url))
     return lambda: len(sent)
+
+
+@pytest.mark.parametrize("verify_part_etags", [False, True])
+def test_an_object_whose_checksum_the_store_does_not_report_is_refused_unless_its_parts_were_checked(
+    moto, bucket, verify_part_etags
+):
+    # A store that verifies no part checksum and reports none for the object (moto with the
+    # checksum taken out of its HeadObject answers): without the parts' MD5 nothing checked the bytes.
+    client = moto.client()
+
+    def without_checksum(parsed: dict[str, Any], **kwargs: Any) -> None:
+        parsed.pop("ChecksumSHA256", None)
+        parsed.pop("ChecksumType", None)
+
+    client.meta.events.register("after-call.s3.HeadObject", without_checksum)
+    storage = S3Storage(client=client, bucket=bucket, verify_part_etags=verify_part_etags)
+    handle = storage.start(key="unreported", content_type="application/octet-stream", metadata={})
+    data = [os.urandom(PART), b"tail"]
+    parts = [
+        storage.put_part(key="unreported", handle=handle, part_number=n, offset=(n - 1) * PART, data=data[n - 1])
+        for n in (1, 2)
+    ]
+    size = PART + 4
+    if verify_part_etags:
+        storage.complete(key="unreported", handle=handle, parts=parts, size=size)
+        assert client.head_object(Bucket=bucket, Key="unreported")["ContentLength"] == size
+        return
+    with pytest.raises(StorageError, match=r"reports no SHA256 checksum.*S3_VERIFY_PART_ETAG=true") as refused:
+        storage.complete(key="unreported", handle=handle, parts=parts, size=size)
+    assert not refused.value.retryable
+    assert "unreported" not in [o["Key"] for o in client.list_objects_v2(Bucket=bucket).get("Contents", [])]
 
 
 def test_list_parts_reads_every_page(moto, bucket):

@@ -13,6 +13,7 @@ from django.core.exceptions import ImproperlyConfigured
 
 from backend.uploads.storage.s3 import (
     S3Storage,
+    composite_checksum,
     content_disposition,
     etag_md5,
     metadata_decode,
@@ -50,6 +51,28 @@ def test_receipt_checksum_goes_back_into_complete() -> None:
     assert receipt_checksum_param("crc32:3610a686") == {}
     assert receipt_checksum_param("") == {}
     assert receipt_checksum_param("SHA256:") == {}
+
+
+def test_composite_checksum_is_the_digest_of_the_part_digests() -> None:
+    one, two = hashlib.sha256(b"first part").digest(), hashlib.sha256(b"second").digest()
+    receipts = [f"SHA256:{base64.b64encode(d).decode()}" for d in (one, two)]
+    assert (
+        composite_checksum(part_checksums=receipts)
+        == base64.b64encode(hashlib.sha256(one + two).digest()).decode() + "-2"
+    )
+    crc = [f"CRC32:{part_checksum(algorithm='CRC32', data=d)[1]}" for d in (b"a", b"b")]  # type: ignore[index]
+    joined = base64.b64decode(crc[0][6:]) + base64.b64decode(crc[1][6:])
+    assert composite_checksum(part_checksums=crc) == part_checksum(algorithm="CRC32", data=joined)[1] + "-2"  # type: ignore[index]
+    # A part without its checksum (known from a listing), mixed algorithms, or none at all: no answer.
+    assert composite_checksum(part_checksums=[receipts[0], ""]) is None
+    assert composite_checksum(part_checksums=[receipts[0], crc[0]]) is None
+    assert composite_checksum(part_checksums=[]) is None
+
+
+def test_part_md5_only_when_asked_or_without_a_part_checksum() -> None:
+    assert not S3Storage(client=object(), bucket="b").part_md5  # type: ignore[arg-type]
+    assert S3Storage(client=object(), bucket="b", verify_part_etags=True).part_md5  # type: ignore[arg-type]
+    assert S3Storage(client=object(), bucket="b", checksum_algorithm="NONE").part_md5  # type: ignore[arg-type]
 
 
 def test_etags() -> None:

@@ -239,6 +239,7 @@ def storage_build() -> Storage:
             sse_kms_key_id=settings.S3_SSE_KMS_KEY_ID,
             storage_class=settings.S3_STORAGE_CLASS,
             retry=storage_retry_policy(),
+            verify_part_etags=settings.S3_VERIFY_PART_ETAG,
         )
     else:
         from backend.uploads.storage.local import LocalStorage

@@ -1,11 +1,15 @@
 """The S3 bucket (AWS, MinIO, R2, Ceph, moto), through boto3's low-level multipart API.
 
 An open object is an S3 multipart upload; its handle is the UploadId. Each part carries the
-configured checksum (`S3_CHECKSUM_ALGORITHM`), and the ETag the store answers is compared with the
-part's MD5 (S3, MinIO, R2 and moto return MD5 ETags for parts not encrypted with KMS), so bytes
-corrupted on the way fail the attempt even where the store does not verify checksums. Complete
-is built from the recorded receipts and followed by a HeadObject that checks the size (and, with
-MD5 ETags, that the object is exactly those parts).
+configured checksum (`S3_CHECKSUM_ALGORITHM`), which the store verifies (AWS and MinIO refuse a part
+whose bytes do not match it, BadDigest, and the part is sent again). Complete is built from the
+recorded receipts and followed by a HeadObject that checks the size, that the object is exactly
+those parts (MD5 ETags) and that the checksum the store computed for it is the one the parts sent
+make (`composite_checksum`): bytes corrupted on the way to a store that verifies nothing but keeps
+what it got (moto) never make a COMPLETED object. With `verify_part_etags` (S3_VERIFY_PART_ETAG),
+or without a part checksum, each part also carries its MD5 (Content-MD5) and the ETag answered is
+compared with it, so such a part is caught and sent again at once (S3, MinIO, R2 and moto return
+MD5 ETags for parts not encrypted with KMS); that MD5 costs about a CPU second per GiB.
 
 Every store error becomes a StorageError: retryable for 5xx, throttling, connection errors and
 timeouts; not for refusals (403, a missing bucket, a bad request), whose message names the cause.
@@ -33,6 +37,7 @@ from backend.uploads.parts import S3_MIN_PART_SIZE
 from backend.uploads.storage import PartReceipt, PresignedPut, storage_call_with_retries
 from backend.uploads.storage.s3_pieces import (
     S3StorageError,
+    composite_checksum,
     content_disposition,
     etag_md5,
     metadata_decode,
@@ -51,6 +56,7 @@ __all__ = [
     "S3Presigner",
     "S3Storage",
     "S3StorageError",
+    "composite_checksum",
     "content_disposition",
     "etag_md5",
     "metadata_decode",
@@ -127,6 +133,7 @@ class S3Storage:
         storage_class: str | None = None,
         list_page_size: int = LIST_PAGE_SIZE,
         retry: RetryPolicy | None = None,
+        verify_part_etags: bool = False,
     ) -> None:
         if checksum_algorithm not in CHECKSUM_ALGORITHMS:
             raise ImproperlyConfigured(f"S3_CHECKSUM_ALGORITHM must be one of {', '.join(CHECKSUM_ALGORITHMS)}")
@@ -145,6 +152,8 @@ class S3Storage:
         # For the calls the transfer engine does not retry itself (abort, delete, their listings).
         self.retry = retry if retry is not None else RetryPolicy()
         self.etags_are_md5 = sse not in _KMS_MODES
+        # Each part's MD5, sent and compared with its ETag: asked for, or the only digest a part has.
+        self.part_md5 = verify_part_etags or checksum_algorithm == "NONE"
 
     # -- core ---------------------------------------------------------------------------------
 
@@ -156,7 +165,6 @@ class S3Storage:
         return str(response["UploadId"])
 
     def put_part(self, *, key: str, handle: str, part_number: int, offset: int, data: bytes) -> PartReceipt:
-        md5 = hashlib.md5(data, usedforsecurity=False)
         params: dict[str, Any] = {
             "Bucket": self.bucket,
             "Key": key,
@@ -164,16 +172,17 @@ class S3Storage:
             "PartNumber": part_number,
             "Body": data,
         }
+        # Given the checksum, botocore sends it as it is and hashes nothing itself.
         checksum = part_checksum(algorithm=self.checksum_algorithm, data=data)
         if checksum is not None:
             params[checksum[0]] = checksum[1]
-        # The MD5 is computed anyway (for the ETag check): the store verifies it too (BadDigest),
-        # and with it botocore does not hash the body again to sign it over HTTPS.
-        params["ContentMD5"] = base64.b64encode(md5.digest()).decode("ascii")
+        md5 = hashlib.md5(data, usedforsecurity=False) if self.part_md5 else None
+        if md5 is not None:
+            params["ContentMD5"] = base64.b64encode(md5.digest()).decode("ascii")
         what = f"UploadPart (part {part_number})"
         response = self._call(what, lambda: self.client.upload_part(**params))
         etag = str(response.get("ETag", ""))
-        if self.etags_are_md5 and etag_md5(etag) != md5.hexdigest():
+        if md5 is not None and self.etags_are_md5 and etag_md5(etag) != md5.hexdigest():
             raise S3StorageError(
                 f"{what}: the store's ETag {etag} is not the MD5 of the bytes sent ({md5.hexdigest()}); "
                 "the part was corrupted on the way",
@@ -234,7 +243,7 @@ class S3Storage:
             if exc.code != "NoSuchUpload" or not self._is_assembled(key=key, parts=ordered, size=size):
                 raise
             return
-        head = self._call("HeadObject", lambda: self.client.head_object(Bucket=self.bucket, Key=key))
+        head = self._head(key=key)
         problem = self._assembly_problem(head=head, parts=ordered, size=size)
         if problem:
             # Nothing but the whole, right object may stay at the key.
@@ -412,6 +421,12 @@ class S3Storage:
             part_number=int(part["PartNumber"]), size=int(part["Size"]), etag=str(part["ETag"]), checksum=checksum
         )
 
+    def _head(self, *, key: str) -> dict[str, Any]:
+        """HeadObject, with the object's checksum (ChecksumMode)."""
+        return self._call(
+            "HeadObject", lambda: self.client.head_object(Bucket=self.bucket, Key=key, ChecksumMode="ENABLED")
+        )
+
     def _assembly_problem(self, *, head: dict[str, Any], parts: list[PartReceipt], size: int) -> str:
         """Why the object HeadObject describes is not the one `parts` make, or "" if it is."""
         if int(head.get("ContentLength", -1)) != size:
@@ -420,11 +435,41 @@ class S3Storage:
             expected = multipart_etag(part_etags=[p.etag for p in parts])
             if etag_md5(str(head.get("ETag", ""))) != expected:
                 return f"the assembled object's ETag {head.get('ETag')} is not that of its parts ({expected})"
+        return self._checksum_problem(head=head, parts=parts)
+
+    def _checksum_problem(self, *, head: dict[str, Any], parts: list[PartReceipt]) -> str:
+        """Why the checksum the store reports for the object is not the one the parts sent make, or "".
+
+        Only parts this service sent carry their checksum in the receipt (a part known from a
+        listing may not), and only then can the object be checked. Without the parts' MD5 this is
+        the one check of the bytes a store that verifies no checksum kept: a store that reports
+        none for the object cannot be checked, and is refused rather than trusted.
+        """
+        expected = composite_checksum(part_checksums=[p.checksum for p in parts])
+        if expected is None:
+            return ""
+        reported = head.get(f"Checksum{self.checksum_algorithm}")
+        if head.get("ChecksumType") == "FULL_OBJECT":
+            return ""  # a checksum of the whole object's bytes, which this service never computed
+        if reported is None:
+            if self.part_md5:
+                return ""  # each part's bytes were checked against its ETag
+            return (
+                f"the store reports no {self.checksum_algorithm} checksum for the assembled object, so its bytes"
+                " cannot be verified; for a store that neither verifies nor reports checksums set"
+                " S3_VERIFY_PART_ETAG=true"
+            )
+        # Stores write the part count after the digest ("-N") or not; the digest is what counts.
+        if str(reported).partition("-")[0] != expected.partition("-")[0]:
+            return (
+                f"the store's {self.checksum_algorithm} checksum of the assembled object, {reported}, is not"
+                f" that of the parts sent ({expected}): a part was corrupted on the way"
+            )
         return ""
 
     def _is_assembled(self, *, key: str, parts: list[PartReceipt], size: int) -> bool:
         try:
-            head = self._call("HeadObject", lambda: self.client.head_object(Bucket=self.bucket, Key=key))
+            head = self._head(key=key)
         except S3StorageError as exc:
             if exc.code in ("404", "NoSuchKey", "NotFound"):
                 return False

@@ -51,9 +51,9 @@ def s3_client_config(
             # S3-compatible stores (MinIO, Ceph, moto) behind a custom endpoint expect path-style
             # URLs; AWS itself picks virtual-hosted style.
             "addressing_style": "path" if path_style else "auto",
-            # Every body this service sends carries a Content-MD5 header (and the configured
-            # checksum), which the signature covers and the store verifies: hashing the body once
-            # more for the signature (botocore does so over plain HTTP) adds CPU, not safety.
+            # Every part this service sends carries its checksum (S3_CHECKSUM_ALGORITHM, or its
+            # Content-MD5 without one), which the signature covers and the store verifies: hashing
+            # the body once more for the signature (botocore does so over plain HTTP) adds CPU, not safety.
             "payload_signing_enabled": False,
         },
     )

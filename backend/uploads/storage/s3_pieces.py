@@ -80,6 +80,18 @@ def receipt_checksum_param(checksum: str) -> dict[str, str]:
     return {f"Checksum{algorithm}": value}
 
 
+def composite_checksum(*, part_checksums: list[str]) -> str | None:
+    """The checksum S3 reports for an object assembled from parts carrying these receipt checksums
+    ("<ALGORITHM>:<base64>"): the algorithm over the parts' binary digests joined, base64, "-N"
+    (S3's COMPOSITE type). None when a part has no checksum or they are not all of one algorithm."""
+    algorithms = {checksum.partition(":")[0] for checksum in part_checksums}
+    if not part_checksums or len(algorithms) != 1 or any(not receipt_checksum_param(c) for c in part_checksums):
+        return None
+    digests = b"".join(base64.b64decode(checksum.partition(":")[2]) for checksum in part_checksums)
+    combined = part_checksum(algorithm=algorithms.pop(), data=digests)
+    return f"{combined[1]}-{len(part_checksums)}" if combined is not None else None
+
+
 def etag_md5(etag: str) -> str:
     """An ETag as the bare lowercase hex digest it carries (quotes removed)."""
     return etag.strip().strip('"').lower()
