@@ -166,9 +166,15 @@ def _refusal_from_headers(headers: dict[str, str]) -> Refusal | None:
 async def _quota_refusal(headers: dict[str, str], scope: Scope) -> Refusal | None:
     """413 QUOTA_EXCEEDED for a multipart body that could not fit in its sender's quota.
 
-    The sender a bearer token names is left in the scope for the view (BEARER_USER_SCOPE_KEY).
+    The sender a bearer token names is left in the scope for the view (BEARER_USER_SCOPE_KEY)
+    when it was looked up here (a body over 1 MiB).
     """
     if not headers.get("content-type", "").lower().startswith("multipart/"):
+        return None
+    if int(headers["content-length"]) <= ENVELOPE_ALLOWANCE:
+        # No quota room is below 0, so this body could not be refused here: skip the lookups (a
+        # thread and a database connection per request); the view authenticates the request
+        # itself, and `quota_reserve` checks the file once staged.
         return None
     user, room = await sync_to_async(quota_room_for_request)(headers=headers)
     if headers.get("authorization"):

@@ -80,7 +80,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
-    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "backend.static_files.StaticFilesMiddleware",  # WhiteNoise, async (backend/static_files.py)
     "corsheaders.middleware.CorsMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -199,6 +199,9 @@ UPLOAD_PART_SIZE = env.int("UPLOAD_PART_SIZE", default=8 * 1024**2)
 UPLOAD_PART_CONCURRENCY = env.int("UPLOAD_PART_CONCURRENCY", default=4)
 UPLOAD_PART_RETRIES = env.int("UPLOAD_PART_RETRIES", default=5)
 UPLOAD_PART_DELAY_MS = env.int("UPLOAD_PART_DELAY_MS", default=0)
+# A transfer of one part no larger than this runs in the worker process itself, without forking a
+# work horse (README, "Small files in the worker process"); 0: every transfer forks.
+UPLOAD_IN_PROCESS_MAX_BYTES = env.int("UPLOAD_IN_PROCESS_MAX_BYTES", default=1024**2)
 # Resumable uploads: send whole parts to the bucket while the client still sends (issue 19). Off,
 # the transfer starts after the last byte, as for a SINGLE upload (the benchmark's baseline).
 UPLOAD_PIPELINE = env.bool("UPLOAD_PIPELINE", default=True)

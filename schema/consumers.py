@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import weakref
 from importlib import import_module
 from typing import Any
 from urllib.parse import urlsplit
@@ -13,6 +14,7 @@ from asgiref.sync import sync_to_async
 from channels.auth import get_user
 from channels.exceptions import StopConsumer
 from django.conf import settings
+from django.http import parse_cookie
 from django.http.request import validate_host
 from strawberry.channels import GraphQLWSConsumer
 from strawberry.exceptions import ConnectionRejectionError
@@ -21,7 +23,7 @@ from strawberry.subscriptions.protocols.graphql_ws.handlers import BaseGraphQLWS
 
 from backend.redis_errors import REDIS_UNREACHABLE
 from backend.tokens.bearer import bearer_token
-from backend.tokens.services import token_user
+from backend.tokens.services import token_user, token_users
 from backend.uploads.progress import progress_layer_probe
 from schema.context import Context
 from schema.fanout import shared_message_json
@@ -31,6 +33,12 @@ logger = logging.getLogger(__name__)
 
 # How long a client refused while Redis is away is asked to wait before it connects again.
 RETRY_AFTER_SECONDS = 2
+
+
+class SocketClosed(Exception):
+    """The server closed the socket under the application (its keepalive gave up on a client that
+    stopped reading, or the client went away): nothing more can be sent on it. Expected, so the
+    operations on the socket end quietly instead of logging a traceback each."""
 
 
 class TransportWSHandler(BaseGraphQLTransportWSHandler[Any, Any]):
@@ -46,6 +54,15 @@ class TransportWSHandler(BaseGraphQLTransportWSHandler[Any, Any]):
         except (TypeError, AttributeError, ValueError):
             await self.handle_invalid_message("Failed to parse message")
 
+    async def handle_connection_init(self, message: Any) -> None:
+        await super().handle_connection_init(message)
+        # strawberry keeps the init timeout's task, cancelled by now, for the socket's whole life.
+        self.connection_init_timeout_task = None
+
+    async def handle_task_exception(self, error: Exception) -> None:
+        if not isinstance(error, SocketClosed):
+            await super().handle_task_exception(error)
+
 
 class LegacyWSHandler(BaseGraphQLWSHandler[Any, Any]):
     """Legacy graphql-ws, which ignores what it cannot parse: a message of the wrong shape too."""
@@ -53,6 +70,10 @@ class LegacyWSHandler(BaseGraphQLWSHandler[Any, Any]):
     async def handle_message(self, message: Any) -> None:
         with contextlib.suppress(TypeError, AttributeError, ValueError):
             await super().handle_message(message)
+
+    async def handle_async_results(self, *args: Any, **kwargs: Any) -> None:
+        with contextlib.suppress(SocketClosed):
+            await super().handle_async_results(*args, **kwargs)
 
 
 class _Inbox:
@@ -89,6 +110,7 @@ class UploadGraphQLWSConsumer(GraphQLWSConsumer):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.message_queue = _Inbox()  # type: ignore[assignment]
+        self.socket_closed = False
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         """Serve one socket; while the channel layer's Redis is unreachable, refuse it cleanly.
@@ -106,7 +128,8 @@ class UploadGraphQLWSConsumer(GraphQLWSConsumer):
         """
         self.scope = scope
         self.channel_layer = None
-        self.base_send = send
+        self.asgi_send = send
+        self.base_send = self._send_to_socket
         try:
             await progress_layer_probe()
         except REDIS_UNREACHABLE as exc:
@@ -116,6 +139,30 @@ class UploadGraphQLWSConsumer(GraphQLWSConsumer):
         with contextlib.suppress(StopConsumer):
             while True:
                 await self.dispatch(await receive())
+
+    async def _send_to_socket(self, message: dict[str, Any]) -> None:
+        """The server's `send`; a socket the server closed under us raises SocketClosed (quietly, once).
+
+        uvicorn refuses a send on a socket it has closed: ClientDisconnected (an OSError) once the
+        connection is gone, a RuntimeError while its own close is still under way (its keepalive
+        closed a socket whose kernel buffers are full, and cannot flush them). Either way the
+        strawberry handler is told the socket is gone, so it ends every operation on it at once.
+        A close on a closed socket has nothing left to do.
+        """
+        closing = message["type"] == "websocket.close"
+        if self.socket_closed:
+            if closing:
+                return
+            raise SocketClosed
+        try:
+            await self.asgi_send(message)
+        except (OSError, RuntimeError) as exc:
+            if not closing and message["type"] != "websocket.send":
+                raise  # a handshake message out of place: a bug here, not the socket going away
+            self.socket_closed = True
+            self.message_queue.put_nowait({"message": None, "disconnected": True})
+            if not closing:
+                raise SocketClosed from exc
 
     async def _refuse_until_redis(self, *, scope: Any, receive: Any, send: Any) -> None:
         message = await receive()
@@ -152,38 +199,28 @@ class UploadGraphQLWSConsumer(GraphQLWSConsumer):
         params = context.connection_params if isinstance(context.connection_params, dict) else {}
         authorization = next((v for k, v in params.items() if str(k).lower() == "authorization"), None)
         token: str | None = None
+        session_key: str | None = None
         if authorization is not None:
             token = bearer_token(str(authorization))
             user = await sync_to_async(token_user)(token=token) if token else None
         else:
-            user = await _session_user(self.scope)
+            session_key = _session_key(self.scope)
+            user = await _session_user(session_key)
         if user is None:
             self.credential_refused = True
             raise ConnectionRejectionError({"message": "authentication failed"})
         context.user = user
-        self.credential_watch = asyncio.create_task(self._watch_credential(token=token, user_id=user.pk))
-
-    async def _watch_credential(self, *, token: str | None, user_id: Any) -> None:
-        """Close the socket with 4403 once its credential stops being valid (revoked, expired, user
-        deactivated, session ended), checking every WS_AUTH_RECHECK_SECONDS."""
-        while True:
-            await asyncio.sleep(settings.WS_AUTH_RECHECK_SECONDS)
-            if token is not None:
-                user = await sync_to_async(token_user)(token=token)
-            else:
-                user = await _session_user(self.scope, reload=True)
-            if user is None or user.pk != user_id:
-                self.credential_refused = True
-                await self.close()
-                return
+        credential_watch().add(self, token=token, session_key=session_key, user_id=user.pk)
 
     async def disconnect(self, code: int) -> None:
-        watch = getattr(self, "credential_watch", None)
-        if watch is not None:
-            watch.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watch
-        await super().disconnect(code)
+        credential_watch().discard(self)
+        with contextlib.suppress(SocketClosed):  # the handler ended on a send the server refused
+            await super().disconnect(code)
+
+    async def refuse_credential(self) -> None:
+        """The socket's credential stopped being valid: close it with 4403."""
+        self.credential_refused = True
+        await self.close()
 
     async def close(self, code: int | bool | None = None, reason: str | None = None) -> None:
         """Close 4403 after a refused credential on both protocols.
@@ -203,17 +240,92 @@ class UploadGraphQLWSConsumer(GraphQLWSConsumer):
         return bool(hostname and validate_host(hostname, settings.ALLOWED_HOSTS))
 
 
-async def _session_user(scope: dict[str, Any], *, reload: bool = False) -> Any:
-    """The session's active user, or None. `reload` reads the session again from its store (a
-    logout deletes it), instead of the copy loaded when the socket opened."""
-    if "session" not in scope:
+class CredentialWatch:
+    """The sockets of this process and their credentials, re-checked together every
+    WS_AUTH_RECHECK_SECONDS; a socket whose credential stopped being valid (revoked, expired, user
+    deactivated, session ended) is closed with 4403.
+
+    One task for the whole process, and one query for all its bearer tokens (each session read
+    once), instead of a task and a query per socket: an idle socket holds only its entry here.
+    """
+
+    def __init__(self) -> None:
+        self.sockets: weakref.WeakKeyDictionary[UploadGraphQLWSConsumer, tuple[str | None, str | None, Any]] = (
+            weakref.WeakKeyDictionary()
+        )
+        self.task: asyncio.Task[None] | None = None
+
+    def add(
+        self, consumer: UploadGraphQLWSConsumer, *, token: str | None, session_key: str | None, user_id: Any
+    ) -> None:
+        """Watch `consumer`'s credential, of user `user_id`: its bearer `token`, else its session."""
+        self.sockets[consumer] = (token, session_key, user_id)
+        if self.task is None or self.task.done():
+            self.task = asyncio.create_task(self._run())
+
+    def discard(self, consumer: UploadGraphQLWSConsumer) -> None:
+        self.sockets.pop(consumer, None)
+
+    async def _run(self) -> None:
+        while self.sockets:  # ends with the last socket; the next one starts it again
+            await asyncio.sleep(settings.WS_AUTH_RECHECK_SECONDS)
+            try:
+                refused = await self._refused()
+            except Exception:
+                logger.warning("re-checking websocket credentials failed; trying again later", exc_info=True)
+                continue
+            for consumer in refused:
+                if consumer in self.sockets:
+                    self.discard(consumer)
+                    with contextlib.suppress(Exception):
+                        await consumer.refuse_credential()
+
+    async def _refused(self) -> list[UploadGraphQLWSConsumer]:
+        watched = list(self.sockets.items())
+        tokens = {token for _, (token, _, _) in watched if token is not None}
+        live = await sync_to_async(token_users)(tokens=tokens) if tokens else {}
+        sessions: dict[str | None, Any] = {}
+        refused = []
+        for consumer, (token, session_key, user_id) in watched:
+            if token is not None:
+                still = live.get(token)
+            else:
+                if session_key not in sessions:
+                    user = await _session_user(session_key)
+                    sessions[session_key] = user.pk if user is not None else None
+                still = sessions[session_key]
+            if still != user_id:
+                refused.append(consumer)
+        return refused
+
+
+_watches: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, CredentialWatch] = weakref.WeakKeyDictionary()
+
+
+def credential_watch() -> CredentialWatch:
+    """The credential watch of the running event loop (one per server process)."""
+    loop = asyncio.get_running_loop()
+    watch = _watches.get(loop)
+    if watch is None:
+        watch = _watches[loop] = CredentialWatch()
+    return watch
+
+
+def _session_key(scope: dict[str, Any]) -> str | None:
+    """The session cookie of the handshake, if any.
+
+    Read here rather than by Channels' AuthMiddlewareStack, whose three middleware (cookies, session,
+    user) each keep a copy of the scope and their own objects for the socket's whole life: about
+    4 KiB per socket, for a session that only a cookie-authenticated socket needs, once at init.
+    """
+    cookies = "; ".join(value.decode("latin1") for name, value in scope.get("headers", ()) if name == b"cookie")
+    return parse_cookie(cookies).get(settings.SESSION_COOKIE_NAME) if cookies else None
+
+
+async def _session_user(session_key: str | None) -> Any:
+    """The active user of session `session_key` as its store holds it now (a logout deletes it), or None."""
+    if not session_key:
         return None
-    if reload:
-        session = scope["session"]
-        if not session.session_key or not await session.aexists(session.session_key):
-            return None
-        store = import_module(settings.SESSION_ENGINE).SessionStore
-        user = await get_user({**scope, "session": store(session.session_key)})
-    else:
-        user = await get_user(scope)
+    store = import_module(settings.SESSION_ENGINE).SessionStore(session_key)
+    user = await get_user({"session": store})
     return user if user.is_authenticated and user.is_active else None

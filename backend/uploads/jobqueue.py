@@ -37,6 +37,8 @@ TRANSFER_QUEUE = "default"
 TRANSFER_JOB = "backend.uploads.jobs.upload_transfer"
 # What RQ runs to send the whole parts a RECEIVING upload has so far (issue 19, pipelining).
 PIPELINE_JOB = "backend.uploads.jobs.upload_pipeline"
+# The job meta flag of a transfer the worker runs in its own process, without a work horse.
+IN_PROCESS = "in_process"
 # A pipeline request older than this whose job never started (lost with a SIGKILLed worker, or a
 # Redis that forgot it) no longer holds back the next one.
 PIPELINE_REQUEST_TTL_SECONDS = 120
@@ -80,12 +82,22 @@ def transfer_job_timeout(*, size: int, parts_total: int, part_delay_ms: int) -> 
     return 600 + size // (1024 * 1024) + parts_total * part_delay_ms // 1000 * 2
 
 
-def transfer_job_enqueue(*, upload_id: uuid.UUID, job_id: str, timeout: int) -> None:
-    """Put the transfer job on the queue now; while Redis is unreachable, log it and leave it to the reaper."""
+def transfer_job_enqueue(*, upload_id: uuid.UUID, job_id: str, timeout: int, in_process: bool = False) -> None:
+    """Put the transfer job on the queue now; while Redis is unreachable, log it and leave it to the reaper.
+
+    `in_process`: the worker runs it in its own process rather than in a forked work horse
+    (`job_runs_in_process`).
+    """
+    meta = {IN_PROCESS: True} if in_process else None
     try:
-        _queue().enqueue(TRANSFER_JOB, str(upload_id), job_id=job_id, job_timeout=timeout)
+        _queue().enqueue(TRANSFER_JOB, str(upload_id), job_id=job_id, job_timeout=timeout, meta=meta)
     except REDIS_UNREACHABLE as exc:
         logger.warning("upload %s: Redis unreachable, the reaper will queue job %s: %s", upload_id, job_id, exc)
+
+
+def job_runs_in_process(job: Any) -> bool:
+    """Whether the worker runs `job` (an RQ job it dequeued) in its own process."""
+    return bool(job.meta.get(IN_PROCESS))
 
 
 def transfer_job_cancel(job_id: str | None) -> None:

@@ -138,19 +138,33 @@ class ProgressPublisher:
 _publisher: ProgressPublisher | None = None
 
 
-@contextmanager
-def progress_publisher() -> Iterator[ProgressPublisher]:
-    """Route this process's progress events through one publisher while the block runs (a job)."""
-    global _publisher
-    # PROGRESS_PUBLISHER names the class (a test double drops events by plan: tests/support/doubles.py).
+def progress_publisher_start() -> ProgressPublisher:
+    """A new started publisher of the class PROGRESS_PUBLISHER names (a test double drops events by
+    plan: tests/support/doubles.py); its owner closes it."""
     publisher_class: type[ProgressPublisher] = import_string(settings.PROGRESS_PUBLISHER)
-    publisher = publisher_class().start()
+    return publisher_class().start()
+
+
+@contextmanager
+def progress_publisher(kept: ProgressPublisher | None = None) -> Iterator[ProgressPublisher]:
+    """Route this process's progress events through one publisher while the block runs (a job).
+
+    A new one, closed at the end; or `kept`, one its owner keeps open beyond the block (a worker
+    running small jobs in its own process keeps one for its life). Inside another such block the
+    outer block's publisher serves: a job run by that worker connects to Redis for none of them.
+    """
+    global _publisher
+    if _publisher is not None:
+        yield _publisher
+        return
+    publisher = kept or progress_publisher_start()
     _publisher = publisher
     try:
         yield publisher
     finally:
         _publisher = None
-        publisher.close()
+        if kept is None:
+            publisher.close()
 
 
 def progress_publish(upload: FileUpload, *, part_number: int | None = None) -> None:

@@ -20,6 +20,13 @@ imports again: the channel layer (channels_redis, msgpack, cryptography), the st
 the ORM's SQL compiler cost tens of milliseconds per job, more than a small file's whole transfer. The worker imports
 them once, before its first fork (`transfer_modules_preload`); it opens no connection, so the
 horses share nothing but code.
+
+A small file's transfer (one plain put of at most UPLOAD_IN_PROCESS_MAX_BYTES, flagged so when
+queued: `jobqueue.job_runs_in_process`) runs in the worker process itself, as RQ's SimpleWorker
+runs every job: a fork, a fresh interpreter state and new connections cost more than that whole
+transfer. The trade-off (README, "Small files in the worker process"): a crash of such a job
+takes the worker down with it, and its upload waits for the reaper instead of being given back
+at once by a surviving parent.
 """
 
 from __future__ import annotations
@@ -39,10 +46,12 @@ from django_rq.cron import DjangoCronScheduler
 from rq import Queue, Worker
 from rq.cron import CronJob
 from rq.job import Job
+from rq.worker import WorkerStatus
 
 from backend.redis_errors import REDIS_UNREACHABLE, redis_unless_unreachable
 from backend.uploads import jobs
-from backend.uploads.jobqueue import PIPELINE_JOB, TRANSFER_JOB
+from backend.uploads.jobqueue import PIPELINE_JOB, TRANSFER_JOB, job_runs_in_process
+from backend.uploads.progress import ProgressPublisher, progress_publisher, progress_publisher_start
 from backend.uploads.transfer import stop_requested
 
 logger = logging.getLogger(__name__)
@@ -94,9 +103,36 @@ class UploadWorker(Worker):
         """Import once, before the first fork, what every job of this worker needs."""
         transfer_modules_preload()
 
+    # Whether a job runs in this process now (`execute_in_process`), not in a horse.
+    _in_process = False
+    # The progress publisher of the jobs run in this process, kept open between them.
+    _publisher: ProgressPublisher | None = None
+
     def fork_work_horse(self, job: Job, queue: Queue) -> None:
         connections.close_all()  # the horse opens its own; it must not inherit (and close) ours
         super().fork_work_horse(job, queue)
+
+    def execute_in_process(self, job: Job, queue: Queue) -> None:
+        """Run `job` here, without a work horse, as RQ's SimpleWorker does: the same bookkeeping
+        (`perform_job`: started, finished or failed, its result) and the same job timeout (RQ's
+        death penalty is a SIGALRM in this process, as it would be in the horse)."""
+        self._in_process = True
+        try:
+            execution = self.prepare_execution(job)
+        except BaseException:
+            self._in_process = False
+            raise
+        if self._publisher is None:
+            self._publisher = progress_publisher_start()
+        try:
+            with progress_publisher(self._publisher):
+                self.perform_job(job, queue, execution)
+        finally:
+            self._in_process = False
+            # As a horse's would, the job's connections end with it: an idle worker holds none,
+            # and the next horse inherits none.
+            connections.close_all()
+        self.set_state(WorkerStatus.IDLE)
 
     # --- graceful stop -------------------------------------------------------------------------
 
@@ -104,13 +140,29 @@ class UploadWorker(Worker):
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, _horse_stop)
 
+    def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
+        if self._in_process:
+            # RQ's SimpleWorker's: nothing refreshes the job's heartbeat while it runs here, so it
+            # must last the whole job timeout (a horse's is refreshed by its watching parent).
+            return int(job.timeout or Queue.DEFAULT_TIMEOUT) + 60
+        return int(super().get_heartbeat_ttl(job, working_time))
+
     def handle_warm_shutdown_request(self) -> None:
         super().handle_warm_shutdown_request()
-        if self.horse_pid:
+        if self._in_process:
+            # The same flag the horse's handler sets: the transfer starts no new part.
+            stop_requested.set()
+        elif self.horse_pid:
             self.log.info(
                 "Worker %s: asking the transfer in horse %s to stop after its parts", self.name, self.horse_pid
             )
             self.kill_horse(sig=signal.SIGTERM)
+
+    def kill_horse(self, sig: signal.Signals = signal.SIGKILL) -> None:
+        # RQ's kill_horse signals the horse's process group; with no horse (a job running in
+        # this process) that group would be the worker's own.
+        if self.horse_pid:
+            super().kill_horse(sig)
 
     # --- a work horse that dies ----------------------------------------------------------------
 
@@ -153,16 +205,19 @@ class UploadWorker(Worker):
         _unless_redis_away("registry maintenance", super().run_maintenance_tasks, None)
 
     def execute_job(self, job: Job, queue: Queue) -> None:
-        """Run `job` in a horse; RQ's record of it may be lost to an outage, the upload row is not.
+        """Run `job` in a horse (or here: `execute_in_process`); RQ's record of it may be lost to an
+        outage, the upload row is not.
 
         A connection error before the fork leaves the job unstarted (the reaper queues its upload
         again); after the horse ended, only RQ's record of the result is lost.
         """
-        _unless_redis_away(
-            f"bookkeeping of job {job.id}", lambda: super(UploadWorker, self).execute_job(job, queue), None
-        )
+        run = self.execute_in_process if job_runs_in_process(job) else super().execute_job
+        _unless_redis_away(f"bookkeeping of job {job.id}", lambda: run(job, queue), None)
 
     def teardown(self) -> None:
+        if self._publisher is not None:
+            self._publisher.close()
+            self._publisher = None
         _unless_redis_away("worker deregistration", super().teardown, None)
 
 

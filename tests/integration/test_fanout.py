@@ -229,3 +229,44 @@ def test_a_stalled_reader_keeps_its_memory_bounded_while_the_others_stay_on_time
     # buffers), not the 50,100 messages sent: its subscriptions got the latest state.
     received, sent = sum(len(events) for events in late), stalled_subscriptions * (parts + 3)
     assert received < sent / 2, f"{received} of {sent} messages reached the stalled reader: nothing was coalesced"
+
+
+def test_a_reader_that_stops_answering_pings_is_closed_quietly(make_stack, api_user) -> None:
+    """A client that stops reading (so it answers no ping either) while events back up for it: the
+    server's keepalive gives up on it and closes the socket under its subscriptions, which end
+    without a traceback in the server's log; a healthy subscriber beside it gets every event.
+
+    The pings come every second with a second to answer (uvicorn's UVICORN_WS_PING_* settings), and
+    the driver paces 600 parts over four seconds, so most of them go out after the keepalive closed
+    the stalled socket (with its kernel buffers full, uvicorn cannot finish closing it, and every
+    later send to it is refused)."""
+    idle = make_stack(env={"UVICORN_WS_PING_INTERVAL": "1", "UVICORN_WS_PING_TIMEOUT": "1"}, workers=0)
+    parts = 600
+    stalled_subscriptions = 50
+    upload_id = new_upload(idle, api_user.headers, parts)
+
+    async def scenario() -> tuple[list[dict], int, str]:
+        connection, stalled = await stalled_subscriber(idle.ws_url, api_user.token)
+        try:
+            async with subscriber(idle.ws_url, api_user.token) as healthy:
+                stalled_ids = [await stalled.subscribe(upload_id) for _ in range(stalled_subscriptions)]
+                for _ in stalled_ids:  # every snapshot, so all of them are live
+                    assert (await stalled.receive())["type"] == "next"
+                healthy_id = await healthy.subscribe(upload_id)
+                events = [await first_event(healthy, healthy_id)]
+                # From here on the stalled client reads nothing, pings included.
+                driving = asyncio.create_task(drive(idle, [upload_id], parts, per_second=150))
+                events = await healthy.events_until_complete(healthy_id, events)
+                final = (await driving)[upload_id]
+                with pytest.raises(ConnectionError) as closed:
+                    while True:  # reading again finds the server gave up on the socket
+                        await stalled.receive()
+                return events, final, str(closed.value)
+        finally:
+            connection.close()
+
+    events, final, _ = run(scenario(), idle)
+    assert_in_order(events, final)
+    assert [e["partNumber"] for e in events if e["partNumber"]] == list(range(1, parts + 1))
+    log = idle.server.log.read_text(errors="replace")
+    assert "Traceback" not in log, log[-4000:]

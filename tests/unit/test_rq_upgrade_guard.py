@@ -47,12 +47,15 @@ WORKER_OVERRIDES: dict[str, list[str]] = {
     "check_for_suspension": ["burst"],
     "run_maintenance_tasks": [],
     "execute_job": ["job", "queue"],
+    "kill_horse": ["sig"],
+    "get_heartbeat_ttl": ["job", "working_time"],
     "teardown": [],
 }
 # Our own methods, not overrides.
-WORKER_OWN = {"modules_preload"}
-# What the overrides use of RQ's worker besides the methods above.
-WORKER_USES = {"horse_pid", "kill_horse", "log", "name", "max_connection_wait_time"}
+WORKER_OWN = {"modules_preload", "execute_in_process"}
+# What the overrides use of RQ's worker besides the methods above (`execute_in_process` is RQ's
+# SimpleWorker.execute_job: prepare_execution, perform_job, set_state).
+WORKER_USES = {"horse_pid", "log", "name", "max_connection_wait_time", "prepare_execution", "perform_job"}
 
 SCHEDULER_OVERRIDES: dict[str, list[str]] = {
     "enqueue_jobs": [],

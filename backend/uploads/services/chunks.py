@@ -75,22 +75,24 @@ class ChunkAppend:
         """The offset this upload may grow to: its length, or UPLOAD_MAX_BYTES while deferred."""
         return settings.UPLOAD_MAX_BYTES if self.upload.length_deferred else self.upload.size
 
-    def write(self, data: bytes) -> None:
-        """Append `data`; UploadTooLarge once it would pass the length (what fits is written first)."""
-        room = self.limit - self.offset
-        fits = data if len(data) <= room else data[:room]
-        if fits:
-            self._pwrite(fits)
-            if self.digest is not None:
-                self.digest.update(fits)
-            if self.checksum is not None:
-                self.checksum.update(fits)
-            if len(self.head) == self.offset < SNIFF_BYTES:
-                # Only while this chunk started at 0: the head is then the file's first bytes.
-                self.head += bytes(fits[: SNIFF_BYTES - self.offset])
-            self.offset += len(fits)
-        if len(fits) < len(data):
-            raise UploadTooLarge(f"the chunk goes past the upload's length of {self.limit} bytes")
+    def write(self, *pieces: bytes) -> None:
+        """Append `pieces`, in order (a body's messages as they came: joining them would copy every
+        byte once more); UploadTooLarge once they would pass the length (what fits is written first)."""
+        for data in pieces:
+            room = self.limit - self.offset
+            fits = data if len(data) <= room else data[:room]
+            if fits:
+                self._pwrite(fits)
+                if self.digest is not None:
+                    self.digest.update(fits)
+                if self.checksum is not None:
+                    self.checksum.update(fits)
+                if len(self.head) == self.offset < SNIFF_BYTES:
+                    # Only while this chunk started at 0: the head is then the file's first bytes.
+                    self.head += bytes(fits[: SNIFF_BYTES - self.offset])
+                self.offset += len(fits)
+            if len(fits) < len(data):
+                raise UploadTooLarge(f"the chunk goes past the upload's length of {self.limit} bytes")
         self._judge_type_if_due()
         if self.checksum is None and self.offset - self.committed >= self.checkpoint_every:
             self.checkpoint()
@@ -162,8 +164,8 @@ class ChunkAppend:
     def whole(self) -> bool:
         return not self.upload.length_deferred and self.offset == self.upload.size
 
-    def finish(self, data: bytes = b"", *, reread: bool = True) -> FileUpload:
-        """The whole chunk arrived (its last `data` is written first): verify its checksum, commit,
+    def finish(self, *pieces: bytes, reread: bool = True) -> FileUpload:
+        """The whole chunk arrived (its last `pieces` are written first): verify its checksum, commit,
         and complete the upload if it is whole.
 
         Returns the upload; without `reread`, an unfinished one is this appender's copy of the row
@@ -172,8 +174,8 @@ class ChunkAppend:
         (CHECKSUM_MISMATCH, UNSUPPORTED_MEDIA_TYPE: the upload is then FAILED).
         """
         try:
-            if data:
-                self.write(data)
+            if pieces:
+                self.write(*pieces)
             if self.checksum is not None and not self.checksum.matches():
                 self._discard()
                 raise ChunkChecksumMismatch(f"the chunk does not match its {self.checksum.algorithm} checksum")
