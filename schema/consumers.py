@@ -240,6 +240,11 @@ class UploadGraphQLWSConsumer(GraphQLWSConsumer):
         return bool(hostname and validate_host(hostname, settings.ALLOWED_HOSTS))
 
 
+async def _refuse_quietly(consumer: UploadGraphQLWSConsumer) -> None:
+    with contextlib.suppress(Exception):
+        await consumer.refuse_credential()
+
+
 class CredentialWatch:
     """The sockets of this process and their credentials, re-checked together every
     WS_AUTH_RECHECK_SECONDS; a socket whose credential stopped being valid (revoked, expired, user
@@ -254,6 +259,9 @@ class CredentialWatch:
             weakref.WeakKeyDictionary()
         )
         self.task: asyncio.Task[None] | None = None
+        # The closes under way: each on its own task, so one socket that does not drain (a close
+        # waits until the socket is writable) holds up neither the re-check nor the other closes.
+        self.closing: set[asyncio.Task[None]] = set()
 
     def add(
         self, consumer: UploadGraphQLWSConsumer, *, token: str | None, session_key: str | None, user_id: Any
@@ -277,8 +285,9 @@ class CredentialWatch:
             for consumer in refused:
                 if consumer in self.sockets:
                     self.discard(consumer)
-                    with contextlib.suppress(Exception):
-                        await consumer.refuse_credential()
+                    closing = asyncio.create_task(_refuse_quietly(consumer))
+                    self.closing.add(closing)
+                    closing.add_done_callback(self.closing.discard)
 
     async def _refused(self) -> list[UploadGraphQLWSConsumer]:
         watched = list(self.sockets.items())

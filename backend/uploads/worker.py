@@ -18,8 +18,9 @@ are queued again by the reaper (`services.upload_requeue_lost`).
 RQ forks a fresh work horse for every job, and whatever the worker has not imported each horse
 imports again: the channel layer (channels_redis, msgpack, cryptography), the storage backend and
 the ORM's SQL compiler cost tens of milliseconds per job, more than a small file's whole transfer. The worker imports
-them once, before its first fork (`transfer_modules_preload`); it opens no connection, so the
-horses share nothing but code.
+them once, before its first fork (`transfer_modules_preload`), which opens no connection. The one
+socket a horse inherits is the Redis connection of the publisher kept for small jobs (below); a
+horse never uses it (it starts a publisher of its own per job).
 
 A small file's transfer (one plain put of at most UPLOAD_IN_PROCESS_MAX_BYTES, flagged so when
 queued: `jobqueue.job_runs_in_process`) runs in the worker process itself, as RQ's SimpleWorker
@@ -122,9 +123,9 @@ class UploadWorker(Worker):
         except BaseException:
             self._in_process = False
             raise
-        if self._publisher is None:
-            self._publisher = progress_publisher_start()
         try:
+            if self._publisher is None:
+                self._publisher = progress_publisher_start()
             with progress_publisher(self._publisher):
                 self.perform_job(job, queue, execution)
         finally:

@@ -175,13 +175,19 @@ def test_failing_upload_part_requests_are_retried_and_each_part_is_stored_once(
 def test_part_corrupted_after_signing_is_caught_at_assembly_and_never_completes(
     make_stack, api_user, moto, bucket, tmp_path
 ):
-    # Default settings: no part MD5. moto verifies no checksum, so it keeps the corrupted part; the
-    # SHA-256 it computes for the assembled object is not the one the parts sent make.
+    # No part MD5 (S3_VERIFY_PART_ETAG=false). moto verifies no checksum, so it keeps the corrupted
+    # part; the SHA-256 it computes for the assembled object is not the one the parts sent make.
     log = tmp_path / "s3.jsonl"
     faults = {"requests": {"2": "corrupt"}}
-    stack = make_stack(
-        env=s3_env(moto, bucket, UPLOAD_PART_CONCURRENCY="1", TEST_S3_FAULTS=json.dumps(faults), TEST_S3_LOG=str(log))
+    env = s3_env(
+        moto,
+        bucket,
+        UPLOAD_PART_CONCURRENCY="1",
+        S3_VERIFY_PART_ETAG="false",
+        TEST_S3_FAULTS=json.dumps(faults),
+        TEST_S3_LOG=str(log),
     )
+    stack = make_stack(env=env)
     content = os.urandom(3 * PART + 5)
     upload_id = data_of(upload_file(stack.url, content, headers=api_user.headers))["uploadFile"]["id"]
 
@@ -202,7 +208,7 @@ def test_part_corrupted_after_signing_is_detected_and_sent_again(make_stack, api
     log = tmp_path / "s3.jsonl"
     # One part at a time, so request 2 is part 2's first try and request 4 is part 3's.
     faults = {"requests": {"2": "corrupt", "4": "lost"}}
-    # S3_VERIFY_PART_ETAG: each part's MD5 is compared with the ETag answered, so the part is sent again.
+    # S3_VERIFY_PART_ETAG (the default): each part's MD5 is compared with the ETag answered, so the part is sent again.
     env = s3_env(
         moto,
         bucket,

@@ -69,10 +69,11 @@ def test_composite_checksum_is_the_digest_of_the_part_digests() -> None:
     assert composite_checksum(part_checksums=[]) is None
 
 
-def test_part_md5_only_when_asked_or_without_a_part_checksum() -> None:
-    assert not S3Storage(client=object(), bucket="b").part_md5  # type: ignore[arg-type]
-    assert S3Storage(client=object(), bucket="b", verify_part_etags=True).part_md5  # type: ignore[arg-type]
-    assert S3Storage(client=object(), bucket="b", checksum_algorithm="NONE").part_md5  # type: ignore[arg-type]
+def test_part_md5_by_default_and_always_without_a_part_checksum() -> None:
+    assert S3Storage(client=object(), bucket="b").part_md5  # type: ignore[arg-type]
+    assert not S3Storage(client=object(), bucket="b", verify_part_etags=False).part_md5  # type: ignore[arg-type]
+    none = S3Storage(client=object(), bucket="b", checksum_algorithm="NONE", verify_part_etags=False)  # type: ignore[arg-type]
+    assert none.part_md5
 
 
 def test_etags() -> None:

@@ -78,6 +78,18 @@ class ChunkAppend:
     def write(self, *pieces: bytes) -> None:
         """Append `pieces`, in order (a body's messages as they came: joining them would copy every
         byte once more); UploadTooLarge once they would pass the length (what fits is written first)."""
+        start = self.offset
+        try:
+            self._append(pieces)
+        finally:
+            # On its way to disk now, in one call for the whole write (not one per body message), so
+            # the checkpoint's fdatasync has only the last write to wait for.
+            writeback_start(self.fd, start, self.offset - start)
+        self._judge_type_if_due()
+        if self.checksum is None and self.offset - self.committed >= self.checkpoint_every:
+            self.checkpoint()
+
+    def _append(self, pieces: tuple[bytes, ...]) -> None:
         for data in pieces:
             room = self.limit - self.offset
             fits = data if len(data) <= room else data[:room]
@@ -93,9 +105,6 @@ class ChunkAppend:
                 self.offset += len(fits)
             if len(fits) < len(data):
                 raise UploadTooLarge(f"the chunk goes past the upload's length of {self.limit} bytes")
-        self._judge_type_if_due()
-        if self.checksum is None and self.offset - self.committed >= self.checkpoint_every:
-            self.checkpoint()
 
     def _pwrite(self, data: bytes) -> None:
         view = memoryview(data)
@@ -104,8 +113,6 @@ class ChunkAppend:
             while view:
                 written = os.pwrite(self.fd, view, position)
                 view, position = view[written:], position + written
-            # On its way to disk now, so the checkpoint's fdatasync has only the last write to wait for.
-            writeback_start(self.fd, self.offset, len(data))
         except OSError as exc:
             if exc.errno not in DISK_FULL_ERRNOS:
                 raise

@@ -6,10 +6,12 @@ whose bytes do not match it, BadDigest, and the part is sent again). Complete is
 recorded receipts and followed by a HeadObject that checks the size, that the object is exactly
 those parts (MD5 ETags) and that the checksum the store computed for it is the one the parts sent
 make (`composite_checksum`): bytes corrupted on the way to a store that verifies nothing but keeps
-what it got (moto) never make a COMPLETED object. With `verify_part_etags` (S3_VERIFY_PART_ETAG),
-or without a part checksum, each part also carries its MD5 (Content-MD5) and the ETag answered is
-compared with it, so such a part is caught and sent again at once (S3, MinIO, R2 and moto return
-MD5 ETags for parts not encrypted with KMS); that MD5 costs about a CPU second per GiB.
+what it got (moto) never make a COMPLETED object. With `verify_part_etags` (S3_VERIFY_PART_ETAG,
+the default), or without a part checksum, each part also carries its MD5 (Content-MD5) and the ETag
+answered is compared with it, so such a part is caught and sent again at once, whatever the store
+verifies (S3, MinIO, R2 and moto return MD5 ETags for parts not encrypted with KMS); that MD5 costs
+about 1.5 CPU seconds per GiB. Without it a part corrupted on the way to a store that verifies
+nothing is caught only at assembly, and the upload fails (its multipart upload is spent).
 
 Every store error becomes a StorageError: retryable for 5xx, throttling, connection errors and
 timeouts; not for refusals (403, a missing bucket, a bad request), whose message names the cause.
@@ -133,7 +135,7 @@ class S3Storage:
         storage_class: str | None = None,
         list_page_size: int = LIST_PAGE_SIZE,
         retry: RetryPolicy | None = None,
-        verify_part_etags: bool = False,
+        verify_part_etags: bool = True,
     ) -> None:
         if checksum_algorithm not in CHECKSUM_ALGORITHMS:
             raise ImproperlyConfigured(f"S3_CHECKSUM_ALGORITHM must be one of {', '.join(CHECKSUM_ALGORITHMS)}")
