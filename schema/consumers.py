@@ -21,6 +21,7 @@ from strawberry.exceptions import ConnectionRejectionError
 from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import BaseGraphQLTransportWSHandler
 from strawberry.subscriptions.protocols.graphql_ws.handlers import BaseGraphQLWSHandler
 
+from backend.event_loops import per_event_loop
 from backend.redis_errors import REDIS_UNREACHABLE
 from backend.tokens.bearer import bearer_token
 from backend.tokens.services import token_user, token_users
@@ -308,16 +309,8 @@ class CredentialWatch:
         return refused
 
 
-_watches: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, CredentialWatch] = weakref.WeakKeyDictionary()
-
-
-def credential_watch() -> CredentialWatch:
-    """The credential watch of the running event loop (one per server process)."""
-    loop = asyncio.get_running_loop()
-    watch = _watches.get(loop)
-    if watch is None:
-        watch = _watches[loop] = CredentialWatch()
-    return watch
+# The credential watch of the running event loop (one per server process).
+credential_watch = per_event_loop(CredentialWatch)
 
 
 def _session_key(scope: dict[str, Any]) -> str | None:

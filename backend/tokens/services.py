@@ -9,7 +9,7 @@ from datetime import timedelta
 
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import User
-from django.db.models import Q
+from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 from backend.tokens.models import ApiToken
@@ -17,6 +17,13 @@ from backend.tokens.models import ApiToken
 
 def _token_hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
+
+
+def _live_tokens() -> QuerySet[ApiToken]:
+    """The tokens neither revoked nor expired (whether their user is active is the caller's)."""
+    return ApiToken.objects.filter(revoked_at__isnull=True).filter(
+        Q(expires_at__isnull=True) | Q(expires_at__gt=timezone.now())
+    )
 
 
 def token_create(*, user: User, expires_in_days: float | None = None) -> str:
@@ -36,12 +43,7 @@ def token_user(*, token: str) -> User | None:
     """The active user a token belongs to, or None if it is unknown, expired or revoked."""
     if not token or len(token) > 256:
         return None
-    found = (
-        ApiToken.objects.select_related("user")
-        .filter(token_hash=_token_hash(token), revoked_at__isnull=True)
-        .filter(Q(expires_at__isnull=True) | Q(expires_at__gt=timezone.now()))
-        .first()
-    )
+    found = _live_tokens().select_related("user").filter(token_hash=_token_hash(token)).first()
     if found is None or not found.user.is_active:
         return None
     return found.user
@@ -104,12 +106,7 @@ def token_users(*, tokens: Iterable[str]) -> dict[str, int]:
     hashes = list(by_hash)
     live: dict[str, int] = {}
     for start in range(0, len(hashes), 500):  # SQLite allows 999 parameters per statement
-        rows = (
-            ApiToken.objects.filter(
-                token_hash__in=hashes[start : start + 500], revoked_at__isnull=True, user__is_active=True
-            )
-            .filter(Q(expires_at__isnull=True) | Q(expires_at__gt=timezone.now()))
-            .values_list("token_hash", "user_id")
-        )
+        page = hashes[start : start + 500]
+        rows = _live_tokens().filter(token_hash__in=page, user__is_active=True).values_list("token_hash", "user_id")
         live.update((by_hash[token_hash], user_id) for token_hash, user_id in rows)
     return live

@@ -16,7 +16,6 @@ import logging
 import threading
 import time
 import uuid
-import weakref
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -27,6 +26,7 @@ from django.conf import settings
 from django.utils.module_loading import import_string
 from redis.exceptions import RedisError
 
+from backend.event_loops import per_event_loop
 from backend.redis_errors import REDIS_UNREACHABLE
 from backend.uploads.metrics import subscription_gauge
 from backend.uploads.models import FileUpload, UploadStatus
@@ -353,16 +353,8 @@ async def progress_layer_probe() -> None:
     await get_channel_layer().group_send(PROBE_GROUP, {"type": "progress.probe"})
 
 
-_hubs: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, ProgressHub] = weakref.WeakKeyDictionary()
-
-
-def progress_hub() -> ProgressHub:
-    """The hub of the running event loop (one per server process; a test's loop gets its own)."""
-    loop = asyncio.get_running_loop()
-    hub = _hubs.get(loop)
-    if hub is None:
-        hub = _hubs[loop] = ProgressHub()
-    return hub
+# The hub of the running event loop (one per server process; a test's loop gets its own).
+progress_hub = per_event_loop(ProgressHub)
 
 
 async def progress_stream(*, upload_id: uuid.UUID, resync_seconds: float) -> AsyncIterator[ProgressEvent]:

@@ -120,10 +120,6 @@ class UploadWorker(Worker):
         self._in_process = True
         try:
             execution = self.prepare_execution(job)
-        except BaseException:
-            self._in_process = False
-            raise
-        try:
             if self._publisher is None:
                 self._publisher = progress_publisher_start()
             with progress_publisher(self._publisher):

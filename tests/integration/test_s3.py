@@ -69,6 +69,11 @@ def _wait_status(upload_id: str, *statuses: str, timeout: float = 60) -> FileUpl
     return wait_until(reached, timeout=timeout, what=f"upload {upload_id} to reach {statuses}")
 
 
+def _faulty_env(moto: Any, bucket: str, log: Path, faults: dict[str, Any], **extra: str) -> dict[str, str]:
+    """`s3_env` with the store's requests going through the fault plan `faults`, each logged to `log`."""
+    return s3_env(moto, bucket, TEST_S3_FAULTS=json.dumps(faults), TEST_S3_LOG=str(log), **extra)
+
+
 def _requests(log: Path) -> list[dict[str, Any]]:
     """The UploadPart requests the worker logged, in the order they ended."""
     return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
@@ -151,9 +156,7 @@ def test_failing_upload_part_requests_are_retried_and_each_part_is_stored_once(
 ):
     log = tmp_path / "s3.jsonl"
     faults = {"every": 5, "kinds": ["500", "reset", "503", "lost"]}
-    stack = make_stack(
-        env=s3_env(moto, bucket, UPLOAD_PART_CONCURRENCY="4", TEST_S3_FAULTS=json.dumps(faults), TEST_S3_LOG=str(log))
-    )
+    stack = make_stack(env=_faulty_env(moto, bucket, log, faults, UPLOAD_PART_CONCURRENCY="4"))
     content = os.urandom(9 * PART + 77)
     upload_id = data_of(upload_file(stack.url, content, headers=api_user.headers))["uploadFile"]["id"]
 
@@ -179,14 +182,7 @@ def test_part_corrupted_after_signing_is_caught_at_assembly_and_never_completes(
     # part; the SHA-256 it computes for the assembled object is not the one the parts sent make.
     log = tmp_path / "s3.jsonl"
     faults = {"requests": {"2": "corrupt"}}
-    env = s3_env(
-        moto,
-        bucket,
-        UPLOAD_PART_CONCURRENCY="1",
-        S3_VERIFY_PART_ETAG="false",
-        TEST_S3_FAULTS=json.dumps(faults),
-        TEST_S3_LOG=str(log),
-    )
+    env = _faulty_env(moto, bucket, log, faults, UPLOAD_PART_CONCURRENCY="1", S3_VERIFY_PART_ETAG="false")
     stack = make_stack(env=env)
     content = os.urandom(3 * PART + 5)
     upload_id = data_of(upload_file(stack.url, content, headers=api_user.headers))["uploadFile"]["id"]
@@ -209,14 +205,7 @@ def test_part_corrupted_after_signing_is_detected_and_sent_again(make_stack, api
     # One part at a time, so request 2 is part 2's first try and request 4 is part 3's.
     faults = {"requests": {"2": "corrupt", "4": "lost"}}
     # S3_VERIFY_PART_ETAG (the default): each part's MD5 is compared with the ETag answered, so the part is sent again.
-    env = s3_env(
-        moto,
-        bucket,
-        UPLOAD_PART_CONCURRENCY="1",
-        S3_VERIFY_PART_ETAG="true",
-        TEST_S3_FAULTS=json.dumps(faults),
-        TEST_S3_LOG=str(log),
-    )
+    env = _faulty_env(moto, bucket, log, faults, UPLOAD_PART_CONCURRENCY="1", S3_VERIFY_PART_ETAG="true")
     stack = make_stack(env=env)
     content = os.urandom(3 * PART + 5)
     upload_id = data_of(upload_file(stack.url, content, headers=api_user.headers))["uploadFile"]["id"]
@@ -528,14 +517,7 @@ def test_store_outage_fails_the_upload_and_retry_after_it_sends_only_the_missing
 ):
     log, outage = tmp_path / "s3.jsonl", tmp_path / "store-down"
     faults = {"outage_while": str(outage), "outage_kind": kind}
-    env = s3_env(
-        moto,
-        bucket,
-        UPLOAD_PART_CONCURRENCY="1",
-        UPLOAD_PART_RETRIES="3",
-        TEST_S3_FAULTS=json.dumps(faults),
-        TEST_S3_LOG=str(log),
-    )
+    env = _faulty_env(moto, bucket, log, faults, UPLOAD_PART_CONCURRENCY="1", UPLOAD_PART_RETRIES="3")
     # The outage starts while part 3 waits at a gate (before its request), parts 1-2 confirmed.
     gate = Gate(tmp_path / "gate", part=3)
     stack = make_stack(env=env, faults=gate.plan)
