@@ -102,6 +102,9 @@ class UploadLedger:
     def set_storage_handle(self, handle: str) -> None:
         services.upload_set_storage_handle(upload_id=self.upload_id, claim=self.claim, handle=handle)
 
+    def start_over(self, handle: str) -> None:
+        services.upload_start_over(upload_id=self.upload_id, claim=self.claim, handle=handle)
+
     def heartbeat(self) -> bool:
         # The lease's thread writes the heartbeat on its own clock; the engine only asks whether it holds.
         return self.lease.held

@@ -44,6 +44,11 @@ class TransferFailed(Exception):
     """The transfer cannot finish: a part ran out of attempts or the store refused for good."""
 
 
+class ObjectSpent(TransferFailed):
+    """The store's open object can take no more calls (StorageError.spent): the transfer may start
+    the object over, once per run; raised out of a run, it fails the transfer like any TransferFailed."""
+
+
 class TransferStopped(Exception):
     """The transfer must stop before its next part (cancelled, claim lost, worker stopping)."""
 
@@ -105,6 +110,10 @@ class Ledger(Protocol):
     def heartbeat(self) -> bool:
         """Say the run is alive; False once the run no longer owns the upload."""
 
+    def start_over(self, handle: str) -> None:
+        """Forget the spent open object `handle` and every part recorded for it: what follows is a
+        new transfer of the same bytes, its counters from 0 (the object is started over)."""
+
 
 def _no_counts(amounts: Mapping[str, int]) -> None:
     return None
@@ -155,19 +164,11 @@ def transfer_upload(
     if spec.parts_total == 1 and spec.handle is None:
         return run.put_whole(source)
 
-    handle = run.open_object()
-    confirmed = run.reconcile(handle=handle)
-    pending = deque(n for n in range(1, spec.parts_total + 1) if n not in confirmed)
     fd = os.open(source, os.O_RDONLY)
     try:
-        run.send_parts(handle=handle, fd=fd, pending=pending)
+        run.at_most_twice(partial(run.send_object, fd=fd))
     finally:
         os.close(fd)
-
-    receipts = ledger.parts()
-    if [r.part_number for r in receipts] != list(range(1, spec.parts_total + 1)):
-        raise TransferFailed("the part ledger is incomplete after every part was sent")
-    run.call_store(lambda: storage.complete(key=spec.key, handle=handle, parts=receipts, size=spec.size))
     return None
 
 
@@ -209,25 +210,30 @@ def transfer_arrived_parts(
         part_from_file=part_from_file,
         count=count,
     )
-    handle = run.open_object()
-    confirmed = run.reconcile(handle=handle)
-    due = deque(n for n in range(1, whole + 1) if n not in confirmed)
-    sent = len(due)
+    sent = 0
 
-    def newly_arrived() -> list[int]:
+    def send_arrived(handle: str) -> None:
         nonlocal whole, sent
-        now = arrived()
-        if now <= whole:
-            return []
-        fresh = [n for n in range(whole + 1, now + 1) if n not in confirmed]
-        whole = now
-        run.spec = replace(spec, size=whole * spec.part_size)
-        sent += len(fresh)
-        return fresh
+        confirmed = run.reconcile(handle=handle)
+        due = deque(n for n in range(1, whole + 1) if n not in confirmed)
+        sent += len(due)
+
+        def newly_arrived() -> list[int]:
+            nonlocal whole, sent
+            now = arrived()
+            if now <= whole:
+                return []
+            fresh = [n for n in range(whole + 1, now + 1) if n not in confirmed]
+            whole = now
+            run.spec = replace(run.spec, size=whole * spec.part_size)
+            sent += len(fresh)
+            return fresh
+
+        run.send_parts(handle=handle, fd=fd, pending=due, refill=newly_arrived)
 
     fd = os.open(source, os.O_RDONLY)
     try:
-        run.send_parts(handle=handle, fd=fd, pending=due, refill=newly_arrived)
+        run.at_most_twice(send_arrived)
     finally:
         os.close(fd)
     return sent
@@ -244,6 +250,7 @@ class _Run:
     config: TransferSettings
     part_from_file: PartFromFile | None
     count: Callable[[Mapping[str, int]], None]
+    opened: str | None = None  # the handle of the object this run opened, if it opened one
 
     def open_object(self) -> str:
         """The store's handle for this object: the one an earlier run opened, or a new one recorded now."""
@@ -259,11 +266,51 @@ class _Run:
             # Cancelled or deleted meanwhile: no row will ever name this object, so abort it now.
             storage.abort(key=spec.key, handle=handle)
             raise
+        self.opened = handle
         return handle
 
-    def reconcile(self, *, handle: str) -> set[int]:
-        """Part numbers both the ledger and the store confirm; parts only the store lists are recorded."""
+    def at_most_twice(self, send: Callable[[str], None]) -> None:
+        """`send(handle)` in the object the run opens; if the store's object turns out spent
+        (ObjectSpent: aborted or expired behind the service's back, or completed into an object
+        the store's check refused), start the object over once and send again. A second spent
+        object fails the transfer."""
+        handle = self.open_object()
+        try:
+            send(handle)
+            return
+        except ObjectSpent as exc:
+            logger.warning(
+                "upload %s: the store's open object %s is spent (%s); starting the object over",
+                self.spec.upload_id,
+                handle,
+                exc,
+            )
+        self.ledger.start_over(handle)
+        self.spec = replace(self.spec, handle=None)
+        handle = self.open_object()
+        try:
+            send(handle)
+        except ObjectSpent as exc:
+            raise TransferFailed(f"{exc} (the object had been started over once already)") from exc
+
+    def send_object(self, handle: str, *, fd: int) -> None:
+        """Every part the ledger and the store do not both confirm, then the object assembled."""
         spec = self.spec
+        confirmed = self.reconcile(handle=handle)
+        pending = deque(n for n in range(1, spec.parts_total + 1) if n not in confirmed)
+        self.send_parts(handle=handle, fd=fd, pending=pending)
+        receipts = self.ledger.parts()
+        if [r.part_number for r in receipts] != list(range(1, spec.parts_total + 1)):
+            raise TransferFailed("the part ledger is incomplete after every part was sent")
+        self.call_store(lambda: self.storage.complete(key=spec.key, handle=handle, parts=receipts, size=spec.size))
+
+    def reconcile(self, *, handle: str) -> set[int]:
+        """Part numbers both the ledger and the store confirm; parts only the store lists are recorded.
+
+        An object this run opened holds nothing yet: the store is not asked."""
+        spec = self.spec
+        if handle == self.opened:
+            return set()
         ledger = {r.part_number for r in self.ledger.parts()}
         listed = self.call_store(lambda: self.storage.list_parts(key=spec.key, handle=handle))
         confirmed = set()
@@ -372,6 +419,8 @@ class _Run:
             receipt: PartReceipt = attempts(put, number=number)
             confirmed = {"parts_confirmed": 1, "bytes_transferred": receipt.size}
         except StorageError as exc:
+            if exc.spent:
+                raise ObjectSpent(f"part {number}: {exc}") from exc
             if not exc.retryable:
                 raise TransferFailed(f"part {number}: {exc}") from exc
             tries = self.config.retry.attempts
@@ -415,4 +464,6 @@ class _Run:
             result: T = storage_retrying(self.config.retry)(call)
             return result
         except StorageError as exc:
+            if exc.spent:
+                raise ObjectSpent(str(exc)) from exc
             raise TransferFailed(str(exc)) from exc

@@ -8,6 +8,7 @@ Parts are a real 5 MiB (moto enforces the minimum at Complete); files stay small
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
@@ -30,7 +31,7 @@ from backend.uploads.staging import staging_path
 from backend.uploads.storage import StorageError
 from backend.uploads.storage.s3 import S3Storage, content_disposition, multipart_etag
 from backend.uploads.storage.s3_bucket import LIFECYCLE_RULE_ID
-from tests.support.client import UPLOAD_FIELDS, data_of, graphql, upload_file
+from tests.support.client import UPLOAD_FIELDS, data_of, graphql, subscriber, upload_file
 from tests.support.moto import PART, Moto, moto_start, s3_env
 from tests.support.processes import wait_until
 from tests.support.uploads import Gate, ledger_wait
@@ -76,6 +77,11 @@ def _faulty_env(moto: Any, bucket: str, log: Path, faults: dict[str, Any], **ext
 
 def _requests(log: Path) -> list[dict[str, Any]]:
     """The UploadPart requests the worker logged, in the order they ended."""
+    return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+
+
+def _operations(log: Path) -> list[dict[str, Any]]:
+    """Every answered S3 request the worker logged (TEST_S3_OPS_LOG), in the order the answers came."""
     return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
 
 
@@ -175,36 +181,148 @@ def test_failing_upload_part_requests_are_retried_and_each_part_is_stored_once(
     _assert_object_is(moto, bucket, upload_id, content)
 
 
-def test_part_corrupted_after_signing_is_caught_at_assembly_and_never_completes(
+def test_part_corrupted_after_signing_is_caught_at_assembly_and_the_object_is_started_over(
     make_stack, api_user, moto, bucket, tmp_path
 ):
-    # No part MD5 (S3_VERIFY_PART_ETAG=false). moto verifies no checksum, so it keeps the corrupted
-    # part; the SHA-256 it computes for the assembled object is not the one the parts sent make.
-    log = tmp_path / "s3.jsonl"
+    # The default settings: no MD5 for a part whose answer carries its checksum, and moto echoes
+    # the checksum sent without verifying it, so it keeps the corrupted part. The SHA-256 it
+    # computes for the assembled object is not the one the parts sent make: that object is
+    # removed, never COMPLETED, and the run starts the object over in a new multipart upload.
+    log, operations = tmp_path / "s3.jsonl", tmp_path / "operations.jsonl"
     faults = {"requests": {"2": "corrupt"}}
-    env = _faulty_env(moto, bucket, log, faults, UPLOAD_PART_CONCURRENCY="1", S3_VERIFY_PART_ETAG="false")
-    stack = make_stack(env=env)
+    stack = make_stack(env=s3_env(moto, bucket, UPLOAD_PART_CONCURRENCY="1"), workers=0)
     content = os.urandom(3 * PART + 5)
     upload_id = data_of(upload_file(stack.url, content, headers=api_user.headers))["uploadFile"]["id"]
 
-    row = _wait_status(upload_id, UploadStatus.FAILED, UploadStatus.COMPLETED)
-    assert row.status == UploadStatus.FAILED
-    assert "SHA256 checksum of the assembled object" in row.error and "corrupted" in row.error, row.error
+    async def follow() -> list[dict[str, Any]]:
+        async with subscriber(stack.ws_url, api_user.token) as session:
+            sub = await session.subscribe(upload_id)
+            snapshot = await session.receive()
+            assert snapshot["payload"]["data"]["uploadProgress"]["status"] == "QUEUED", snapshot
+            stack.add_worker(
+                env={"TEST_S3_FAULTS": json.dumps(faults), "TEST_S3_LOG": str(log), "TEST_S3_OPS_LOG": str(operations)}
+            )
+            return await session.events_until_complete(sub)
+
+    events = asyncio.run(asyncio.wait_for(follow(), timeout=90))
+    row = _row(upload_id)
+    assert row.status == UploadStatus.COMPLETED, row.error
+    assert (row.attempts, row.parts_uploaded, row.parts.count(), row.error) == (1, 4, 4, None)
     assert [(r["part"], r["fault"], r["status"]) for r in _requests(log)] == [
         (1, None, 200),
         (2, "corrupt", 200),  # the store took the corrupted bytes (moto checks no digest)
         (3, None, 200),
         (4, None, 200),
+        (1, None, 200),  # the object started over: every part again, in a new multipart upload
+        (2, None, 200),
+        (3, None, 200),
+        (4, None, 200),
     ]
-    keys = moto.client().list_objects_v2(Bucket=bucket).get("Contents", [])
-    assert row.storage_key not in [k["Key"] for k in keys], "the wrong object was removed"
+    assembled = [
+        ("CompleteMultipartUpload", 200),
+        ("HeadObject", 200),  # its checksum is not that of the parts sent...
+    ]
+    assert [(o["op"], o["status"]) for o in _operations(operations)] == [
+        ("CreateMultipartUpload", 200),
+        *[("UploadPart", 200)] * 4,
+        *assembled,
+        ("DeleteObject", 204),  # ...so the wrong object goes before anyone can see it COMPLETED
+        ("CreateMultipartUpload", 200),
+        *[("UploadPart", 200)] * 4,
+        *assembled,
+    ]
+    _assert_object_is(moto, bucket, upload_id, content)
+    assert _open_uploads(moto, bucket) == []
+
+    # What a subscriber saw: the first transfer, then a new one from 0 (QUEUED, UPLOADING again, as
+    # a transfer picked up again reports), then COMPLETED once, after the new transfer's last part.
+    sequences = [e["sequence"] for e in events]
+    assert sequences == sorted(set(sequences)), "sequence only grows"
+    statuses = [e["status"] for e in events]
+    assert [s for i, s in enumerate(statuses) if i == 0 or s != statuses[i - 1]] == [
+        "UPLOADING",
+        "QUEUED",
+        "UPLOADING",
+        "COMPLETED",
+    ], events
+    restart = statuses.index("QUEUED")
+    assert (events[restart]["partsUploaded"], events[restart]["bytesUploaded"]) == (0, 0)
+    for transfer in (events[:restart], events[restart:]):
+        parts = [e["partsUploaded"] for e in transfer]
+        assert parts == sorted(parts), "within one transfer progress never goes back"
+    assert (events[-1]["partsUploaded"], events[-1]["bytesUploaded"]) == (4, len(content))
+    assert statuses.count("COMPLETED") == 1
+
+
+def test_a_multipart_upload_aborted_behind_the_services_back_is_started_over_on_retry(
+    make_stack, api_user, moto, bucket, tmp_path
+):
+    operations = tmp_path / "operations.jsonl"
+    stack = make_stack(env=s3_env(moto, bucket, UPLOAD_PART_CONCURRENCY="1"), workers=0)
+    refusing = stack.add_worker(env={"TEST_S3_FAULTS": json.dumps({"status": 403, "parts": [3]})})
+    content = os.urandom(4 * PART + 9)
+    upload_id = data_of(upload_file(stack.url, content, headers=api_user.headers))["uploadFile"]["id"]
+    row = _wait_status(upload_id, UploadStatus.FAILED, UploadStatus.COMPLETED)
+    assert row.status == UploadStatus.FAILED and row.parts_uploaded == 2
+    spent = row.storage_upload_id
+    # The bucket's lifecycle rule, an operator or another tool aborts the upload meanwhile.
+    moto.client().abort_multipart_upload(Bucket=bucket, Key=row.storage_key, UploadId=spent)
+    refusing.stop()
+
+    stack.add_worker(env={"TEST_S3_OPS_LOG": str(operations)})
+    assert data_of(graphql(stack.url, RETRY, {"id": upload_id}, api_user.headers))["retryUpload"]["status"] == "QUEUED"
+    row = _wait_status(upload_id, UploadStatus.COMPLETED, UploadStatus.FAILED)
+    assert row.status == UploadStatus.COMPLETED, row.error
+    assert [(o["op"], o["status"], o.get("code"), o.get("part")) for o in _operations(operations)] == [
+        ("ListParts", 404, "NoSuchUpload", None),  # resuming: the multipart upload is gone
+        ("CreateMultipartUpload", 200, None, None),
+        *[("UploadPart", 200, None, n) for n in range(1, 6)],  # every part, the two confirmed before too
+        ("CompleteMultipartUpload", 200, None, None),
+        ("HeadObject", 200, None, None),
+    ]
+    assert (row.attempts, row.parts_uploaded, row.parts.count()) == (2, 5, 5)
+    _assert_object_is(moto, bucket, upload_id, content)
+    assert _open_uploads(moto, bucket) == []
+
+
+def test_a_multipart_upload_aborted_while_parts_go_up_is_started_over(make_stack, api_user, moto, bucket, tmp_path):
+    operations = tmp_path / "operations.jsonl"
+    # The worker is held before part 3 (parts 1-2 confirmed) while the upload is aborted. S3 then
+    # answers part 3 NoSuchUpload; moto answers 500 (a KeyError of its own), so that answer is S3's.
+    gate = Gate(tmp_path / "gate", part=3)
+    faults = {"requests": {"3": "404"}}
+    env = _faulty_env(moto, bucket, tmp_path / "s3.jsonl", faults, UPLOAD_PART_CONCURRENCY="1")
+    stack = make_stack(env={**env, "TEST_S3_OPS_LOG": str(operations)}, faults=gate.plan)
+    content = os.urandom(3 * PART + 1)
+    upload_id = data_of(upload_file(stack.url, content, headers=api_user.headers))["uploadFile"]["id"]
+    gate.reached()
+    ledger_wait(upload_id, 2)
+    row = _row(upload_id)
+    moto.client().abort_multipart_upload(Bucket=bucket, Key=row.storage_key, UploadId=row.storage_upload_id)
+    gate.open()
+
+    row = _wait_status(upload_id, UploadStatus.COMPLETED, UploadStatus.FAILED)
+    assert row.status == UploadStatus.COMPLETED, row.error
+    assert [(o["op"], o["status"], o.get("part")) for o in _operations(operations)] == [
+        ("CreateMultipartUpload", 200, None),
+        ("UploadPart", 200, 1),
+        ("UploadPart", 200, 2),
+        ("UploadPart", 404, 3),  # NoSuchUpload: spent, so not retried in that upload
+        ("CreateMultipartUpload", 200, None),
+        *[("UploadPart", 200, n) for n in range(1, 5)],
+        ("CompleteMultipartUpload", 200, None),
+        ("HeadObject", 200, None),
+    ]
+    assert (row.attempts, row.parts_uploaded, row.parts.count()) == (1, 4, 4)
+    _assert_object_is(moto, bucket, upload_id, content)
+    assert _open_uploads(moto, bucket) == []
 
 
 def test_part_corrupted_after_signing_is_detected_and_sent_again(make_stack, api_user, moto, bucket, tmp_path):
     log = tmp_path / "s3.jsonl"
     # One part at a time, so request 2 is part 2's first try and request 4 is part 3's.
     faults = {"requests": {"2": "corrupt", "4": "lost"}}
-    # S3_VERIFY_PART_ETAG (the default): each part's MD5 is compared with the ETag answered, so the part is sent again.
+    # S3_VERIFY_PART_ETAG=true: each part's MD5 is compared with the ETag answered, so the part is sent again.
     env = _faulty_env(moto, bucket, log, faults, UPLOAD_PART_CONCURRENCY="1", S3_VERIFY_PART_ETAG="true")
     stack = make_stack(env=env)
     content = os.urandom(3 * PART + 5)
@@ -345,26 +463,36 @@ def _count_requests(client: Any, operation: str) -> Callable[[], int]:
     return lambda: len(sent)
 
 
+def _without_checksums(client: Any, *operations: str) -> None:
+    """Answers of `operations` on `client` as a store that knows no checksums gives them: none."""
+
+    def strip(parsed: dict[str, Any], **kwargs: Any) -> None:
+        parsed.pop("ChecksumSHA256", None)
+        parsed.pop("ChecksumType", None)
+
+    for operation in operations:
+        client.meta.events.register(f"after-call.s3.{operation}", strip)
+
+
+def _two_parts(storage: S3Storage, key: str) -> tuple[str, list[Any]]:
+    handle = storage.start(key=key, content_type="application/octet-stream", metadata={})
+    data = [os.urandom(PART), b"tail"]
+    parts = [
+        storage.put_part(key=key, handle=handle, part_number=n, offset=(n - 1) * PART, data=data[n - 1]) for n in (1, 2)
+    ]
+    return handle, parts
+
+
 @pytest.mark.parametrize("verify_part_etags", [False, True])
 def test_an_object_whose_checksum_the_store_does_not_report_is_refused_unless_its_parts_were_checked(
     moto, bucket, verify_part_etags
 ):
-    # A store that verifies no part checksum and reports none for the object (moto with the
-    # checksum taken out of its HeadObject answers): without the parts' MD5 nothing checked the bytes.
+    # A store that answers each part with its checksum (moto echoes the one sent, verifying
+    # nothing) but reports none for the object: without the parts' MD5 nothing checked the bytes.
     client = moto.client()
-
-    def without_checksum(parsed: dict[str, Any], **kwargs: Any) -> None:
-        parsed.pop("ChecksumSHA256", None)
-        parsed.pop("ChecksumType", None)
-
-    client.meta.events.register("after-call.s3.HeadObject", without_checksum)
+    _without_checksums(client, "HeadObject")
     storage = S3Storage(client=client, bucket=bucket, verify_part_etags=verify_part_etags)
-    handle = storage.start(key="unreported", content_type="application/octet-stream", metadata={})
-    data = [os.urandom(PART), b"tail"]
-    parts = [
-        storage.put_part(key="unreported", handle=handle, part_number=n, offset=(n - 1) * PART, data=data[n - 1])
-        for n in (1, 2)
-    ]
+    handle, parts = _two_parts(storage, "unreported")
     size = PART + 4
     if verify_part_etags:
         storage.complete(key="unreported", handle=handle, parts=parts, size=size)
@@ -372,8 +500,38 @@ def test_an_object_whose_checksum_the_store_does_not_report_is_refused_unless_it
         return
     with pytest.raises(StorageError, match=r"reports no SHA256 checksum.*S3_VERIFY_PART_ETAG=true") as refused:
         storage.complete(key="unreported", handle=handle, parts=parts, size=size)
-    assert not refused.value.retryable
+    assert not refused.value.retryable and refused.value.spent, "the transfer may start the object over"
     assert "unreported" not in [o["Key"] for o in client.list_objects_v2(Bucket=bucket).get("Contents", [])]
+
+
+def test_a_store_that_knows_no_checksums_gets_each_part_checked_by_its_md5(moto, bucket):
+    # Its answers carry no checksum, for the parts nor for the object: each part's MD5 is then
+    # computed after its answer and compared with its ETag (nothing was sent as Content-MD5), so a
+    # corrupted part is refused at once, and the object of checked parts is trusted.
+    client = moto.client()
+    _without_checksums(client, "UploadPart", "HeadObject")
+    sent: list[dict[str, Any]] = []
+    client.meta.events.register(
+        "before-send.s3.UploadPart", lambda request, **kwargs: sent.append(dict(request.headers))
+    )
+    storage = S3Storage(client=client, bucket=bucket)
+    assert not storage.part_md5
+    handle, parts = _two_parts(storage, "unchecksummed")
+    assert [("Content-MD5" in headers, "x-amz-checksum-sha256" in headers) for headers in sent] == [(False, True)] * 2
+    storage.complete(key="unchecksummed", handle=handle, parts=parts, size=PART + 4)
+    assert client.head_object(Bucket=bucket, Key="unchecksummed")["ContentLength"] == PART + 4
+
+    def corrupt(request: Any, **kwargs: Any) -> None:
+        body = bytearray(request.body.read() if hasattr(request.body, "read") else request.body)
+        body[0] ^= 0xFF
+        request.body = bytes(body)
+
+    client.meta.events.register("before-send.s3.UploadPart", corrupt)
+    handle = storage.start(key="corrupted", content_type="application/octet-stream", metadata={})
+    with pytest.raises(StorageError, match="is not the MD5 of the bytes sent") as refused:
+        storage.put_part(key="corrupted", handle=handle, part_number=1, offset=0, data=os.urandom(1000))
+    assert refused.value.retryable and not refused.value.spent, "sent again in the same upload"
+    storage.abort(key="corrupted", handle=handle)
 
 
 def test_list_parts_reads_every_page(moto, bucket):

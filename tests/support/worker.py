@@ -41,6 +41,7 @@ from backend.uploads.worker import UploadWorker  # noqa: E402
 # part, request, pid, thread, start, end (time.time()), fault, status (None when nothing answered).
 #   {"every": 5, "kinds": ["500", "reset", "503"]}  requests 1, 6, 11, ... fail, the kinds in turn:
 #       "500" / "503"  an S3 error answer (InternalError / SlowDown) in place of sending
+#       "404"          S3's NoSuchUpload answer (moto answers an aborted upload's UploadPart with a 500)
 #       "reset"        the connection drops before the store sees the request
 #       "lost"         the store keeps the part but the answer is lost (dropped after the call)
 #       "corrupt"      one byte of the body is flipped after signing (the store sees other bytes)
@@ -52,9 +53,13 @@ from backend.uploads.worker import UploadWorker  # noqa: E402
 #                                  (any operation) fails: "500"/"503" answers, or "timeout" raises
 #                                  botocore's ReadTimeoutError, as a store that never answered
 #   "kinds" may also name "timeout" (a read timeout on that request).
+# TEST_S3_OPS_LOG gets one JSON line per answered S3 request of any operation, in the order the
+# answers came: op (botocore's operation name), part (UploadPart only), status, code (an error
+# answer's code), pid. A request that got no answer (a dropped connection) has no line.
 
 _S3_ERROR_ANSWERS = {
     403: ("AccessDenied", "Access Denied"),
+    404: ("NoSuchUpload", "The specified upload does not exist."),
     500: ("InternalError", "We encountered an internal error. Please try again."),
     503: ("SlowDown", "Please reduce your request rate."),
 }
@@ -78,6 +83,23 @@ def _s3_error_answer(url: str, status: int) -> AWSResponse:
     ).encode()
     headers = {"Content-Type": "application/xml", "Content-Length": str(len(body))}
     return AWSResponse(url, status, headers, _AnswerBody(body))
+
+
+def s3_operations_log(storage: Any, log_path: str) -> None:
+    """Log every answered S3 request of the backend's client to `log_path` (TEST_S3_OPS_LOG)."""
+    lock = threading.Lock()
+
+    def after_call(http_response: Any, parsed: dict[str, Any], model: Any, **kwargs: Any) -> None:
+        line: dict[str, Any] = {"op": model.name, "status": http_response.status_code, "pid": os.getpid()}
+        if model.name == "UploadPart":
+            line["part"] = int(parse_qs(urlsplit(http_response.url).query)["partNumber"][0])
+        code = parsed.get("Error", {}).get("Code")
+        if code:
+            line["code"] = code
+        with lock, open(log_path, "a") as log:
+            log.write(json.dumps(line) + "\n")
+
+    storage.client.meta.events.register("after-call.s3", after_call)
 
 
 def s3_faults_install(storage: Any, plan: dict[str, Any], log_path: str | None) -> None:
@@ -126,7 +148,7 @@ def s3_faults_install(storage: Any, plan: dict[str, Any], log_path: str | None) 
             body = bytearray(request.body.read() if hasattr(request.body, "read") else request.body)
             body[len(body) // 2] ^= 0xFF
             request.body = bytes(body)
-        elif fault in ("403", "500", "503"):
+        elif fault in ("403", "404", "500", "503"):
             return _s3_error_answer(request.url, int(fault))
         elif fault == "reset":
             record(None)
@@ -167,6 +189,9 @@ def main() -> None:
     if s3_plan or os.environ.get("TEST_S3_LOG"):
         store = get_storage()
         s3_faults_install(getattr(store, "inner", store), s3_plan, os.environ.get("TEST_S3_LOG"))
+    if os.environ.get("TEST_S3_OPS_LOG"):
+        store = get_storage()
+        s3_operations_log(getattr(store, "inner", store), os.environ["TEST_S3_OPS_LOG"])
     worker = UploadWorker([django_rq.get_queue("default")], connection=django_rq.get_connection("default"))
     worker.work(with_scheduler=False)
 

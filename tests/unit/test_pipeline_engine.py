@@ -33,6 +33,11 @@ class MemoryLedger:
     def heartbeat(self) -> bool:
         return True
 
+    def start_over(self, handle: str) -> None:
+        assert handle == self.handle
+        self.receipts.clear()
+        self.handle = None
+
 
 def _spec(size: int, handle: str | None = None) -> TransferSpec:
     parts_total = -(-size // PART)

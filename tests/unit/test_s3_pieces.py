@@ -69,9 +69,10 @@ def test_composite_checksum_is_the_digest_of_the_part_digests() -> None:
     assert composite_checksum(part_checksums=[]) is None
 
 
-def test_part_md5_by_default_and_always_without_a_part_checksum() -> None:
-    assert S3Storage(client=object(), bucket="b").part_md5  # type: ignore[arg-type]
-    assert not S3Storage(client=object(), bucket="b", verify_part_etags=False).part_md5  # type: ignore[arg-type]
+def test_part_md5_when_asked_and_always_without_a_part_checksum() -> None:
+    # Not by default: a part is then checked by its MD5 only when its answer carries no checksum.
+    assert not S3Storage(client=object(), bucket="b").part_md5  # type: ignore[arg-type]
+    assert S3Storage(client=object(), bucket="b", verify_part_etags=True).part_md5  # type: ignore[arg-type]
     none = S3Storage(client=object(), bucket="b", checksum_algorithm="NONE", verify_part_etags=False)  # type: ignore[arg-type]
     assert none.part_md5
 
@@ -155,7 +156,15 @@ def test_error_messages_name_the_cause() -> None:
     assert str(head).startswith("HeadBucket: the store answered 404: Not Found") and "does not exist" in str(head)
 
     busy = s3_client_error("UploadPart (part 1)", _client_error("SlowDown", 503), bucket="b")
-    assert busy.retryable
+    assert busy.retryable and not busy.spent
+
+
+def test_a_multipart_upload_gone_is_spent_and_nothing_else_is() -> None:
+    gone = s3_client_error("ListParts", _client_error("NoSuchUpload", 404, "no such upload"), bucket="b")
+    assert gone.spent and not gone.retryable and gone.code == "NoSuchUpload"
+    assert "aborted, completed, or expired" in str(gone)
+    for code, status in [("NoSuchKey", 404), ("AccessDenied", 403), ("InternalError", 500), ("InvalidPart", 400)]:
+        assert not s3_client_error("Op", _client_error(code, status), bucket="b").spent, code
 
 
 def test_client_config_leaves_retries_to_the_engine() -> None:

@@ -86,7 +86,7 @@ def test_contract_defaults() -> None:
         "LOCAL_STORAGE_ROOT": str(root / "bucket"),
         "S3_CHECKSUM_ALGORITHM": "SHA256",
         "S3_REQUEST_CHECKSUM_CALCULATION": "when_required",
-        "S3_VERIFY_PART_ETAG": True,
+        "S3_VERIFY_PART_ETAG": False,
         "S3_ENDPOINT_URL": None,
         "S3_PUBLIC_ENDPOINT_URL": None,
         "PUBLIC_BASE_URL": None,

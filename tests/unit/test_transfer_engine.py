@@ -47,6 +47,7 @@ class MemoryLedger:
         self.alive = True
         self.lose_claim_at = lose_claim_at
         self.lose_handle = lose_handle
+        self.started_over: list[str] = []
 
     def parts(self) -> list[PartReceipt]:
         return [self.recorded[n] for n in sorted(self.recorded)]
@@ -65,6 +66,12 @@ class MemoryLedger:
     def heartbeat(self) -> bool:
         self.heartbeats += 1
         return self.alive
+
+    def start_over(self, handle: str) -> None:
+        assert handle == self.handle, "only the object the ledger names is started over"
+        self.started_over.append(handle)
+        self.recorded.clear()
+        self.handle = None
 
 
 class FlakyStore(LocalStorage):
@@ -319,3 +326,77 @@ def test_missing_staged_bytes_fail_with_the_shared_staging_hint(tmp_path: Path) 
     with pytest.raises(TransferFailed) as failed:
         _run(store, _spec(PART), tmp_path / "nowhere", MemoryLedger())
     assert str(failed.value) == STAGED_BYTES_MISSING
+
+
+# --- an open object the store can take no more calls for (StorageError.spent) ------------------
+
+
+def test_a_resumed_object_removed_behind_the_runs_back_is_started_over(tmp_path: Path) -> None:
+    source, data = _staged(tmp_path, 4 * PART)
+    store = FlakyStore(tmp_path / "bucket")
+    spec, ledger = _spec(len(data)), MemoryLedger()
+    one_at_a_time = TransferSettings(concurrency=1, heartbeat_seconds=5, retry=RetryPolicy(attempts=1))
+    asked = iter([False, False, True])
+    with pytest.raises(TransferStopped):
+        _run(store, spec, source, ledger, config=one_at_a_time, should_stop=lambda: next(asked))
+    spent = ledger.handle
+    assert spent is not None and sorted(ledger.recorded) == [1, 2]
+    # The open object goes (aborted, expired) while nobody runs: the store lists nothing for it
+    # and refuses its parts as spent.
+    (entry,) = [e for e in store.temporary_entries() if e.handle == spent]
+    store.temporary_remove(name=entry.name)
+    store.puts.clear()
+
+    _run(store, TransferSpec(**{**spec.__dict__, "handle": spent}), source, ledger)
+    assert ledger.started_over == [spent], "started over once, from the spent object"
+    assert ledger.handle not in (None, spent)
+    assert sorted(store.puts) == [1, 2, 3, 4], "every part again: the ledger of the spent object is forgotten"
+    assert sorted(ledger.recorded) == [1, 2, 3, 4]
+    assert store.object_path(spec.key).read_bytes() == data and store.temporary_entries() == []
+
+
+class SpentAtAssembly(FlakyStore):
+    """A store whose `complete` refuses the object `refusals` times as spent (the check after
+    Complete found other bytes and removed it), as the S3 backend does on a corrupted part."""
+
+    def __init__(self, root: Path, *, refusals: int) -> None:
+        super().__init__(root)
+        self.refusals = refusals
+        self.completes: list[str] = []
+
+    def complete(self, *, key: str, handle: str, parts: list[PartReceipt], size: int) -> None:
+        self.completes.append(handle)
+        if self.refusals > 0:
+            self.refusals -= 1
+            self.abort(key=key, handle=handle)
+            raise StorageError(
+                "the assembled object's checksum is not that of the parts sent", retryable=False, spent=True
+            )
+        super().complete(key=key, handle=handle, parts=parts, size=size)
+
+
+def test_an_object_refused_at_assembly_is_started_over_once_and_completes(tmp_path: Path) -> None:
+    source, data = _staged(tmp_path, 3 * PART + 1)
+    store, ledger = SpentAtAssembly(tmp_path / "bucket", refusals=1), MemoryLedger()
+    spec = _spec(len(data))
+    counts = _run(store, spec, source, ledger)
+    first, second = store.completes
+    assert first != second and ledger.started_over == [first] and ledger.handle == second
+    assert sorted(store.puts) == [1, 1, 2, 2, 3, 3, 4, 4], "each part once in each object"
+    assert store.object_path(spec.key).read_bytes() == data
+    assert counts["parts_confirmed"] == 8
+
+
+def test_an_object_spent_again_after_starting_over_fails_the_transfer(tmp_path: Path) -> None:
+    source, _ = _staged(tmp_path, 2 * PART)
+    store, ledger = SpentAtAssembly(tmp_path / "bucket", refusals=2), MemoryLedger()
+    with pytest.raises(
+        TransferFailed, match=r"checksum is not that of the parts sent \(the object had been started over"
+    ):
+        _run(store, _spec(2 * PART), source, ledger)
+    assert len(store.completes) == 2 and len(ledger.started_over) == 1
+
+
+def test_a_spent_error_is_never_retryable() -> None:
+    assert not StorageError("gone", retryable=True, spent=True).retryable
+    assert StorageError("busy", retryable=True).retryable and not StorageError("busy", retryable=True).spent

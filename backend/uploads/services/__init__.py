@@ -46,6 +46,7 @@ from backend.uploads.services.transitions import (
     upload_record_part,
     upload_release,
     upload_set_storage_handle,
+    upload_start_over,
     upload_transition,
 )
 from backend.uploads.services.upkeep import upload_requeue_lost, upload_requeue_orphaned, upload_requeue_stale
@@ -85,6 +86,7 @@ __all__ = [
     "upload_requeue_stale",
     "upload_retry",
     "upload_set_storage_handle",
+    "upload_start_over",
     "upload_sweep",
     "upload_transfer_stopped",
     "upload_transition",

@@ -126,6 +126,48 @@ def upload_set_storage_handle(*, upload_id: uuid.UUID, claim: uuid.UUID, handle:
         raise ClaimLost(f"upload {upload_id} is no longer this transfer's")
 
 
+def upload_start_over(*, upload_id: uuid.UUID, claim: uuid.UUID, handle: str) -> None:
+    """Forget the spent store object `handle` and its part ledger: the run sends the object anew.
+
+    The counters go back to 0, which CONTRACT section 3 allows only for a new transfer (as
+    `retryUpload` after CANCELLED starts one): an UPLOADING upload is taken back and claimed again
+    by the same run in one transaction (UPLOADING -> QUEUED -> UPLOADING, the moves a transfer
+    picked up again reports), so subscribers see where the new transfer begins. A run sending the
+    parts of a RECEIVING upload (pipelining) keeps its status and publishes the reset counters.
+    Raises ClaimLost if the run no longer owns the upload or the row names another object.
+    """
+    fresh: dict[str, Any] = {
+        "storage_upload_id": None,
+        "bytes_uploaded": 0,
+        "parts_uploaded": 0,
+        "heartbeat_at": timezone.now(),
+    }
+    names_it = Q(storage_upload_id=handle)
+    with transaction.atomic():
+        status = (
+            FileUpload.objects.filter(names_it, id=upload_id, claim=claim, status__in=RUN_STATUSES)
+            .values_list("status", flat=True)
+            .first()
+        )
+        if status is None:
+            raise ClaimLost(f"upload {upload_id} is no longer this transfer's")
+        UploadPart.objects.filter(upload_id=upload_id).delete()
+        if status == UploadStatus.UPLOADING:
+            upload_transition(
+                upload_id=upload_id, to=UploadStatus.QUEUED, expected=[status], owned_by=claim, where=names_it, **fresh
+            )
+            upload_transition(
+                upload_id=upload_id, to=UploadStatus.UPLOADING, expected=[UploadStatus.QUEUED], owned_by=claim
+            )
+        else:
+            owned = FileUpload.objects.filter(names_it, id=upload_id, claim=claim, status=status)
+            if not owned.update(sequence=F("sequence") + 1, updated_at=timezone.now(), **fresh):
+                raise ClaimLost(f"upload {upload_id} is no longer this transfer's")
+            upload = FileUpload.objects.only(*PROGRESS_EVENT_FIELDS).get(id=upload_id)
+            transaction.on_commit(lambda: progress_publish(upload))
+    logger.info("upload %s: its spent store object %s is forgotten; the object starts over", upload_id, handle)
+
+
 def ledger_insert(*, upload_id: uuid.UUID, receipt: PartReceipt) -> bool:
     """Insert a part's ledger entry in a savepoint; False (nothing written) if the part is in already."""
     try:

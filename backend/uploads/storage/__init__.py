@@ -34,11 +34,18 @@ class PartReceipt:
 
 
 class StorageError(Exception):
-    """A store operation failed. `retryable` says whether trying the same call again may help."""
+    """A store operation failed. `retryable` says whether trying the same call again may help.
 
-    def __init__(self, message: str, *, retryable: bool) -> None:
+    `spent`: the open object the call named can take no more calls (its multipart upload was
+    aborted behind the service's back, expired, or completed into an object the store then
+    refused or the check after it removed). No retry of the call can help; a transfer may start
+    the object over with a new handle, sending every part again. Never retryable.
+    """
+
+    def __init__(self, message: str, *, retryable: bool, spent: bool = False) -> None:
         super().__init__(message)
-        self.retryable = retryable
+        self.retryable = retryable and not spent
+        self.spent = spent
 
 
 class Storage(Protocol):

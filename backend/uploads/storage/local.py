@@ -66,7 +66,7 @@ class LocalStorage:
         except ValueError as exc:
             raise StorageError(f"bad handle {handle!r}", retryable=False) from exc
         if not self._parts_dir(handle).is_dir():
-            raise StorageError(f"no open object {handle}", retryable=False)
+            raise StorageError(f"no open object {handle}", retryable=False, spent=True)
 
     # -- core ---------------------------------------------------------------------------------
 
@@ -162,9 +162,8 @@ class LocalStorage:
         return StorageError(f"writing part {part_number}: {exc.strerror}", retryable=True)
 
     def list_parts(self, *, key: str, handle: str) -> list[PartReceipt]:
+        self._check_handle(handle)
         parts_dir = self._parts_dir(handle)
-        if not parts_dir.is_dir():
-            return []
         receipts = [PartReceipt(**json.loads(p.read_text())) for p in parts_dir.glob("*.json")]
         return sorted(receipts, key=lambda r: r.part_number)
 

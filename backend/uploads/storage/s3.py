@@ -25,6 +25,7 @@ import base64
 import hashlib
 import logging
 import re
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from functools import partial
@@ -135,7 +136,7 @@ class S3Storage:
         storage_class: str | None = None,
         list_page_size: int = LIST_PAGE_SIZE,
         retry: RetryPolicy | None = None,
-        verify_part_etags: bool = True,
+        verify_part_etags: bool = False,
     ) -> None:
         if checksum_algorithm not in CHECKSUM_ALGORITHMS:
             raise ImproperlyConfigured(f"S3_CHECKSUM_ALGORITHM must be one of {', '.join(CHECKSUM_ALGORITHMS)}")
@@ -155,7 +156,12 @@ class S3Storage:
         self.retry = retry if retry is not None else RetryPolicy()
         self.etags_are_md5 = sse not in _KMS_MODES
         # Each part's MD5, sent and compared with its ETag: asked for, or the only digest a part has.
+        # Otherwise a part is checked by its MD5 only when the store's answer carries no checksum.
         self.part_md5 = verify_part_etags or checksum_algorithm == "NONE"
+        # The parts of each open object this process checked by their MD5 (`put_part`): the only
+        # ones an object whose checksum the store does not report can be trusted with.
+        self._md5_checked: dict[str, set[int]] = {}
+        self._lock = threading.Lock()
 
     # -- core ---------------------------------------------------------------------------------
 
@@ -174,16 +180,29 @@ class S3Storage:
             "PartNumber": part_number,
             "Body": data,
         }
-        # Given the checksum, botocore sends it as it is and hashes nothing itself.
+        # Given the checksum, botocore sends it as it is and hashes nothing itself. Naming the
+        # algorithm too (x-amz-sdk-checksum-algorithm) makes a store that knows checksums answer one.
         checksum = part_checksum(algorithm=self.checksum_algorithm, data=data)
         if checksum is not None:
             params[checksum[0]] = checksum[1]
+            params["ChecksumAlgorithm"] = self.checksum_algorithm
         md5 = hashlib.md5(data, usedforsecurity=False) if self.part_md5 else None
         if md5 is not None:
             params["ContentMD5"] = base64.b64encode(md5.digest()).decode("ascii")
         what = f"UploadPart (part {part_number})"
         response = self._call(what, lambda: self.client.upload_part(**params))
         etag = str(response.get("ETag", ""))
+        answered = response.get(checksum[0]) if checksum is not None else None
+        if checksum is not None and answered not in (None, checksum[1]):
+            raise S3StorageError(
+                f"{what}: the store's {checksum[0]} {answered} is not that of the bytes sent ({checksum[1]})",
+                retryable=True,
+                code="ChecksumMismatch",
+            )
+        if md5 is None and answered is None and self.etags_are_md5:
+            # The store said nothing of the checksum: it may know none, and then nothing but the
+            # ETag vouches for these bytes. Check it now, while they are in memory.
+            md5 = hashlib.md5(data, usedforsecurity=False)
         if md5 is not None and self.etags_are_md5 and etag_md5(etag) != md5.hexdigest():
             raise S3StorageError(
                 f"{what}: the store's ETag {etag} is not the MD5 of the bytes sent ({md5.hexdigest()}); "
@@ -191,13 +210,12 @@ class S3Storage:
                 retryable=True,
                 code="ETagMismatch",
             )
-        if checksum is not None and response.get(checksum[0]) not in (None, checksum[1]):
-            raise S3StorageError(
-                f"{what}: the store's {checksum[0]} {response[checksum[0]]} is not that of the bytes sent "
-                f"({checksum[1]})",
-                retryable=True,
-                code="ChecksumMismatch",
-            )
+        with self._lock:
+            checked = self._md5_checked.setdefault(handle, set())
+            if md5 is not None and self.etags_are_md5:
+                checked.add(part_number)
+            else:
+                checked.discard(part_number)  # a part put again replaces the one checked before
         return PartReceipt(
             part_number=part_number,
             size=len(data),
@@ -241,16 +259,22 @@ class S3Storage:
             )
         except S3StorageError as exc:
             # An earlier Complete may have succeeded with its answer lost: then the upload id is
-            # gone and the object is there, made of exactly these parts.
-            if exc.code != "NoSuchUpload" or not self._is_assembled(key=key, parts=ordered, size=size):
+            # gone and the object is there, made of exactly these parts. Otherwise NoSuchUpload
+            # is spent: the upload was aborted or expired behind the service's back.
+            if exc.code != "NoSuchUpload" or not self._is_assembled(key=key, handle=handle, parts=ordered, size=size):
                 raise
+            self._forget(handle)
             return
         head = self._head(key=key)
-        problem = self._assembly_problem(head=head, parts=ordered, size=size)
+        problem = self._assembly_problem(head=head, handle=handle, parts=ordered, size=size)
+        self._forget(handle)
         if problem:
-            # Nothing but the whole, right object may stay at the key.
+            # Nothing but the whole, right object may stay at the key. The multipart upload is
+            # completed, so spent: the transfer may start the object over.
             self._call("DeleteObject", lambda: self.client.delete_object(Bucket=self.bucket, Key=key))
-            raise S3StorageError(f"CompleteMultipartUpload: {problem}; the object was removed", retryable=False)
+            raise S3StorageError(
+                f"CompleteMultipartUpload: {problem}; the object was removed", retryable=False, spent=True
+            )
 
     def abort(self, *, key: str, handle: str) -> None:
         """Abort, then list again until the store lists nothing: a part in flight may land late."""
@@ -266,6 +290,7 @@ class S3Storage:
         rounds = replace(self.retry, attempts=ABORT_ROUNDS).retrying(
             retry_on=_PartsStillListed, before_sleep=still_listed
         )
+        self._forget(handle)
         try:
             rounds(self._abort_round, key=key, handle=handle)
         except _PartsStillListed as exc:
@@ -429,7 +454,11 @@ class S3Storage:
             "HeadObject", lambda: self.client.head_object(Bucket=self.bucket, Key=key, ChecksumMode="ENABLED")
         )
 
-    def _assembly_problem(self, *, head: dict[str, Any], parts: list[PartReceipt], size: int) -> str:
+    def _forget(self, handle: str) -> None:
+        with self._lock:
+            self._md5_checked.pop(handle, None)
+
+    def _assembly_problem(self, *, head: dict[str, Any], handle: str, parts: list[PartReceipt], size: int) -> str:
         """Why the object HeadObject describes is not the one `parts` make, or "" if it is."""
         if int(head.get("ContentLength", -1)) != size:
             return f"the assembled object is {head.get('ContentLength')} bytes, expected {size}"
@@ -437,15 +466,15 @@ class S3Storage:
             expected = multipart_etag(part_etags=[p.etag for p in parts])
             if etag_md5(str(head.get("ETag", ""))) != expected:
                 return f"the assembled object's ETag {head.get('ETag')} is not that of its parts ({expected})"
-        return self._checksum_problem(head=head, parts=parts)
+        return self._checksum_problem(head=head, handle=handle, parts=parts)
 
-    def _checksum_problem(self, *, head: dict[str, Any], parts: list[PartReceipt]) -> str:
+    def _checksum_problem(self, *, head: dict[str, Any], handle: str, parts: list[PartReceipt]) -> str:
         """Why the checksum the store reports for the object is not the one the parts sent make, or "".
 
         Only parts this service sent carry their checksum in the receipt (a part known from a
-        listing may not), and only then can the object be checked. Without the parts' MD5 this is
-        the one check of the bytes a store that verifies no checksum kept: a store that reports
-        none for the object cannot be checked, and is refused rather than trusted.
+        listing may not), and only then can the object be checked. For the parts not checked by
+        their MD5 this is the one check of the bytes a store that verifies no checksum kept: an
+        object whose checksum the store does not report is trusted only if every part was.
         """
         expected = composite_checksum(part_checksums=[p.checksum for p in parts])
         if expected is None:
@@ -454,12 +483,14 @@ class S3Storage:
         if head.get("ChecksumType") == "FULL_OBJECT":
             return ""  # a checksum of the whole object's bytes, which this service never computed
         if reported is None:
-            if self.part_md5:
+            with self._lock:
+                checked = set(self._md5_checked.get(handle, ()))
+            if self.part_md5 or all(p.part_number in checked for p in parts):
                 return ""  # each part's bytes were checked against its ETag
             return (
                 f"the store reports no {self.checksum_algorithm} checksum for the assembled object, so its bytes"
-                " cannot be verified; for a store that neither verifies nor reports checksums set"
-                " S3_VERIFY_PART_ETAG=true"
+                " cannot be verified: the parts not checked by their MD5 were answered with a checksum the store"
+                " does not report for the object; for such a store set S3_VERIFY_PART_ETAG=true"
             )
         # Stores write the part count after the digest ("-N") or not; the digest is what counts.
         if str(reported).partition("-")[0] != expected.partition("-")[0]:
@@ -469,14 +500,14 @@ class S3Storage:
             )
         return ""
 
-    def _is_assembled(self, *, key: str, parts: list[PartReceipt], size: int) -> bool:
+    def _is_assembled(self, *, key: str, handle: str, parts: list[PartReceipt], size: int) -> bool:
         try:
             head = self._head(key=key)
         except S3StorageError as exc:
             if exc.code in ("404", "NoSuchKey", "NotFound"):
                 return False
             raise
-        return not self._assembly_problem(head=head, parts=parts, size=size)
+        return not self._assembly_problem(head=head, handle=handle, parts=parts, size=size)
 
     def _with_retries(self, call: Callable[[], Any]) -> Any:
         """For the calls the transfer engine does not retry (abort, delete): a few tries, with backoff."""

@@ -51,8 +51,8 @@ _ACCESS_CODES = frozenset(
 class S3StorageError(StorageError):
     """A StorageError that keeps the store's error code (e.g. NoSuchUpload) for the callers here."""
 
-    def __init__(self, message: str, *, retryable: bool, code: str = "") -> None:
-        super().__init__(message, retryable=retryable)
+    def __init__(self, message: str, *, retryable: bool, code: str = "", spent: bool = False) -> None:
+        super().__init__(message, retryable=retryable, spent=spent)
         self.code = code
 
 
@@ -158,4 +158,6 @@ def s3_client_error(operation: str, exc: ClientError, *, bucket: str) -> S3Stora
         text += f" (access to bucket {bucket!r} refused: check the credentials and the bucket policy)"
     elif code == "NoSuchUpload":
         text += " (the multipart upload was aborted, completed, or expired by the bucket's lifecycle rule)"
-    return S3StorageError(text, retryable=s3_error_retryable(code=code, status=status), code=code)
+    # NoSuchUpload: no call on that upload id can succeed again (StorageError.spent).
+    spent = code == "NoSuchUpload"
+    return S3StorageError(text, retryable=s3_error_retryable(code=code, status=status), code=code, spent=spent)
