@@ -140,3 +140,54 @@ def test_the_sweep_expires_kept_bytes_past_the_ttl_and_leaves_the_rest(owner: An
     assert staging_path(fresh.id).exists() and young.exists()
     assert FileUpload.objects.get(id=expired.id).staged_at is None, "expired: retryUpload now answers INVALID_STATE"
     assert FileUpload.objects.get(id=fresh.id).staged_at is not None
+
+
+@pytest.mark.parametrize("path", ["sql", "orm"])
+def test_a_part_recorded_counts_once_and_reads_back_the_event_as_the_row_says(
+    owner: Any, path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from backend.uploads.progress import progress_event
+    from backend.uploads.services import transitions
+    from backend.uploads.storage import PartReceipt
+
+    if path == "orm":
+        monkeypatch.setattr(transitions, "_RETURNING_VENDORS", ())
+    row = _row(owner, UploadStatus.UPLOADING)
+    first = PartReceipt(part_number=1, size=3, etag="a1", checksum="SHA256:x")
+    recorded = transitions.upload_record_part(upload_id=row.id, claim=row.claim, receipt=first)
+    assert progress_event(recorded, part_number=1) == progress_event(FileUpload.objects.get(id=row.id), part_number=1)
+    assert (recorded.sequence, recorded.parts_uploaded, recorded.bytes_uploaded) == (6, 1, 3)
+    assert isinstance(recorded.id, uuid.UUID) and recorded.updated_at.tzinfo is not None
+
+    again = transitions.upload_record_part(
+        upload_id=row.id, claim=row.claim, receipt=PartReceipt(part_number=1, size=3, etag="b2", checksum="SHA256:y")
+    )
+    assert (again.sequence, again.parts_uploaded, again.bytes_uploaded) == (7, 1, 3), "the same part counts once"
+    assert list(row.parts.values_list("etag", "checksum")) == [("b2", "SHA256:y")], "its receipt is the latest"
+    with pytest.raises(ClaimLost):
+        transitions.upload_record_part(upload_id=row.id, claim=uuid.uuid4(), receipt=first)
+    assert FileUpload.objects.get(id=row.id).sequence == 7, "another run's write changes nothing"
+
+
+def test_starting_over_forgets_the_object_and_its_ledger_as_a_new_transfer(owner: Any) -> None:
+    from backend.uploads.services import upload_record_part, upload_start_over
+    from backend.uploads.storage import PartReceipt
+
+    row = _row(owner, UploadStatus.UPLOADING)
+    FileUpload.objects.filter(id=row.id).update(storage_upload_id="spent", parts_total=2, size=6)
+    upload_record_part(upload_id=row.id, claim=row.claim, receipt=PartReceipt(part_number=1, size=3, etag="a"))
+    with pytest.raises(ClaimLost):
+        upload_start_over(upload_id=row.id, claim=row.claim, handle="another")  # the row names another object
+    with pytest.raises(ClaimLost):
+        upload_start_over(upload_id=row.id, claim=uuid.uuid4(), handle="spent")
+    upload_start_over(upload_id=row.id, claim=row.claim, handle="spent")
+    after = FileUpload.objects.get(id=row.id)
+    assert (after.status, after.claim, after.storage_upload_id) == (UploadStatus.UPLOADING, row.claim, None)
+    assert (after.parts_uploaded, after.bytes_uploaded, after.parts.count()) == (0, 0, 0)
+    assert after.sequence == 6 + 2, "two moves: UPLOADING -> QUEUED -> UPLOADING"
+
+    piped = _row(owner, UploadStatus.RECEIVING)
+    FileUpload.objects.filter(id=piped.id).update(storage_upload_id="spent", claim=row.claim)
+    upload_start_over(upload_id=piped.id, claim=row.claim, handle="spent")
+    after = FileUpload.objects.get(id=piped.id)
+    assert (after.status, after.storage_upload_id, after.sequence) == (UploadStatus.RECEIVING, None, 6)
