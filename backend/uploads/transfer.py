@@ -4,7 +4,10 @@ Up to `UPLOAD_PART_CONCURRENCY` parts are in flight, each read from staging only
 comes, so memory stays near (concurrency + 1) x part size whatever the file size. A part that
 fails is tried again on its own (backoff with jitter) while the others go on. Each confirmed part
 enters the ledger before the next is counted; a run started again for the same upload reconciles
-the ledger with what the store lists and sends only the rest.
+the ledger with what the store lists and sends only the rest. An open object the store can take
+no more calls for (spent: aborted or expired behind the service's back, or completed into an
+object the store's check refused) is started over once per run: its ledger is forgotten, a new
+object opened and every part sent again from staging (`_Run.at_most_twice`).
 
 The engine knows neither the service layer nor the queue: its caller (`jobs.upload_transfer`)
 hands it what to copy (`TransferSpec`), a narrow `Ledger` (the parts confirmed so far, record a

@@ -1,8 +1,8 @@
 """S3 throughput for 512 MiB to a moto server in its own process, against boto3's `upload_file`.
 
 Ours: the real transfer job run in this process (`Bench.transfer_in_process`) with the S3 backend:
-claim, ledger rows, progress events, per-part SHA-256 and MD5 (the ETag check, `S3_VERIFY_PART_ETAG`,
-on by default), completion with its checksum check.
+claim, ledger rows, progress events, per-part SHA-256 (no MD5: moto answers each part with its
+checksum, and `S3_VERIFY_PART_ETAG` is off by default), completion with its checksum check.
 Baseline: `upload_file` of the same file on a client configured the same way (`s3_client_create`),
 with the same part size, concurrency and checksum (`ChecksumAlgorithm=SHA256`); also reported
 against boto3's default TransferConfig (8 MiB parts, 10 threads, no explicit checksum). The file is

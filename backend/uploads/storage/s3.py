@@ -6,12 +6,15 @@ whose bytes do not match it, BadDigest, and the part is sent again). Complete is
 recorded receipts and followed by a HeadObject that checks the size, that the object is exactly
 those parts (MD5 ETags) and that the checksum the store computed for it is the one the parts sent
 make (`composite_checksum`): bytes corrupted on the way to a store that verifies nothing but keeps
-what it got (moto) never make a COMPLETED object. With `verify_part_etags` (S3_VERIFY_PART_ETAG,
-the default), or without a part checksum, each part also carries its MD5 (Content-MD5) and the ETag
-answered is compared with it, so such a part is caught and sent again at once, whatever the store
-verifies (S3, MinIO, R2 and moto return MD5 ETags for parts not encrypted with KMS); that MD5 costs
-about 1.5 CPU seconds per GiB. Without it a part corrupted on the way to a store that verifies
-nothing is caught only at assembly, and the upload fails (its multipart upload is spent).
+what it got (moto) never make a COMPLETED object; that object is removed and the error is `spent`,
+so the transfer starts the object over. Each part names its checksum algorithm, so a store that
+knows checksums answers the part with one (moto echoes it without verifying). A part whose answer
+carries none (a store that knows no checksums) is checked by its MD5 against its ETag right then,
+while its bytes are in memory, and only an object whose parts were all checked so is trusted when
+the store reports no checksum for it. With `verify_part_etags` (S3_VERIFY_PART_ETAG, off by
+default), or without a part checksum, every part carries its MD5 (Content-MD5) and is checked so,
+at about 1.5 CPU seconds per GiB (S3, MinIO, R2 and moto return MD5 ETags for parts not encrypted
+with KMS). NoSuchUpload is `spent` too: the multipart upload is gone.
 
 Every store error becomes a StorageError: retryable for 5xx, throttling, connection errors and
 timeouts; not for refusals (403, a missing bucket, a bad request), whose message names the cause.
