@@ -18,6 +18,7 @@ from typing import Any
 
 import boto3
 from botocore.config import Config
+from botocore.handlers import convert_body_to_file_like_object
 from botocore.utils import parse_timestamp
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
@@ -92,7 +93,15 @@ def s3_client_create(
         max_pool_connections=max_pool_connections,
         path_style=endpoint_url is not None,
     )
-    return session.client("s3", endpoint_url=endpoint_url, region_name=region, config=config)
+    client = session.client("s3", endpoint_url=endpoint_url, region_name=region, config=config)
+    # A part's bytes are sent as the bytes they are: botocore would wrap them in a BytesIO, which
+    # http.client then sends 16 KiB at a time (512 sends and GIL hand-offs per 8 MiB part) after
+    # an `Expect: 100-continue` round trip; as bytes they go in one sendall. Nothing rewinds a
+    # body here (botocore's retries are off) and every part carries its checksum, so botocore never
+    # reads it. A file-like Body (boto3's upload_file) is sent as before.
+    for operation in ("UploadPart", "PutObject"):
+        client.meta.events.unregister(f"before-parameter-build.s3.{operation}", convert_body_to_file_like_object)
+    return client
 
 
 def s3_clients_from_settings() -> tuple[Any, Any]:
