@@ -191,3 +191,14 @@ def test_starting_over_forgets_the_object_and_its_ledger_as_a_new_transfer(owner
     upload_start_over(upload_id=piped.id, claim=row.claim, handle="spent")
     after = FileUpload.objects.get(id=piped.id)
     assert (after.status, after.storage_upload_id, after.sequence) == (UploadStatus.RECEIVING, None, 6)
+
+
+def test_the_stop_check_sees_the_claim_only_while_the_upload_is_active_under_it(owner: Any) -> None:
+    from backend.uploads.selectors import upload_is_claimed_by
+
+    row = _row(owner, UploadStatus.UPLOADING)
+    assert upload_is_claimed_by(upload_id=row.id, claim=row.claim)
+    assert not upload_is_claimed_by(upload_id=row.id, claim=uuid.uuid4())
+    assert not upload_is_claimed_by(upload_id=uuid.uuid4(), claim=row.claim)
+    upload_transition(upload_id=row.id, to=UploadStatus.CANCELLED)
+    assert not upload_is_claimed_by(upload_id=row.id, claim=row.claim), "cancelled: the run must stop"
