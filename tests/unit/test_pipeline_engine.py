@@ -161,3 +161,26 @@ def test_a_part_that_arrives_while_another_is_in_flight_is_sent_beside_it(tmp_pa
     )
     assert sent == 2 and sorted(ledger.recorded) == [1, 2]
     assert store.overlapped, "part 2 waited for part 1's round to end"
+
+
+def test_a_round_whose_object_is_gone_starts_it_over_with_every_part_arrived(tmp_path: Path) -> None:
+    data = os.urandom(4 * PART)
+    staged = tmp_path / "staged"
+    staged.write_bytes(data[: 2 * PART])
+    store = LocalStorage(root=tmp_path / "bucket")
+    ledger = MemoryLedger()
+    config = TransferSettings(concurrency=2, heartbeat_seconds=1)
+    common = {"source": staged, "storage": store, "ledger": ledger, "should_stop": lambda: False, "config": config}
+    assert transfer_arrived_parts(spec=_spec(len(data)), arrived=lambda: 2, **common) == 2
+    gone = ledger.handle
+    (entry,) = [e for e in store.temporary_entries() if e.handle == gone]
+    store.temporary_remove(name=entry.name)  # expired or aborted between two rounds
+
+    staged.write_bytes(data[: 3 * PART])
+    ledger.recorded.clear()
+    assert transfer_arrived_parts(spec=_spec(len(data), gone), arrived=lambda: 3, **common) == 3
+    assert ledger.handle not in (None, gone) and sorted(ledger.recorded) == [1, 2, 3], "every arrived part again"
+
+    staged.write_bytes(data)
+    transfer_upload(spec=_spec(len(data), ledger.handle), **common)
+    assert store.object_path("piped.bin").read_bytes() == data
