@@ -24,7 +24,8 @@ TEST_WORKERS ?= 2
 test: $(STAMP)
 	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
 
-# The real tus clients from npm (tus-js-client in Node) and the reference tus server for `make bench`:
+# The real tus clients from npm (tus-js-client in Node), the reference tus server and the fan-out
+# benchmarks' websocket subscribers (ws) for `make bench`:
 # tests/js/package.json, installed exactly from its lockfile. Needs node and npm (`.ci/run` installs them).
 JS_STAMP := tests/js/node_modules/.installed
 $(JS_STAMP): tests/js/package.json tests/js/package-lock.json
