@@ -5,29 +5,34 @@ from this process: claimed, then one part recorded per upload per tick, then COM
 event committed and published by the job's publisher on the server's channel layer, exactly as a
 transfer job does. The ticks speed up in phases (0.5, 1, 2, 4, 10, 12, 15, 20 events/s per upload), so
 the phase at 2 events/s is the goal's 2,000 deliveries/s and the others bracket the highest rate
-the server sustains (10,000 deliveries/s is the delivery-rate goal). 1,000 graphql-transport-ws
-subscribers (one socket each, this process) record every event's arrival minus its `at` (the
-row's updated_at, written in the transaction that publishes).
+the server sustains (10,000 deliveries/s is the delivery-rate goal). The 1,000 graphql-transport-ws
+subscribers (one TCP socket each) are Node `ws` clients in a process of their own
+(tests/bench/subscribers.py), so that neither they nor the driver's ORM writes share a GIL with the
+other: each records every event's arrival minus its `at` (the row's updated_at, written in the
+transaction that publishes). 1,000 Python `websockets` clients in the driver's process cost about
+130 us of CPU per delivery and saturated their one core near 7,000 deliveries/s (README,
+Benchmarks: fanout); the Node clients cost a few.
 
 Goal: every status change and every part reaches every subscriber, in order; p99 <= 250 ms at
 2,000 deliveries/s. `fanout_1000_delivery_rate`: the highest phase whose p99 stays <= 250 ms with
-nothing lost (goal >= 10,000 deliveries/s on one server process). The client side (1,000
-websockets and the driver) runs in this one process on the same machine, so it can be the limit.
+nothing lost (goal >= 10,000 deliveries/s on one server process). The notes give, per phase, the
+server's and the subscribers' CPU per delivery (CPU over the phase's span / deliveries that arrived in
+it), so a run says which side was the limit.
 """
 
 from __future__ import annotations
 
-import asyncio
 import time
+from bisect import bisect_left, bisect_right
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
 
 import psutil
 
 from tests.bench.client import http_client, upload_ours
 from tests.bench.results import Figure, figure, percentile
-from tests.bench.stack import Bench
-from tests.support.client import subscriber
+from tests.bench.stack import Bench, Stack
+from tests.bench.subscribers import Seen, Subscribers
 
 UPLOADS = 10
 PER_UPLOAD = 100
@@ -44,55 +49,17 @@ P99_GOAL_MS = 250.0
 STACK_ENV = {"UPLOAD_PART_SIZE": str(PART_SIZE), "PROGRESS_RESYNC_SECONDS": "60"}
 
 
-@dataclass
-class Seen:
-    """What one subscriber received: (arrival - at) per part, sequences, statuses."""
-
-    latencies: dict[int, float] = field(default_factory=dict)
-    sequences: list[int] = field(default_factory=list)
-    statuses: list[str] = field(default_factory=list)
-    last_arrival: float = 0.0
-    ready: asyncio.Event = field(default_factory=asyncio.Event)
-
-
-async def _subscribe(ws_url: str, token: str, upload_id: str, seen: Seen, gate: asyncio.Semaphore) -> None:
-    await gate.acquire()
-    released = False
-    try:
-        async with subscriber(ws_url, token) as sub:
-            sub_id = await sub.subscribe(upload_id)
-            while True:
-                message = await asyncio.wait_for(sub.receive(), timeout=120)
-                received = time.time()
-                if message.get("id") != sub_id:
-                    continue
-                if message["type"] == "complete":
-                    return
-                if message["type"] != "next" or message["payload"].get("errors"):
-                    raise RuntimeError(f"subscription error: {message}")
-                event = message["payload"]["data"]["uploadProgress"]
-                seen.sequences.append(event["sequence"])
-                seen.statuses.append(event["status"])
-                if event["partNumber"] is not None:
-                    seen.last_arrival = received
-                    seen.latencies[event["partNumber"]] = received - datetime.fromisoformat(event["at"]).timestamp()
-                if not released:
-                    released = True
-                    gate.release()
-                    seen.ready.set()
-                if event["status"] == "COMPLETED":
-                    return
-    finally:
-        if not released:
-            gate.release()
-
-
 def _drive(
-    bench: Bench, redis_url: str, upload_ids: list[str], phases: list[tuple[float, int]] = PHASES
+    bench: Bench,
+    redis_url: str,
+    upload_ids: list[str],
+    phases: list[tuple[float, int]] = PHASES,
+    on_phase: Callable[[], None] | None = None,
 ) -> list[tuple[float, float]]:
     """Claim, record PARTS parts per upload at the phases' rates, complete. Returns (start, end) per phase.
 
-    Times are wall-clock seconds (time.time), the clock of the events' `at`.
+    Times are wall-clock seconds (time.time), the clock of the events' `at`. `on_phase` is called
+    as each phase starts and once after the last one ends.
     """
     from django.conf import settings
     from django.test import override_settings
@@ -115,6 +82,8 @@ def _drive(
             claims[upload_id] = claimed[1]
         number = 0
         for rate, parts in phases:
+            if on_phase is not None:
+                on_phase()
             started = time.time()
             for tick in range(parts):
                 number += 1
@@ -126,6 +95,8 @@ def _drive(
                 if delay > 0:
                     time.sleep(delay)  # sync-ok: pacing to the phase's rate
             spans.append((started, time.time()))
+        if on_phase is not None:
+            on_phase()
         for upload_id in upload_ids:
             services.upload_complete(upload_id=upload_id, claim=claims[upload_id])
     return spans
@@ -136,36 +107,41 @@ def _cpu_seconds(process: psutil.Process) -> float:
     return times.user + times.system
 
 
-async def _measure(
-    bench: Bench, url: str, ws_url: str, redis_url: str, server_pid: int
-) -> tuple[dict[str, list[Seen]], list[tuple[float, float]], tuple[float, float]]:
+@dataclass
+class Cpu:
+    """CPU seconds (server, subscribers' process, driver: this process), sampled at each phase's edges."""
+
+    samples: list[tuple[float, float, float]] = field(default_factory=list)
+
+    def between(self, first: int, last: int) -> tuple[float, float, float]:
+        return tuple(b - a for a, b in zip(self.samples[first], self.samples[last], strict=True))  # type: ignore[return-value]
+
+
+def _measure(bench: Bench, stack: Stack) -> tuple[list[Seen], list[tuple[float, float]], Cpu, float]:
     with http_client() as client:
         path = bench.file(PARTS * PART_SIZE)
-        upload_ids = [str(upload_ours(client, url, path, headers=bench.headers)[1]["id"]) for _ in range(UPLOADS)]
-    gate = asyncio.Semaphore(CONNECTING_AT_ONCE)
-    seen = {upload_id: [Seen() for _ in range(PER_UPLOAD)] for upload_id in upload_ids}
-    tasks = [
-        asyncio.create_task(_subscribe(ws_url, bench.token, upload_id, each, gate))
-        for upload_id, subscribers in seen.items()
-        for each in subscribers
-    ]
-    ready = asyncio.gather(*(each.ready.wait() for subscribers in seen.values() for each in subscribers))
-    await asyncio.wait_for(ready, timeout=300)
-    server, here = psutil.Process(server_pid), psutil.Process()
-    cpu_before = (_cpu_seconds(server), _cpu_seconds(here))
-    spans = await asyncio.to_thread(_drive, bench, redis_url, upload_ids)
-    await asyncio.wait_for(asyncio.gather(*tasks), timeout=300)
-    # CPU seconds the server and this process (clients and driver) spent while events flowed.
-    cpu = (_cpu_seconds(server) - cpu_before[0], _cpu_seconds(here) - cpu_before[1])
-    return seen, spans, cpu
+        upload_ids = [str(upload_ours(client, stack.url, path, headers=bench.headers)[1]["id"]) for _ in range(UPLOADS)]
+    layout = [(upload_id, PER_UPLOAD) for upload_id in upload_ids]
+    log = stack.root / "subscribers.log"
+    with Subscribers(stack.ws_url, bench.token, layout, log=log, connecting_at_once=CONNECTING_AT_ONCE) as subscribers:
+        opened = subscribers.ready()
+        server, clients, here = psutil.Process(stack.server_pid), psutil.Process(subscribers.pid), psutil.Process()
+        cpu = Cpu()
+
+        def sample() -> None:
+            cpu.samples.append((_cpu_seconds(server), _cpu_seconds(clients), _cpu_seconds(here)))
+
+        spans = _drive(bench, stack.env["REDIS_URL"], upload_ids, PHASES, on_phase=sample)
+        seen = subscribers.results()
+        # Until every subscription completed: the subscribers' process reports its own CPU then, and exits.
+        cpu.samples.append((_cpu_seconds(server), subscribers.cpu_seconds, _cpu_seconds(here)))
+    return seen, spans, cpu, opened
 
 
 def run(bench: Bench) -> list[Figure]:
     with bench.stack(env=STACK_ENV, workers=0) as stack:
-        seen, spans, (server_cpu, client_cpu) = asyncio.run(
-            _measure(bench, stack.url, stack.ws_url, stack.env["REDIS_URL"], stack.server_pid)
-        )
-    everyone = [each for subscribers in seen.values() for each in subscribers]
+        everyone, spans, cpu, opened = _measure(bench, stack)
+        bench.clear_staging()
     complete = sum(
         1
         for each in everyone
@@ -174,29 +150,39 @@ def run(bench: Bench) -> list[Figure]:
         and "UPLOADING" in each.statuses
         and all(a < b for a, b in zip(each.sequences, each.sequences[1:], strict=False))
     )
+    arrivals = sorted(at for each in everyone for at in each.arrivals.values())
     phases = []
     first = 1
-    for (rate, parts), (started, ended) in zip(PHASES, spans, strict=True):
+    for index, ((rate, parts), (started, ended)) in enumerate(zip(PHASES, spans, strict=True)):
         numbers = range(first, first + parts)
         first += parts
         latencies = [each.latencies[n] * 1000 for each in everyone for n in numbers if n in each.latencies]
         delivered = len(latencies)
         expected = parts * len(everyone)
         achieved = delivered / (ended - started)
-        phases.append((rate, achieved, percentile(latencies, 99) if latencies else float("inf"), delivered == expected))
-    goal_p99 = next(p99 for rate, _, p99, _ in phases if rate == 2.0)
+        # CPU per delivery over the phase's span: the deliveries that arrived within it, whichever phase sent them.
+        arrived = bisect_right(arrivals, ended) - bisect_left(arrivals, started)
+        server_cpu, client_cpu, _ = cpu.between(index, index + 1)
+        per_delivery = (server_cpu / arrived * 1e6, client_cpu / arrived * 1e6) if arrived else (0.0, 0.0)
+        p99 = percentile(latencies, 99) if latencies else float("inf")
+        phases.append((rate, achieved, p99, delivered == expected, per_delivery))
+    goal_p99 = next(p99 for rate, _, p99, _, _ in phases if rate == 2.0)
     # What the server delivered per second over the whole run: its ceiling once a phase saturates it.
-    delivered_all = sum(len(each.latencies) for each in everyone)
+    delivered_all = len(arrivals)
     flowing = max(each.last_arrival for each in everyone) - spans[0][0]
     drained = delivered_all / flowing
-    cpu = (
+    server_cpu, client_cpu, driver_cpu = cpu.between(0, len(cpu.samples) - 1)
+    cpu_note = (
         f"server CPU {server_cpu / delivered_all * 1e6:.0f} us per delivery, busy {server_cpu / flowing:.0%} of the "
-        f"{flowing:.0f} s events flowed; the client process (1,000 sockets and the driver) {client_cpu / flowing:.0%}"
+        f"{flowing:.0f} s events flowed; the subscribers ({len(everyone):,} Node ws sockets, their own process) "
+        f"{client_cpu / delivered_all * 1e6:.0f} us per delivery, busy {client_cpu / flowing:.0%}; the driver "
+        f"(this process) {driver_cpu / flowing:.0%}; {opened:.0f} s to open and subscribe the sockets"
     )
-    sustained = [achieved for _, achieved, p99, whole in phases if whole and p99 <= P99_GOAL_MS]
+    sustained = [achieved for _, achieved, p99, whole, _ in phases if whole and p99 <= P99_GOAL_MS]
     detail = "; ".join(
-        f"{rate:g}/s per upload: {achieved:.0f} deliveries/s, p99 {p99:.0f} ms{'' if whole else ' (events LOST)'}"
-        for rate, achieved, p99, whole in phases
+        f"{rate:g}/s per upload: {achieved:.0f} deliveries/s, p99 {p99:.0f} ms{'' if whole else ' (events LOST)'}, "
+        f"server {server_us:.0f} us/delivery, subscribers {client_us:.0f} us/delivery"
+        for rate, achieved, p99, whole, (server_us, client_us) in phases
     )
     return [
         figure(
@@ -217,7 +203,7 @@ def run(bench: Bench) -> list[Figure]:
             check=lambda f: f.ours >= RATE_GOAL,
             note=(
                 f"highest phase with nothing lost and p99 <= 250 ms: {max(sustained) if sustained else 'none'}; "
-                f"delivered over the run (first event -> last arrival): {drained:.0f}/s; {cpu}"
+                f"delivered over the run (first event -> last arrival): {drained:.0f}/s; {cpu_note}"
             ),
         ),
     ]

@@ -6,6 +6,10 @@ subscribers. Baseline: the same 900 healthy subscribers without the stalled ones
 same run; the two alternate (RUNS of each) and each figure is the median of its runs. A stalled
 subscriber (tests/support/stalled.py) reads its snapshot and then nothing: its TCP window closes
 and the server's sends to it back up into its kernel buffers, then into its mailbox, coalesced.
+The healthy subscribers are the Node `ws` clients of `fanout` (tests/bench/subscribers.py), in a
+process of their own, so that what is compared is the server's delivery to them, not the CPU
+their own client process had left; the stalled ones stay in this process (they read nothing, so
+they cost it nothing).
 
 Goal: the healthy subscribers' p99 (arrival minus the event's `at`) within 1.2x of the baseline's,
 every healthy subscriber getting every part in order.
@@ -23,10 +27,11 @@ import asyncio
 from typing import Any
 
 from tests.bench.client import http_client, upload_ours
-from tests.bench.fanout import CONNECTING_AT_ONCE, STACK_ENV, Seen, _drive, _subscribe
+from tests.bench.fanout import CONNECTING_AT_ONCE, STACK_ENV, _drive
 from tests.bench.results import Figure, figure, median, percentile
-from tests.bench.stack import Bench
-from tests.support.stalled import stalled_subscriber
+from tests.bench.stack import Bench, Stack
+from tests.bench.subscribers import Subscribers
+from tests.support.stalled import StalledSocket, stalled_subscriber
 
 UPLOADS = 10
 HEALTHY = 90
@@ -49,29 +54,27 @@ async def _stall(ws_url: str, token: str, upload_id: str, gate: asyncio.Semaphor
         return connection  # from here on nothing reads it
 
 
-async def _once(bench: Bench, stack: Any, *, stalled: bool) -> tuple[float, bool]:
+async def _stall_all(ws_url: str, token: str, upload_ids: list[str]) -> list[StalledSocket]:
+    gate = asyncio.Semaphore(CONNECTING_AT_ONCE)
+    return await asyncio.gather(
+        *(_stall(ws_url, token, upload_id, gate) for upload_id in upload_ids for _ in range(STALLED))
+    )
+
+
+def _once(bench: Bench, stack: Stack, *, stalled: bool) -> tuple[float, bool]:
     """(healthy p99 in ms, every healthy subscriber got every part in order)."""
     with http_client() as client:
         path = bench.file(PHASE[1] * PART_SIZE)
         upload_ids = [str(upload_ours(client, stack.url, path, headers=bench.headers)[1]["id"]) for _ in range(UPLOADS)]
-    gate = asyncio.Semaphore(CONNECTING_AT_ONCE)
-    connections = (
-        await asyncio.gather(
-            *(_stall(stack.ws_url, bench.token, upload_id, gate) for upload_id in upload_ids for _ in range(STALLED))
-        )
-        if stalled
-        else []
-    )
+    # The stalled sockets outlive the event loop that opened them: nothing reads them from here on.
+    connections = asyncio.run(_stall_all(stack.ws_url, bench.token, upload_ids)) if stalled else []
     try:
-        seen = [Seen() for _ in upload_ids for _ in range(HEALTHY)]
-        tasks = [
-            asyncio.create_task(_subscribe(stack.ws_url, bench.token, upload_id, seen[index * HEALTHY + n], gate))
-            for index, upload_id in enumerate(upload_ids)
-            for n in range(HEALTHY)
-        ]
-        await asyncio.wait_for(asyncio.gather(*(each.ready.wait() for each in seen)), timeout=300)
-        await asyncio.to_thread(_drive, bench, stack.env["REDIS_URL"], upload_ids, [PHASE])
-        await asyncio.wait_for(asyncio.gather(*tasks), timeout=300)
+        layout = [(upload_id, HEALTHY) for upload_id in upload_ids]
+        log = stack.root / "subscribers.log"
+        with Subscribers(stack.ws_url, bench.token, layout, log=log, connecting_at_once=CONNECTING_AT_ONCE) as healthy:
+            healthy.ready()
+            _drive(bench, stack.env["REDIS_URL"], upload_ids, [PHASE])
+            seen = healthy.results()
     finally:
         for connection in connections:
             connection.close()
@@ -93,7 +96,7 @@ def run(bench: Bench) -> list[Figure]:
     with bench.stack(env=env, workers=0) as stack:
         for _ in range(RUNS):
             for stalled, into in ((False, without), (True, with_stalled)):
-                p99, whole = asyncio.run(_once(bench, stack, stalled=stalled))
+                p99, whole = _once(bench, stack, stalled=stalled)
                 into.append(p99)
                 complete = complete and whole
         bench.clear_staging()
