@@ -132,9 +132,10 @@ def _measure(bench: Bench, stack: Stack) -> tuple[list[Seen], list[tuple[float, 
             cpu.samples.append((_cpu_seconds(server), _cpu_seconds(clients), _cpu_seconds(here)))
 
         spans = _drive(bench, stack.env["REDIS_URL"], upload_ids, PHASES, on_phase=sample)
+        driven = _cpu_seconds(here)  # the driver's work ends here; reading the results is not part of it
         seen = subscribers.results()
         # Until every subscription completed: the subscribers' process reports its own CPU then, and exits.
-        cpu.samples.append((_cpu_seconds(server), subscribers.cpu_seconds, _cpu_seconds(here)))
+        cpu.samples.append((_cpu_seconds(server), subscribers.cpu_seconds, driven))
     return seen, spans, cpu, opened
 
 
