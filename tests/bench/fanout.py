@@ -166,7 +166,7 @@ def run(bench: Bench) -> list[Figure]:
         server_cpu, client_cpu, _ = cpu.between(index, index + 1)
         per_delivery = (server_cpu / arrived * 1e6, client_cpu / arrived * 1e6) if arrived else (0.0, 0.0)
         p99 = percentile(latencies, 99) if latencies else float("inf")
-        phases.append((rate, achieved, p99, delivered == expected, per_delivery))
+        phases.append((rate, achieved, p99, delivered == expected, (*per_delivery, server_cpu / (ended - started))))
     goal_p99 = next(p99 for rate, _, p99, _, _ in phases if rate == 2.0)
     # What the server delivered per second over the whole run: its ceiling once a phase saturates it.
     delivered_all = len(arrivals)
@@ -182,8 +182,8 @@ def run(bench: Bench) -> list[Figure]:
     sustained = [achieved for _, achieved, p99, whole, _ in phases if whole and p99 <= P99_GOAL_MS]
     detail = "; ".join(
         f"{rate:g}/s per upload: {achieved:.0f} deliveries/s, p99 {p99:.0f} ms{'' if whole else ' (events LOST)'}, "
-        f"server {server_us:.0f} us/delivery, subscribers {client_us:.0f} us/delivery"
-        for rate, achieved, p99, whole, (server_us, client_us) in phases
+        f"server {server_us:.0f} us/delivery (busy {server_busy:.0%}), subscribers {client_us:.0f} us/delivery"
+        for rate, achieved, p99, whole, (server_us, client_us, server_busy) in phases
     )
     return [
         figure(
