@@ -9,9 +9,9 @@ the server sustains (10,000 deliveries/s is the delivery-rate goal). The 1,000 g
 subscribers (one TCP socket each) are Node `ws` clients in a process of their own
 (tests/bench/subscribers.py), so that neither they nor the driver's ORM writes share a GIL with the
 other: each records every event's arrival minus its `at` (the row's updated_at, written in the
-transaction that publishes). 1,000 Python `websockets` clients in the driver's process cost about
-130 us of CPU per delivery and saturated their one core near 7,000 deliveries/s (README,
-Benchmarks: fanout); the Node clients cost a few.
+transaction that publishes). 1,000 Python `websockets` clients in the driver's process cost 130 to
+230 us of CPU per delivery with the driver, more than the server they measured (README, "Fan-out's
+subscribers"); the Node clients cost 25 to 40.
 
 Goal: every status change and every part reaches every subscriber, in order; p99 <= 250 ms at
 2,000 deliveries/s. `fanout_1000_delivery_rate`: the highest phase whose p99 stays <= 250 ms with

@@ -5,7 +5,7 @@ installed by `make js-deps`) with one `uploadProgress` subscription, and records
 clients used to: per part, its arrival wall time minus the event's `at`; the sequences and statuses
 in arrival order; the wall time of its last part. They live in a process of their own, apart from
 the driver, and cost a few microseconds of CPU per message, so the figures measure the server
-rather than the clients (README, Benchmarks: fanout).
+rather than the clients (README, "Fan-out's subscribers").
 """
 
 from __future__ import annotations
