@@ -30,6 +30,8 @@ SUBSCRIBERS = 10_000
 CONNECTING_AT_ONCE = 50
 GOAL_KIB = 20.0
 RETRIES = 3
+# Opening all 10,000 took 134-183 s on this machine; a server that stops answering fails the figure.
+OPENING_TIMEOUT = 600.0
 
 
 async def _hold(
@@ -86,7 +88,10 @@ async def _measure(bench: Bench, stack: Any) -> tuple[float, float, float, list[
     ]
     try:
         waiting = asyncio.ensure_future(asyncio.gather(*(ready.wait() for ready in readiness)))
-        done, _ = await asyncio.wait([waiting, *holders], return_when=asyncio.FIRST_COMPLETED)
+        # Bounded: a server that stops answering handshakes fails the figure instead of holding the bench.
+        done, _ = await asyncio.wait([waiting, *holders], timeout=OPENING_TIMEOUT, return_when=asyncio.FIRST_COMPLETED)
+        if not done:
+            raise RuntimeError(f"not every subscriber was subscribed within {OPENING_TIMEOUT:.0f} s")
         for task in done:
             task.result()  # a holder only ends by failing, and that fails the figure
         if not waiting.done():
