@@ -6,8 +6,9 @@ import asyncio
 import contextlib
 import logging
 import weakref
+from collections.abc import AsyncIterator
 from importlib import import_module
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 from asgiref.sync import sync_to_async
@@ -20,20 +21,35 @@ from strawberry.channels import GraphQLWSConsumer
 from strawberry.exceptions import ConnectionRejectionError
 from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import BaseGraphQLTransportWSHandler
 from strawberry.subscriptions.protocols.graphql_ws.handlers import BaseGraphQLWSHandler
+from websockets.exceptions import InvalidState
 
 from backend.event_loops import per_event_loop
 from backend.redis_errors import REDIS_UNREACHABLE
 from backend.tokens.bearer import bearer_token
 from backend.tokens.services import token_user, token_users
-from backend.uploads.progress import progress_layer_probe
+from backend.uploads.progress import progress_layer_probe, progress_sink
 from schema.context import Context
-from schema.fanout import shared_message_json
+from schema.fanout import SubscriptionSink, next_message_prefix, shared_message_json
 from schema.validation import json_decode
+
+try:
+    from uvicorn.protocols.websockets import websockets_sansio_impl
+except ImportError:  # another server (daphne): every message goes through the ASGI send
+    websockets_sansio_impl = None  # type: ignore[assignment]
+# uvicorn's default websocket protocol (with websockets installed), the one `send_now` writes to.
+SansIOProtocol: Any = getattr(websockets_sansio_impl, "WebSocketsSansIOProtocol", None)
 
 logger = logging.getLogger(__name__)
 
 # How long a client refused while Redis is away is asked to wait before it connects again.
 RETRY_AFTER_SECONDS = 2
+
+# Bytes a socket's transport may hold unsent and still be written to directly (`send_now`). More
+# means its client reads slower than it is sent to: its events then go through its mailbox (which
+# coalesces them, CONTRACT section 3) and uvicorn's send (which waits while the buffer is over its
+# high-water mark, 64 KiB). A client that keeps up leaves the transport's buffer empty: the kernel
+# takes every message at once.
+DIRECT_SEND_BUFFER_LIMIT = 16 * 1024
 
 
 class SocketClosed(Exception):
@@ -48,6 +64,10 @@ class TransportWSHandler(BaseGraphQLTransportWSHandler[Any, Any]):
     strawberry catches a missing key but not a message of the wrong shape (a JSON array, a payload
     that is a string): the TypeError would end the handler and leave the socket open and deaf.
     """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.sinks: dict[str, SubscriptionSink] = {}  # by operation id
 
     async def handle_message(self, message: Any) -> None:
         try:
@@ -64,17 +84,71 @@ class TransportWSHandler(BaseGraphQLTransportWSHandler[Any, Any]):
         if not isinstance(error, SocketClosed):
             await super().handle_task_exception(error)
 
+    async def run_operation(self, operation: Any) -> None:
+        """The operation's task, with the subscription's sink (see `_with_sink`)."""
+        async with _with_sink(self, "graphql-transport-ws", operation.id):
+            await super().run_operation(operation)
+
+    async def cleanup_operation(self, operation_id: str) -> None:
+        """A client's `complete` (or the socket's end): the sink stops before the task is cancelled, so
+        no `next` of the operation goes out after it."""
+        _sink_stop(self, operation_id)
+        await super().cleanup_operation(operation_id)
+
 
 class LegacyWSHandler(BaseGraphQLWSHandler[Any, Any]):
     """Legacy graphql-ws, which ignores what it cannot parse: a message of the wrong shape too."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.sinks: dict[str, SubscriptionSink] = {}  # by operation id
 
     async def handle_message(self, message: Any) -> None:
         with contextlib.suppress(TypeError, AttributeError, ValueError):
             await super().handle_message(message)
 
-    async def handle_async_results(self, *args: Any, **kwargs: Any) -> None:
-        with contextlib.suppress(SocketClosed):
-            await super().handle_async_results(*args, **kwargs)
+    async def handle_async_results(self, operation_id: str, *args: Any, **kwargs: Any) -> None:
+        async with _with_sink(self, "graphql-ws", operation_id):
+            with contextlib.suppress(SocketClosed):
+                await super().handle_async_results(operation_id, *args, **kwargs)
+
+    async def cleanup_operation(self, operation_id: str) -> None:
+        """A client's `stop` (or the socket's end): the sink stops first, as for graphql-transport-ws."""
+        _sink_stop(self, operation_id)
+        await super().cleanup_operation(operation_id)
+
+
+@contextlib.asynccontextmanager
+async def _with_sink(
+    handler: TransportWSHandler | LegacyWSHandler, protocol: str, operation_id: str
+) -> AsyncIterator[None]:
+    """Run an operation's task with a sink for its subscription, when its socket can take direct writes.
+
+    The sink is this task's `progress_sink` (the task's own context: strawberry's handler starts
+    every operation on a task of its own), so the operation's progress stream hands it to the hub
+    once its snapshot is out. It stops when the task ends (after the terminal `next` and the
+    `complete`) and when the handler cleans the operation up, whichever comes first.
+    """
+    consumer = cast(UploadGraphQLWSConsumer, handler.view)
+    if consumer.direct_server is None:
+        yield
+        return
+    sink = SubscriptionSink(consumer, next_message_prefix(protocol, operation_id))
+    sinks: dict[str, SubscriptionSink] = handler.sinks
+    sinks[operation_id] = sink
+    progress_sink.set(sink)
+    try:
+        yield
+    finally:
+        sink.active = False
+        if sinks.get(operation_id) is sink:
+            del sinks[operation_id]
+
+
+def _sink_stop(handler: TransportWSHandler | LegacyWSHandler, operation_id: str) -> None:
+    sink = handler.sinks.pop(operation_id, None)
+    if sink is not None:
+        sink.active = False
 
 
 class _Inbox:
@@ -112,6 +186,7 @@ class UploadGraphQLWSConsumer(GraphQLWSConsumer):
         super().__init__(*args, **kwargs)
         self.message_queue = _Inbox()  # type: ignore[assignment]
         self.socket_closed = False
+        self.direct_server: Any = None
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         """Serve one socket; while the channel layer's Redis is unreachable, refuse it cleanly.
@@ -131,6 +206,7 @@ class UploadGraphQLWSConsumer(GraphQLWSConsumer):
         self.channel_layer = None
         self.asgi_send = send
         self.base_send = self._send_to_socket
+        self.direct_server = _direct_server(send)
         try:
             await progress_layer_probe()
         except REDIS_UNREACHABLE as exc:
@@ -164,6 +240,35 @@ class UploadGraphQLWSConsumer(GraphQLWSConsumer):
             self.message_queue.put_nowait({"message": None, "disconnected": True})
             if not closing:
                 raise SocketClosed from exc
+
+    def send_now(self, text: str) -> bool:
+        """Write the text message `text` at once, exactly as uvicorn's `send` would, when that needs no
+        waiting; False (nothing written) when it would wait or fail, or on another server.
+
+        uvicorn's websockets-sansio `send` of a `websocket.send` is: wait until the transport is
+        writable, refuse if the connection is gone or closing, then `conn.send_text` and one
+        `transport.write`, without suspending. So when the transport is writable, holds less than
+        DIRECT_SEND_BUFFER_LIMIT unsent, and neither side has closed, the same two calls here send
+        the same bytes in the same place of the stream (the loop runs one thing at a time, so no
+        other message can be half-written). tests/unit/test_fanout.py fails by name if uvicorn's
+        `send` changes.
+        """
+        server = self.direct_server
+        if server is None or self.socket_closed or server.close_sent or server.disconnected:
+            return False
+        transport = server.transport
+        if (
+            not server.writable.is_set()
+            or transport.is_closing()
+            or transport.get_write_buffer_size() > DIRECT_SEND_BUFFER_LIMIT
+        ):
+            return False
+        try:
+            server.conn.send_text(text.encode())
+        except InvalidState:  # the client's close arrived: the usual way reports the socket gone
+            return False
+        transport.write(b"".join(server.conn.data_to_send()))
+        return True
 
     async def _refuse_until_redis(self, *, scope: Any, receive: Any, send: Any) -> None:
         message = await receive()
@@ -311,6 +416,16 @@ class CredentialWatch:
 
 # The credential watch of the running event loop (one per server process).
 credential_watch = per_event_loop(CredentialWatch)
+
+
+def _direct_server(send: Any) -> Any:
+    """The uvicorn connection behind the ASGI `send`, when `send_now` may write to it directly: its
+    websockets-sansio protocol (uvicorn's default with websockets installed) and nothing else."""
+    server = getattr(send, "__self__", None)
+    if SansIOProtocol is None or type(server) is not SansIOProtocol:
+        return None
+    # Its own `send`, not one wrapped or replaced on the way (a middleware's would be another function).
+    return server if getattr(send, "__func__", None) is getattr(SansIOProtocol, "send", None) else None
 
 
 def _session_key(scope: dict[str, Any]) -> str | None:

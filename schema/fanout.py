@@ -15,18 +15,25 @@ only: UploadProgress's fields are plain attributes (no resolver reads the contex
 and the owner check runs per subscriber in the subscription resolver, at subscribe time.
 tests/unit/test_fanout.py fails if UploadProgress gains a field with a resolver, and if the
 strawberry internals this relies on change (see the hooks named there).
+
+Past the snapshot, a subscription whose socket can be written at once (`SubscriptionSink`) is
+not even woken for an event: the hub calls its sink, which takes the shared result of its key
+(executing it once if no subscriber of the key has yet) and writes the message, `prefix` +
+payload + `}`, straight to the socket. The bytes are the ones strawberry's handler and
+`shared_message_json` would have sent; what the sink cannot send now goes the usual way.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 from collections.abc import Awaitable
-from typing import Any
+from typing import Any, Protocol
 
 from graphql import ExecutionResult, print_ast
 from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
 
-from backend.uploads.progress import ProgressEvent
+from backend.uploads.progress import ProgressEvent, progress_sink
 from schema.types import UploadProgress
 
 # strawberry's encoding (strawberry/http/base.py `encode_json`: json.dumps with these separators),
@@ -81,6 +88,9 @@ class _SharedEvent:
         self.event = event
 
     def execute_operation(self, serially: bool | None = None) -> Any:
+        sink = progress_sink.get()
+        if sink is not None and type(sink) is SubscriptionSink and sink.executor is None:
+            sink.executor = self.executor  # this subscription's own executor (it runs in its task)
         key = self.executor.fanout_key()
         shared = self.event.renders.get(key)
         if shared is not None:
@@ -119,3 +129,55 @@ def shared_message_json(message: Any) -> str | None:
         f"{_dumps(key)}:{data.payload_json if key == 'payload' else _dumps(value)}" for key, value in message.items()
     ]
     return "{" + ",".join(members) + "}"
+
+
+# --- writing past the subscription's task ------------------------------------------------------
+
+
+class DirectSocket(Protocol):
+    def send_now(self, text: str) -> bool:
+        """Write the text message `text` to the socket there and then, without suspending; False when
+        that cannot be done now (nothing was written)."""
+
+
+def next_message_prefix(protocol: str, operation_id: str) -> str:
+    """What comes before the payload in a `next` (graphql-transport-ws) or `data` (legacy graphql-ws)
+    message of `operation_id`: the members strawberry's handlers put there, in their order."""
+    if protocol == "graphql-transport-ws":
+        return f'{{"id":{_dumps(operation_id)},"type":"next","payload":'
+    return f'{{"type":"data","id":{_dumps(operation_id)},"payload":'
+
+
+class SubscriptionSink:
+    """One subscription's sink (backend/uploads/progress.py `ProgressSink`): it renders an event as
+    the subscription's own execution would (its execution key's shared result) and writes the
+    message to the socket at once, or declines.
+
+    `executor` is the subscription's FanoutExecutor, bound when its first event (the snapshot) is
+    executed in its task; until then, and once the operation ends (`active` False: completed, a
+    client's `complete` or `stop`, the socket gone), it declines. A result that is not shared
+    (errors) is declined too, and so is everything after it: that subscription goes the usual way.
+    """
+
+    __slots__ = ("active", "executor", "prefix", "socket")
+
+    def __init__(self, socket: DirectSocket, prefix: str) -> None:
+        self.socket = socket
+        self.prefix = prefix
+        self.executor: FanoutExecutor | None = None
+        self.active = True
+
+    def __call__(self, event: ProgressEvent) -> bool:
+        executor = self.executor
+        if not self.active or executor is None:
+            return False
+        shared: Any = event.renders.get(executor.fanout_key())
+        if shared is None:
+            rendered = _SharedEvent(executor, event).execute_operation()
+            if not isinstance(rendered, ExecutionResult) or not isinstance(rendered.data, SharedData):
+                if inspect.iscoroutine(rendered):
+                    rendered.close()  # never started: an execution that awaits something is not for here
+                self.active = False
+                return False
+            shared = rendered
+        return self.socket.send_now(f"{self.prefix}{shared.data.payload_json}}}")

@@ -16,8 +16,9 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
+from contextvars import Context, ContextVar
 from typing import Any
 
 from asgiref.sync import async_to_sync
@@ -194,6 +195,10 @@ def _process_publisher() -> ProgressPublisher:
 # the row, and the mailboxes of the upload's subscribers. An event from the layer is handed to
 # every mailbox as the same ProgressEvent object, without waiting for any subscriber; each
 # subscriber's own task (strawberry's operation task) drains its mailbox into its socket.
+# A subscriber that has sent its snapshot and waits with nothing pending may have a sink: the
+# hub then writes the event to its socket itself (the sink renders it and writes it at once, or
+# declines), with no task woken; declined, and always for a terminal event, it goes the
+# mailbox's way.
 
 TERMINAL = {UploadStatus.COMPLETED, UploadStatus.FAILED, UploadStatus.CANCELLED}
 
@@ -212,6 +217,16 @@ class ProgressEvent(dict[str, Any]):
         self.renders: dict[Any, Any] = {}
 
 
+# A subscriber's way past its mailbox and its task: send the event to the socket at once, without
+# suspending, and answer True; or answer False (it cannot now: the socket's buffer is full, it is
+# closing, the operation ended) and the event goes through the mailbox as before.
+ProgressSink = Callable[[ProgressEvent], bool]
+
+# Set by the protocol layer in a subscription's own task (schema/consumers.py); `progress_stream`,
+# running in that task, hands it to the hub once the snapshot is out.
+progress_sink: ContextVar[ProgressSink | None] = ContextVar("progress_sink", default=None)
+
+
 class _Feed:
     """One upload as this process follows it: its group membership, re-reads and mailboxes."""
 
@@ -219,7 +234,8 @@ class _Feed:
         self.upload_id = upload_id
         self.group = progress_group(upload_id)
         self.period = period
-        self.mailboxes: set[ProgressMailbox[ProgressEvent]] = set()
+        # Each subscriber's mailbox, with its sink once it has one.
+        self.mailboxes: dict[ProgressMailbox[ProgressEvent], ProgressSink | None] = {}
         self.joined = False
         self.last_sequence: int | None = None
         self.news_at = asyncio.get_running_loop().time()
@@ -234,6 +250,7 @@ class ProgressHub:
         self.channel: str | None = None
         self.reader: asyncio.Task[None] | None = None
         self.feeds: dict[str, _Feed] = {}
+        self.sunk = 0  # events written by a sink, past mailboxes and tasks (for tests)
         # Serialises joining and leaving groups, so a leave in flight never undoes a new join.
         self._membership = asyncio.Lock()
 
@@ -245,10 +262,15 @@ class ProgressHub:
         feed = self.feeds.get(key)
         if feed is None:
             feed = self.feeds[key] = _Feed(upload_id=upload_id, period=resync_seconds)
-            feed.resync = asyncio.create_task(self._resync(feed))
+            feed.resync = asyncio.create_task(self._resync(feed), context=Context())
         feed.period = min(feed.period, resync_seconds)
-        feed.mailboxes.add(mailbox)
+        feed.mailboxes[mailbox] = None
         return feed
+
+    def attach(self, feed: _Feed, mailbox: ProgressMailbox[ProgressEvent], sink: ProgressSink) -> None:
+        """From now on offer the upload's events to `sink` first, whenever `mailbox` waits empty."""
+        if mailbox in feed.mailboxes:
+            feed.mailboxes[mailbox] = sink
 
     async def join(self, feed: _Feed) -> None:
         """Make sure this process is in the upload's group; with Redis unreachable, stay out until a re-read."""
@@ -260,7 +282,9 @@ class ProgressHub:
             try:
                 if self.channel is None:
                     channel = await self.layer.new_channel()
-                    self.channel, self.reader = channel, asyncio.create_task(self._read(channel))
+                    # The hub's tasks get an empty context: a copy of the subscriber's that started
+                    # them would keep its sink (and so its socket) for the hub's whole life.
+                    self.channel, self.reader = channel, asyncio.create_task(self._read(channel), context=Context())
                 await self.layer.group_add(feed.group, self.channel)
             except (RedisError, OSError) as exc:
                 logger.warning(
@@ -275,7 +299,7 @@ class ProgressHub:
 
     async def release(self, feed: _Feed, mailbox: ProgressMailbox[ProgressEvent]) -> None:
         """Take `mailbox` out; the upload's last subscriber here takes the process out of its group."""
-        feed.mailboxes.discard(mailbox)
+        feed.mailboxes.pop(mailbox, None)
         if feed.mailboxes:
             return
         async with self._membership:
@@ -293,14 +317,25 @@ class ProgressHub:
                     logger.debug("leaving progress group %s failed", feed.group, exc_info=True)
 
     def deliver(self, feed: _Feed, event: dict[str, Any]) -> None:
-        """Hand `event` to every mailbox of the upload, unless the feed already had it or a newer one."""
+        """Hand `event` to every subscriber of the upload, unless the feed already had it or a newer one.
+
+        To its sink when it has one that takes it now (its mailbox waiting empty: nothing of its
+        is pending, so the order holds); else to its mailbox, which wakes its task. A terminal
+        event always goes to the mailbox: the subscriber's stream sends it and completes.
+        """
         if feed.last_sequence is not None and event["sequence"] <= feed.last_sequence:
             return
         feed.last_sequence = event["sequence"]
         feed.news_at = asyncio.get_running_loop().time()
         shared = event if isinstance(event, ProgressEvent) else ProgressEvent(event)
-        for mailbox in feed.mailboxes:
-            mailbox.put(shared)
+        sinkable = shared["status"] not in TERMINAL
+        sunk = 0
+        for mailbox, sink in feed.mailboxes.items():
+            if sink is not None and sinkable and mailbox.pass_by(shared, sink):
+                sunk += 1
+            else:
+                mailbox.put(shared)
+        self.sunk += sunk
 
     async def _read(self, channel: str) -> None:
         while True:
@@ -381,6 +416,12 @@ async def progress_stream(*, upload_id: uuid.UUID, resync_seconds: float) -> Asy
         yield snapshot
         # Only the status is kept between events: an idle subscriber holds no event of its own.
         del snapshot
+        # The snapshot is out (this generator resumes once its consumer has sent it): from now on
+        # the hub may write events to the socket itself while this stream waits with none pending.
+        # A terminal event still comes this way, so the stream's end stays where it was.
+        sink = progress_sink.get()
+        if sink is not None:
+            hub.attach(feed, mailbox, sink)
         while status not in TERMINAL:
             event = await mailbox.get()
             if event is None:

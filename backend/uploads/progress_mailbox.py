@@ -8,6 +8,10 @@ that is not a status change is dropped (the latest state wins, so `sequence` ski
 section 3 allows under overload). A status change (an event whose status differs from the one
 before it) is never dropped, nor is the latest event, so the terminal event always arrives.
 
+While its reader waits with nothing pending, an event may go past the mailbox (`pass_by`): the
+hub hands it to the subscriber's socket at once, and the mailbox only records it as given, so
+order and the duplicate check hold across both ways.
+
 Pure: no I/O, no clock; `get` is the only coroutine.
 """
 
@@ -15,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Generic, TypeVar
 
 # Pending events a subscriber may hold before its non-status events are coalesced. A live
@@ -65,6 +69,25 @@ class ProgressMailbox(Generic[EventT]):
         if len(self._pending) > self.limit:
             self._coalesce()
         self._wake()
+        return True
+
+    def pass_by(self, event: EventT, send: Callable[[EventT], bool]) -> bool:
+        """Give `event` to `send` instead of queueing it, if that keeps the order; True when handled.
+
+        Only while the reader waits in `get` with nothing pending (everything before this event is
+        already out); and only if `send` takes it there and then (True), without suspending. Then
+        the event counts as given, as if the reader had taken it. An event not newer than the last
+        one is handled by being ignored. False: nothing changed, `put` it.
+        """
+        waiter = self._waiter
+        if self._pending or self._ended or waiter is None or waiter.done():
+            return False
+        sequence = event["sequence"]
+        if self._last_sequence is not None and sequence <= self._last_sequence:
+            return True
+        if not send(event):
+            return False
+        self._last_sequence, self._last_status = sequence, event["status"]
         return True
 
     def end(self) -> None:
