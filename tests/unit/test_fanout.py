@@ -10,6 +10,7 @@ something else.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 from collections.abc import AsyncGenerator
 from datetime import timedelta
@@ -22,10 +23,10 @@ from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import Ope
 from strawberry.types.base import get_object_definition
 from strawberry.types.execution import ExecutionResult
 
-from backend.uploads.progress import ProgressEvent
+from backend.uploads.progress import ProgressEvent, progress_sink
 from schema import schema as service_schema
 from schema.consumers import LegacyWSHandler, TransportWSHandler, UploadGraphQLWSConsumer
-from schema.fanout import FanoutExecutor, SharedData, shared_message_json
+from schema.fanout import FanoutExecutor, SharedData, SubscriptionSink, next_message_prefix, shared_message_json
 from schema.types import SCALAR_MAP, UploadProgress
 
 EVENTS = [
@@ -226,3 +227,133 @@ def test_a_payload_with_errors_or_extensions_is_encoded_as_usual() -> None:
     assert shared_message_json({"type": "connection_ack"}) is None
     message = {"id": 'quote"d', "type": "next", "payload": {"data": SharedData({"uploadProgress": {"sequence": 1}})}}
     assert json.loads(shared_message_json(message) or "") == message
+
+
+# --- the sinks: the hub writing past the subscription's task (schema/consumers.py send_now) ----
+
+
+class CapturedDirectSocket:
+    """What a sink asks its socket to write at once (`send_now`), answering as told."""
+
+    def __init__(self, *, takes: bool = True) -> None:
+        self.takes = takes
+        self.sent: list[str] = []
+
+    def send_now(self, text: str) -> bool:
+        if self.takes:
+            self.sent.append(text)
+        return self.takes
+
+
+def bound_sink(query: str, socket: CapturedDirectSocket, prefix: str) -> SubscriptionSink:
+    """A sink bound, as in a subscription's task, to the executor of `query`'s first event."""
+    sink = SubscriptionSink(socket, prefix)
+
+    async def first_event() -> None:
+        progress_sink.set(sink)  # this task's own context, as the protocol handler sets it
+        stream = await test_schema.subscribe(query, variable_values={"id": "u1"})
+        await anext(stream)  # type: ignore[arg-type]
+        await stream.aclose()  # type: ignore[union-attr]
+
+    asyncio.run(first_event())
+    assert sink.executor is not None
+    return sink
+
+
+def test_a_sink_writes_the_bytes_strawberry_would_send_on_each_protocol() -> None:
+    """The same message, byte for byte, as strawberry's handler and encode_json make for a subscriber
+    of the same document; a second sink of the key shares the first one's execution."""
+    for event in EVENTS:
+        event.renders.clear()
+    for protocol, sent_by_strawberry in (
+        ("graphql-transport-ws", _transport_ws_next),
+        ("graphql-ws", _legacy_data),
+    ):
+        socket = CapturedDirectSocket()
+        sink = bound_sink(FULL, socket, next_message_prefix(protocol, 'op"1'))
+        other = bound_sink(FULL_REFORMATTED, CapturedDirectSocket(), next_message_prefix(protocol, "2"))
+        CountingExecutor.executions = 0
+        assert sink(EVENTS[2]) and other(EVENTS[2])
+        assert CountingExecutor.executions <= 1, "one execution for the key, shared"
+        shared = EVENTS[2].renders[sink.executor.fanout_key()]  # type: ignore[union-attr]
+        assert socket.sent == [sent_by_strawberry('op"1', shared)]
+        assert json.loads(socket.sent[0])["payload"] == {"data": shared.data}
+
+
+def _transport_ws_next(op_id: str, result: ExecutionResult) -> str:
+    websocket, socket, consumer = adapter()
+    handler = TransportWSHandler(
+        view=consumer,
+        websocket=websocket,
+        context=None,
+        root_value=None,
+        schema=service_schema,
+        connection_init_wait_timeout=timedelta(seconds=1),
+    )
+    asyncio.run(Operation(handler, op_id, "subscription { x }", None, None).send_next(result))
+    (text,) = socket.sent
+    return text
+
+
+def _legacy_data(op_id: str, result: ExecutionResult) -> str:
+    websocket, socket, consumer = adapter()
+    handler = LegacyWSHandler(
+        view=consumer,
+        websocket=websocket,
+        context=None,
+        root_value=None,
+        schema=service_schema,
+        keep_alive=False,
+        keep_alive_interval=None,
+    )
+    asyncio.run(handler.send_data_message(result, op_id))
+    (text,) = socket.sent
+    return text
+
+
+def test_a_sink_declines_what_it_cannot_send_now() -> None:
+    for event in EVENTS:
+        event.renders.clear()
+    unbound = SubscriptionSink(CapturedDirectSocket(), next_message_prefix("graphql-transport-ws", "1"))
+    assert not unbound(EVENTS[1]), "no executor yet: the snapshot has not gone out"
+    full = CapturedDirectSocket(takes=False)
+    assert not bound_sink(FULL, full, "")(EVENTS[1]) and full.sent == []
+    stopped = bound_sink(FULL, CapturedDirectSocket(), "")
+    stopped.active = False  # the operation ended, or its client completed it
+    assert not stopped(EVENTS[1])
+
+
+def test_uvicorn_send_is_what_send_now_does_without_waiting() -> None:
+    """`UploadGraphQLWSConsumer.send_now` repeats uvicorn's websockets-sansio `send` of a
+    `websocket.send` (the checks, then these two calls) without its one wait. If uvicorn changes
+    it, this fails: read the new `send` and make `send_now` do what it does."""
+    from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+
+    source = inspect.getsource(WebSocketsSansIOProtocol.send)
+    for line in (
+        "await self.writable.wait()",
+        "if self.disconnected:",
+        "elif not self.close_sent and self.initial_response is None:",
+        'if message["type"] == "websocket.send":',
+        "self.conn.send_text(text_data.encode())",
+        "output = self.conn.data_to_send()",
+        'self.transport.write(b"".join(output))',
+        "except InvalidState:",
+    ):
+        assert line in source, line
+    assert source.count("await ") == 1, "send suspends only while the transport is not writable"
+
+
+def test_each_operation_runs_on_a_task_of_its_own_started_where_its_sink_is_set() -> None:
+    """The sink is a context variable of the operation's task: strawberry must start each operation
+    as its own task, from the methods the consumer's handlers override."""
+    from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import BaseGraphQLTransportWSHandler
+    from strawberry.subscriptions.protocols.graphql_ws.handlers import BaseGraphQLWSHandler
+
+    transport = inspect.getsource(BaseGraphQLTransportWSHandler.handle_subscribe)
+    assert "asyncio.create_task(self.run_operation(operation))" in transport
+    legacy = inspect.getsource(BaseGraphQLWSHandler.handle_start)
+    assert "self.handle_async_results(" in legacy and "asyncio.create_task(result_handler)" in legacy
+    assert list(inspect.signature(BaseGraphQLWSHandler.handle_async_results).parameters)[:2] == ["self", "operation_id"]
+    for handler in (BaseGraphQLTransportWSHandler, BaseGraphQLWSHandler):
+        assert list(inspect.signature(handler.cleanup_operation).parameters) == ["self", "operation_id"]
