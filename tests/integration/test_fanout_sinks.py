@@ -390,7 +390,8 @@ def test_a_socket_closing_mid_fan_out_is_let_go_quietly(row: Any) -> None:
             hub.deliver(feed, event(upload, FIRST + 12, "COMPLETED"))
             for events, ws in zip(snapshots, (one, two), strict=True):
                 events += [json.loads(text) for text in await texts_until(ws, completes("1"))]
-            await until(lambda: str(upload.id) not in hub.feeds)  # all three subscriptions ended
+            # All three subscriptions ended, and the reset socket's consumer is gone (its disconnect ran).
+            await until(lambda: str(upload.id) not in hub.feeds and len(credential_watch().sockets) <= 2)
             return snapshots, len(credential_watch().sockets)
 
     recorded = Recorded()
