@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import os
 import socket
@@ -195,7 +196,9 @@ class SubscriptionGauge:
             except RuntimeError:
                 return  # a stream finalised outside any loop: the next change publishes the count
             self._changed = asyncio.Event()
-            self._task = loop.create_task(self._publish())
+            # An empty context: a copy of the subscription's that opened it would keep that
+            # subscription's sink, and so its socket, alive as long as this task runs.
+            self._task = loop.create_task(self._publish(), context=contextvars.Context())
         assert self._changed is not None
         self._changed.set()
 

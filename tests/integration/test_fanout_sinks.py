@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import hashlib
 import json
 import logging
 import socket
 import struct
 import uuid
+import weakref
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -406,3 +408,36 @@ def test_a_socket_closing_mid_fan_out_is_let_go_quietly(row: Any) -> None:
         assert sequences == list(range(FIRST, FIRST + 13))
     assert sockets_left <= 2
     assert recorded.problems == []
+
+
+def test_no_task_of_the_process_keeps_a_finished_subscription_s_socket_alive(row: Any) -> None:
+    """The first subscriber starts the hub's reader, its re-read and the subscription gauge's task,
+    which live on after it: they start with empty contexts, so none keeps that subscriber's sink
+    (and with it its consumer and socket) alive once the socket has closed."""
+    upload, token = row
+
+    async def scenario() -> tuple[bool, bool]:
+        hub = progress_hub()
+        async with served() as ws_url, client(ws_url, token) as staying:
+            async with client(ws_url, token) as first:
+                await subscribe(first, upload, "1")
+                await first.recv()
+                consumer = _server_side(first.local_address[1])
+                gone = weakref.ref(consumer)
+                del consumer
+                await subscribe(staying, upload, "1")
+                await staying.recv()
+                await until(parked(hub, upload, 2))
+            await until(lambda: len(hub.feeds[str(upload.id)].mailboxes) == 1)
+            await until(lambda: len(_sockets_served()) == 1)  # the first socket's ASGI task has ended
+            gc.collect()
+            return gone() is None, hub.reader is not None and not hub.reader.done()
+
+    freed, reader_alive = run(scenario())
+    assert reader_alive
+    assert freed, "something still holds the first subscriber's consumer"
+
+
+def _sockets_served() -> list[asyncio.Task[Any]]:
+    """uvicorn's tasks running the application for a websocket (one per open socket)."""
+    return [t for t in asyncio.all_tasks() if t.get_coro().__qualname__ == "WebSocketsSansIOProtocol.run_asgi"]  # type: ignore[union-attr]
