@@ -88,10 +88,10 @@ class _SharedEvent:
         self.event = event
 
     def execute_operation(self, serially: bool | None = None) -> Any:
+        key = self.executor.fanout_key()
         sink = progress_sink.get()
         if sink is not None and type(sink) is SubscriptionSink and sink.executor is None:
-            sink.executor = self.executor  # this subscription's own executor (it runs in its task)
-        key = self.executor.fanout_key()
+            sink.executor, sink.key = self.executor, key  # this subscription's own (it runs in its task)
         shared = self.event.renders.get(key)
         if shared is not None:
             return shared
@@ -159,19 +159,20 @@ class SubscriptionSink:
     (errors) is declined too, and so is everything after it: that subscription goes the usual way.
     """
 
-    __slots__ = ("active", "executor", "prefix", "socket")
+    __slots__ = ("active", "executor", "key", "prefix", "socket")
 
     def __init__(self, socket: DirectSocket, prefix: str) -> None:
         self.socket = socket
         self.prefix = prefix
         self.executor: FanoutExecutor | None = None
+        self.key: tuple[str, str] | None = None  # the executor's fanout_key()
         self.active = True
 
     def __call__(self, event: ProgressEvent) -> bool:
         executor = self.executor
         if not self.active or executor is None:
             return False
-        shared: Any = event.renders.get(executor.fanout_key())
+        shared: Any = event.renders.get(self.key)
         if shared is None:
             rendered = _SharedEvent(executor, event).execute_operation()
             if not isinstance(rendered, ExecutionResult) or not isinstance(rendered.data, SharedData):
