@@ -99,6 +99,33 @@ def test_two_selection_sets_on_one_upload_each_get_their_own_shape(make_stack, a
     assert [(e["sequence"], e["status"]) for e in narrowed] == [(e["sequence"], e["status"]) for e in full[0]]
 
 
+def test_under_daphne_subscriptions_go_the_usual_way_to_the_same_end(make_stack, api_user) -> None:
+    """daphne's `send` gives no access to a transport: no sink is made (the hub never writes to its
+    sockets itself), and every event still goes out through the mailbox and the subscription's task,
+    in order, with the completion after the terminal one, on both protocols' shapes."""
+    served = make_stack(workers=0, server="daphne")
+    parts = 5
+    upload_id = new_upload(served, api_user.headers, parts)
+
+    async def scenario() -> tuple[list[dict], list[dict], int]:
+        async with (
+            subscriber(served.ws_url, api_user.token) as one,
+            subscriber(served.ws_url, api_user.token) as narrow,
+        ):
+            full_id, narrow_id = await one.subscribe(upload_id), await narrow.subscribe(upload_id, NARROW_SUBSCRIPTION)
+            full, narrowed = [await first_event(one, full_id)], [await first_event(narrow, narrow_id)]
+            driving = asyncio.create_task(drive(served, [upload_id], parts))
+            await one.events_until_complete(full_id, full)
+            await narrow.events_until_complete(narrow_id, narrowed)
+            return full, narrowed, (await driving)[upload_id]
+
+    full, narrowed, final = run(scenario(), served)
+    assert_in_order(full, final)
+    assert [e["partNumber"] for e in full if e["partNumber"]] == list(range(1, parts + 1))
+    assert all(set(e) == FULL_FIELDS for e in full)
+    assert [(e["sequence"], e["status"]) for e in narrowed] == [(e["sequence"], e["status"]) for e in full]
+
+
 def test_sockets_take_no_channel_of_their_own_on_the_layer(make_stack, api_user, tmp_path: Path) -> None:
     """Twenty more sockets subscribed to one upload add no pub/sub channel in Redis: the process's
     hub holds one channel and one group membership for all of them (Channels' consumer would
