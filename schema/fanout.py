@@ -174,7 +174,13 @@ class SubscriptionSink:
             return False
         shared: Any = event.renders.get(self.key)
         if shared is None:
-            rendered = _SharedEvent(executor, event).execute_operation()
+            try:
+                rendered = _SharedEvent(executor, event).execute_operation()
+            except Exception:
+                # Raised in the hub, it would stop the upload's other subscribers too: this one goes
+                # the usual way from now on, where the subscription's own task meets (and reports) it.
+                self.active = False
+                return False
             if not isinstance(rendered, ExecutionResult) or not isinstance(rendered.data, SharedData):
                 if inspect.iscoroutine(rendered):
                     rendered.close()  # never started: an execution that awaits something is not for here

@@ -321,6 +321,11 @@ def test_a_sink_declines_what_it_cannot_send_now() -> None:
     stopped = bound_sink(FULL, CapturedDirectSocket(), "")
     stopped.active = False  # the operation ended, or its client completed it
     assert not stopped(EVENTS[1])
+    # An event the execution cannot take raises in the subscription's own task on the usual way (which
+    # reports it), never in the hub, which would stop every other subscriber of the upload.
+    broken = bound_sink(FULL, CapturedDirectSocket(), "")
+    malformed = ProgressEvent({key: value for key, value in EVENTS[1].items() if key != "at"})
+    assert not broken(malformed) and not broken.active
 
 
 def test_uvicorn_send_is_what_send_now_does_without_waiting() -> None:
