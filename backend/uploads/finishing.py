@@ -91,7 +91,7 @@ def direct_finish(
         if [p.part_number for p in parts] != list(range(1, spec.parts_total + 1)):
             raise TransferFailed("the part ledger is incomplete")
         handle = spec.handle or ""
-        call(lambda: storage.complete(key=spec.key, handle=handle, parts=parts, size=spec.size))
+        call(lambda: reader.direct_complete(key=spec.key, handle=handle, parts=parts, size=spec.size))
     sniff = min(SNIFF_BYTES, spec.size)
     head = b"".join(call(lambda: list(reader.object_read(key=spec.key, length=sniff)))) if sniff else b""
     content_type = content_type_sniff(head)

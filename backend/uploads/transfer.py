@@ -6,12 +6,15 @@ fails is tried again on its own (backoff with jitter) while the others go on. Ea
 enters the ledger before the next is counted; a run started again for the same upload reconciles
 the ledger with what the store lists and sends only the rest. An open object the store can take
 no more calls for (spent: aborted or expired behind the service's back, or completed into an
-object the store's check refused) is started over once per run: its ledger is forgotten, a new
-object opened and every part sent again from staging (`_Run.at_most_twice`).
+object the store's check refused) is started over once per run: it is aborted (best effort), its
+ledger forgotten, a new object opened and every part sent again from staging (`_Run.at_most_twice`).
+A pipelined round (`transfer_arrived_parts`) never starts an object over: it stops, and the
+transfer after RECEIVING does. A part only the store lists is recorded only once its listing is
+checked against the staged bytes (`_Run.reconcile`).
 
 The engine knows neither the service layer nor the queue: its caller (`jobs.upload_transfer`)
 hands it what to copy (`TransferSpec`), a narrow `Ledger` (the parts confirmed so far, record a
-part, set the store's handle, heartbeat), a stop check, and its settings. With the local store
+part, set the store's handle, heartbeat, start over), a stop check, and its settings. With the local store
 and an in-memory ledger it runs in a unit test (tests/unit/test_transfer_engine.py).
 """
 
@@ -196,7 +199,9 @@ def transfer_arrived_parts(
     busy. The run returns once no part is in flight and nothing new has arrived: it sends what
     is there and never waits for more. `spec.size` is not used (the length may not be known
     yet). The object is opened if `spec.handle` is None. Returns the number of parts sent.
-    Raises as `transfer_upload` does.
+    Raises as `transfer_upload` does, but for a spent object: the round then stops (a warning, no
+    start over, so the counters of the RECEIVING upload never go back) and returns; the transfer
+    after RECEIVING meets the spent object again and starts it over as a new transfer.
     """
     whole = arrived()
     if whole < 1:
@@ -217,7 +222,7 @@ def transfer_arrived_parts(
 
     def send_arrived(handle: str) -> None:
         nonlocal whole, sent
-        confirmed = run.reconcile(handle=handle)
+        confirmed = run.reconcile(handle=handle, fd=fd)
         due = deque(n for n in range(1, whole + 1) if n not in confirmed)
         sent += len(due)
 
@@ -236,7 +241,17 @@ def transfer_arrived_parts(
 
     fd = os.open(source, os.O_RDONLY)
     try:
-        run.at_most_twice(send_arrived)
+        send_arrived(run.open_object())
+    except ObjectSpent as exc:
+        # Not started over here: the counters of a RECEIVING upload must not go back (CONTRACT
+        # section 3). The round stops; the transfer that runs once every byte is in finds the
+        # object spent and starts it over, as a new transfer (UPLOADING -> QUEUED -> UPLOADING).
+        logger.warning(
+            "upload %s: the store's open object is spent (%s); the pipelined round stops, and the transfer"
+            " after RECEIVING starts the object over",
+            spec.upload_id,
+            exc,
+        )
     finally:
         os.close(fd)
     return sent
@@ -288,6 +303,7 @@ class _Run:
                 handle,
                 exc,
             )
+        self.abort_quietly(handle)
         self.ledger.start_over(handle)
         self.spec = replace(self.spec, handle=None)
         handle = self.open_object()
@@ -296,10 +312,19 @@ class _Run:
         except ObjectSpent as exc:
             raise TransferFailed(f"{exc} (the object had been started over once already)") from exc
 
+    def abort_quietly(self, handle: str) -> None:
+        """Best effort: abort the spent object before it is forgotten, so none of its parts stay
+        behind if the store was wrong to call it gone (no row names it afterwards). NoSuchUpload,
+        the usual answer, is no error (`Storage.abort` is idempotent); any other failure is logged."""
+        try:
+            self.storage.abort(key=self.spec.key, handle=handle)
+        except StorageError as exc:
+            logger.info("upload %s: the spent object %s could not be aborted: %s", self.spec.upload_id, handle, exc)
+
     def send_object(self, handle: str, *, fd: int) -> None:
         """Every part the ledger and the store do not both confirm, then the object assembled."""
         spec = self.spec
-        confirmed = self.reconcile(handle=handle)
+        confirmed = self.reconcile(handle=handle, fd=fd)
         pending = deque(n for n in range(1, spec.parts_total + 1) if n not in confirmed)
         self.send_parts(handle=handle, fd=fd, pending=pending)
         receipts = self.ledger.parts()
@@ -307,10 +332,11 @@ class _Run:
             raise TransferFailed("the part ledger is incomplete after every part was sent")
         self.call_store(lambda: self.storage.complete(key=spec.key, handle=handle, parts=receipts, size=spec.size))
 
-    def reconcile(self, *, handle: str) -> set[int]:
-        """Part numbers both the ledger and the store confirm; parts only the store lists are recorded.
-
-        An object this run opened holds nothing yet: the store is not asked."""
+    def reconcile(self, *, handle: str, fd: int) -> set[int]:
+        """Part numbers both the ledger and the store confirm, and the parts only the store lists
+        that hold exactly the staged bytes (recorded now, with the receipt the store gives them
+        checked against those bytes: `Storage.listed_part_verified`). Any other listed part is
+        sent again. An object this run opened holds nothing yet: the store is not asked."""
         spec = self.spec
         if handle == self.opened:
             return set()
@@ -319,13 +345,24 @@ class _Run:
         confirmed = set()
         for receipt in listed:
             try:
-                _, length = part_range(part_number=receipt.part_number, size=spec.size, part_size=spec.part_size)
+                offset, length = part_range(part_number=receipt.part_number, size=spec.size, part_size=spec.part_size)
             except ValueError:
                 continue
             if receipt.size != length:
                 continue
             if receipt.part_number not in ledger:
-                self.ledger.record_part(receipt)
+                # Only after a crash or a lost answer: reading the part back from staging is rare.
+                verified = self.storage.listed_part_verified(
+                    handle=handle, receipt=receipt, data=os.pread(fd, length, offset)
+                )
+                if verified is None:
+                    logger.info(
+                        "upload %s part %d: what the store lists is not the staged bytes; sent again",
+                        spec.upload_id,
+                        receipt.part_number,
+                    )
+                    continue
+                self.ledger.record_part(verified)
             confirmed.add(receipt.part_number)
         return confirmed
 

@@ -388,3 +388,56 @@ def test_expiry_mid_pipeline_aborts_the_multipart_upload(make_stack, bucket, api
     assert expired["status"] == "FAILED" and "expired" in expired["error"], expired
     assert not bucket.open_objects(key), "the multipart upload is aborted"
     assert not bucket.object_exists(key)
+
+
+def test_an_object_aborted_behind_the_services_back_while_receiving_never_takes_progress_back(
+    make_stack, moto, api_user, tmp_path
+) -> None:
+    # S3 only: a pipelined upload whose multipart upload is aborted between two rounds (a lifecycle
+    # rule, an operator). The next round meets the spent object and stops: while RECEIVING the
+    # counters never go back (CONTRACT section 3). The transfer once every byte is in starts the
+    # object over as a new transfer: UPLOADING -> QUEUED -> UPLOADING, its counters from 0.
+    name = f"pipeline-{uuid.uuid4().hex[:12]}"
+    moto.client().create_bucket(Bucket=name)
+    operations = tmp_path / "operations.jsonl"
+    stack = make_stack(env=s3_env(moto, name, TEST_S3_OPS_LOG=str(operations)))
+    part = S3_PART
+    path, content = _file(tmp_path, "aborted.bin", 4 * part + 321)
+    uploader = _tus(stack.url, api_user.headers, path, chunk=part)
+    upload_id = _id_of(uploader)
+    events = Events(stack.ws_url, api_user.token, upload_id)
+
+    uploader.upload(stop_at=2 * part)
+    _wait_uploaded_while_receiving(stack.url, api_user.headers, upload_id, at_least=2 * part)
+    row = FileUpload.objects.get(id=upload_id)
+    moto.client().abort_multipart_upload(Bucket=name, Key=row.storage_key, UploadId=row.storage_upload_id)
+
+    def spent_seen() -> bool:
+        lines = [json.loads(line) for line in operations.read_text().splitlines()] if operations.exists() else []
+        return any(o["op"] == "ListParts" and o["status"] == 404 for o in lines)
+
+    uploader.upload(stop_at=3 * part)
+    wait_until(spent_seen, timeout=60, what="a pipelined round meeting the aborted upload")
+    uploader.upload()
+
+    done = upload_wait_for_status(stack.url, api_user.headers, upload_id, {"COMPLETED", "FAILED"}, timeout=90)
+    assert done["status"] == "COMPLETED", done
+    assert httpx.get(done["downloadUrl"], timeout=30).content == content
+    assert (done["partsUploaded"], done["bytesUploaded"]) == (5, len(content))
+    assert not moto.client().list_multipart_uploads(Bucket=name).get("Uploads"), "no multipart upload left open"
+
+    seen = events.until_complete()
+    sequences = [e["sequence"] for e in seen]
+    assert sequences == sorted(set(sequences))
+    receiving = [(e["partsUploaded"], e["bytesUploaded"]) for e in seen if e["status"] == "RECEIVING"]
+    assert receiving == sorted(receiving), f"progress went back while RECEIVING: {receiving}"
+    assert receiving[-1][0] >= 2
+    statuses = [e["status"] for e in seen]
+    moves = [s for i, s in enumerate(statuses) if i == 0 or s != statuses[i - 1]]
+    assert moves == ["RECEIVING", "QUEUED", "UPLOADING", "QUEUED", "UPLOADING", "COMPLETED"], moves
+    after = [e for e in seen if e["status"] != "RECEIVING"]
+    restart = [i for i, e in enumerate(after) if e["status"] == "QUEUED"][-1]
+    assert (after[restart]["partsUploaded"], after[restart]["bytesUploaded"]) == (0, 0), "the new transfer from 0"
+    for transfer in (after[:restart], after[restart:]):
+        parts = [e["partsUploaded"] for e in transfer]
+        assert parts == sorted(parts), "within one transfer progress never goes back"

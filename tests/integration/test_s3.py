@@ -227,6 +227,8 @@ def test_part_corrupted_after_signing_is_caught_at_assembly_and_the_object_is_st
         *[("UploadPart", 200)] * 4,
         *assembled,
         ("DeleteObject", 204),  # ...so the wrong object goes before anyone can see it COMPLETED
+        ("AbortMultipartUpload", 404),  # best effort: the completed upload is gone
+        ("ListParts", 404),
         ("CreateMultipartUpload", 200),
         *[("UploadPart", 200)] * 4,
         *assembled,
@@ -275,6 +277,8 @@ def test_a_multipart_upload_aborted_behind_the_services_back_is_started_over_on_
     assert row.status == UploadStatus.COMPLETED, row.error
     assert [(o["op"], o["status"], o.get("code"), o.get("part")) for o in _operations(operations)] == [
         ("ListParts", 404, "NoSuchUpload", None),  # resuming: the multipart upload is gone
+        ("AbortMultipartUpload", 404, "NoSuchUpload", None),  # best effort, in case the store was wrong
+        ("ListParts", 404, "NoSuchUpload", None),
         ("CreateMultipartUpload", 200, None, None),
         *[("UploadPart", 200, None, n) for n in range(1, 6)],  # every part, the two confirmed before too
         ("CompleteMultipartUpload", 200, None, None),
@@ -308,6 +312,8 @@ def test_a_multipart_upload_aborted_while_parts_go_up_is_started_over(make_stack
         ("UploadPart", 200, 1),
         ("UploadPart", 200, 2),
         ("UploadPart", 404, 3),  # NoSuchUpload: spent, so not retried in that upload
+        ("AbortMultipartUpload", 404, None),  # best effort before starting over: gone already
+        ("ListParts", 404, None),
         ("CreateMultipartUpload", 200, None),
         *[("UploadPart", 200, n) for n in range(1, 5)],
         ("CompleteMultipartUpload", 200, None),
@@ -409,6 +415,70 @@ def test_crashed_transfer_resumes_from_what_the_store_lists(make_stack, api_user
     _assert_object_is(moto, bucket, upload_id, content)
 
 
+def test_a_part_only_the_store_lists_is_sent_again_unless_it_holds_the_staged_bytes(
+    make_stack, api_user, moto, bucket, tmp_path
+):
+    # The default settings (no MD5 per part). Part 3 is corrupted on the wire, the store keeps it
+    # (moto verifies nothing), and the work horse dies before the ledger hears of it. Its listing
+    # then carries no checksum (moto lists none) and an ETag that is not the staged bytes' MD5, so
+    # the resumed run sends part 3 again instead of recording it: the object is the file sent.
+    log, mark = tmp_path / "requests.jsonl", tmp_path / "crashed"
+    faults = {"requests": {"3": "corrupt"}, "crash_after": 3, "crash_mark": str(mark)}
+    stack = make_stack(env=_faulty_env(moto, bucket, log, faults, UPLOAD_PART_CONCURRENCY="1"))
+    content = os.urandom(4 * PART + 3)
+    upload_id = data_of(upload_file(stack.url, content, headers=api_user.headers))["uploadFile"]["id"]
+
+    row = _wait_status(upload_id, UploadStatus.COMPLETED, UploadStatus.FAILED)
+    assert row.status == UploadStatus.COMPLETED, row.error
+    runs: dict[int, list[tuple[int, str | None]]] = {}
+    for request in _requests(log):
+        runs.setdefault(request["pid"], []).append((request["part"], request["fault"]))
+    assert list(runs.values()) == [[(1, None), (2, None), (3, "corrupt")], [(3, None), (4, None), (5, None)]], runs
+    assert (row.attempts, row.parts_uploaded, row.parts.count()) == (2, 5, 5)
+    _assert_object_is(moto, bucket, upload_id, content)
+
+
+def test_a_part_only_the_store_lists_is_recorded_with_its_checksum_so_the_object_check_covers_it(
+    make_stack, api_user, moto, bucket, tmp_path
+):
+    # Part 2 is corrupted on the wire and recorded (moto echoes the checksum sent); the work horse
+    # dies after the store took part 3, before the ledger heard of it. Part 3's listing holds the
+    # staged bytes (its ETag is their MD5), so it is recorded, with the checksum of those bytes:
+    # the object's checksum is then checked over every part, catches part 2, and the object is
+    # started over. Recorded with the listing's empty checksum, nothing would check the object.
+    log, operations, mark = tmp_path / "requests.jsonl", tmp_path / "operations.jsonl", tmp_path / "crashed"
+    faults = {"requests": {"2": "corrupt"}, "crash_after": 3, "crash_mark": str(mark)}
+    env = _faulty_env(moto, bucket, log, faults, UPLOAD_PART_CONCURRENCY="1", TEST_S3_OPS_LOG=str(operations))
+    stack = make_stack(env=env)
+    content = os.urandom(4 * PART + 3)
+    upload_id = data_of(upload_file(stack.url, content, headers=api_user.headers))["uploadFile"]["id"]
+
+    row = _wait_status(upload_id, UploadStatus.COMPLETED, UploadStatus.FAILED)
+    assert row.status == UploadStatus.COMPLETED, row.error
+    runs: dict[int, list[int]] = {}
+    for request in _requests(log):
+        runs.setdefault(request["pid"], []).append(request["part"])
+    assert list(runs.values()) == [[1, 2, 3], [4, 5, 1, 2, 3, 4, 5]], runs
+    resumed = [(o["op"], o["status"]) for o in _operations(operations) if o["pid"] == list(runs)[1]]
+    assert resumed == [
+        ("ListParts", 200),  # parts 1-3: part 3 is recorded from its listing
+        ("UploadPart", 200),
+        ("UploadPart", 200),
+        ("CompleteMultipartUpload", 200),
+        ("HeadObject", 200),  # the object's checksum is not that of the parts sent...
+        ("DeleteObject", 204),
+        ("AbortMultipartUpload", 404),  # the spent upload is aborted first, best effort: it is gone
+        ("ListParts", 404),
+        ("CreateMultipartUpload", 200),  # ...so the object starts over
+        *[("UploadPart", 200)] * 5,
+        ("CompleteMultipartUpload", 200),
+        ("HeadObject", 200),
+    ], resumed
+    assert (row.attempts, row.parts_uploaded, row.parts.count()) == (2, 5, 5)
+    _assert_object_is(moto, bucket, upload_id, content)
+    assert _open_uploads(moto, bucket) == []
+
+
 def test_cancel_aborts_the_multipart_upload(make_stack, api_user, moto, bucket, tmp_path):
     # The worker is held at part 2 (part 1 confirmed) until the cancel is in, well before Complete.
     gate = Gate(tmp_path / "gate", part=2)
@@ -498,10 +568,40 @@ def test_an_object_whose_checksum_the_store_does_not_report_is_refused_unless_it
         storage.complete(key="unreported", handle=handle, parts=parts, size=size)
         assert client.head_object(Bucket=bucket, Key="unreported")["ContentLength"] == size
         return
-    with pytest.raises(StorageError, match=r"reports no SHA256 checksum.*S3_VERIFY_PART_ETAG=true") as refused:
+    with pytest.raises(StorageError, match=r"cannot be verified.*reports none.*S3_VERIFY_PART_ETAG=true") as refused:
         storage.complete(key="unreported", handle=handle, parts=parts, size=size)
-    assert not refused.value.retryable and refused.value.spent, "the transfer may start the object over"
+    # A configuration problem: a new object would meet it too, so not spent (never sent twice).
+    assert not refused.value.retryable and not refused.value.spent
     assert "unreported" not in [o["Key"] for o in client.list_objects_v2(Bucket=bucket).get("Contents", [])]
+
+
+def test_an_object_with_a_part_of_no_checksum_is_refused_unless_that_part_was_checked(moto, bucket):
+    # A receipt without a checksum (a part known from moto's listing, which carries none): the
+    # object's composite checksum cannot be built. The default settings checked no part by its
+    # MD5, so the object is not trusted; a part the listing shows to hold the staged bytes is.
+    client = moto.client()
+    storage = S3Storage(client=client, bucket=bucket)
+    key = "unlisted-checksum"
+    handle = storage.start(key=key, content_type="application/octet-stream", metadata={})
+    data = [os.urandom(PART), b"tail"]
+    sent = storage.put_part(key=key, handle=handle, part_number=1, offset=0, data=data[0])
+    storage.put_part(key=key, handle=handle, part_number=2, offset=PART, data=data[1])
+    listed = storage.list_parts(key=key, handle=handle)[1]
+    assert listed.checksum == "", "moto lists no part checksum"
+    with pytest.raises(StorageError, match=r"cannot be verified \(some of its parts have no checksum") as refused:
+        storage.complete(key=key, handle=handle, parts=[sent, listed], size=PART + 4)
+    assert not refused.value.spent
+    assert key not in [o["Key"] for o in client.list_objects_v2(Bucket=bucket).get("Contents", [])]
+
+    handle = storage.start(key=key, content_type="application/octet-stream", metadata={})
+    sent = storage.put_part(key=key, handle=handle, part_number=1, offset=0, data=data[0])
+    storage.put_part(key=key, handle=handle, part_number=2, offset=PART, data=data[1])
+    listed = storage.list_parts(key=key, handle=handle)[1]
+    assert storage.listed_part_verified(handle=handle, receipt=listed, data=b"tall") is None, "other bytes"
+    verified = storage.listed_part_verified(handle=handle, receipt=listed, data=data[1])
+    assert verified is not None and verified.checksum.startswith("SHA256:")
+    storage.complete(key=key, handle=handle, parts=[sent, verified], size=PART + 4)
+    assert client.get_object(Bucket=bucket, Key=key)["Body"].read() == data[0] + data[1]
 
 
 def test_a_store_that_knows_no_checksums_gets_each_part_checked_by_its_md5(moto, bucket):
@@ -532,6 +632,23 @@ def test_a_store_that_knows_no_checksums_gets_each_part_checked_by_its_md5(moto,
         storage.put_part(key="corrupted", handle=handle, part_number=1, offset=0, data=os.urandom(1000))
     assert refused.value.retryable and not refused.value.spent, "sent again in the same upload"
     storage.abort(key="corrupted", handle=handle)
+
+
+def test_on_a_store_that_knows_no_checksums_parts_another_process_sent_make_the_object_start_over(moto, bucket):
+    # The MD5 checks of `put_part` live in the process that made them (RQ forks one work horse per
+    # job): an object completed by another process (a resumed run, the transfer after pipelined
+    # rounds) cannot be trusted, but is no configuration problem either: spent, so the run starts
+    # it over and checks every part as it goes up, once (README, Bucket set-up).
+    client = moto.client()
+    _without_checksums(client, "UploadPart", "HeadObject")
+    handle, parts = _two_parts(S3Storage(client=client, bucket=bucket), "elsewhere")
+    completing = S3Storage(client=client, bucket=bucket)
+    with pytest.raises(StorageError, match="not checked by their MD5 in this process") as refused:
+        completing.complete(key="elsewhere", handle=handle, parts=parts, size=PART + 4)
+    assert refused.value.spent and not refused.value.retryable
+    assert "elsewhere" not in [o["Key"] for o in client.list_objects_v2(Bucket=bucket).get("Contents", [])]
+    handle, parts = _two_parts(completing, "elsewhere")
+    completing.complete(key="elsewhere", handle=handle, parts=parts, size=PART + 4)
 
 
 def test_list_parts_reads_every_page(moto, bucket):

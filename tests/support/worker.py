@@ -14,6 +14,7 @@ import os
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -49,6 +50,9 @@ from backend.uploads.worker import UploadWorker  # noqa: E402
 #   {"status": 403, "parts": [3]}  UploadPart of part 3 (every part without "parts") answers 403
 #   {"crash_after": 3}             the work horse dies (os._exit) as soon as the store has confirmed
 #                                  3 UploadPart requests, before the ledger hears of the 3rd
+#   {"crash_after": 3, "crash_mark": PATH}  the same, and the dying horse creates PATH first: a horse
+#                                  that finds PATH at its first request injects nothing at all
+#                                  (no fault, no crash), so only the first run meets the plan
 #   {"outage_while": PATH, "outage_kind": "503"}  while the file PATH exists, every S3 request
 #                                  (any operation) fails: "500"/"503" answers, or "timeout" raises
 #                                  botocore's ReadTimeoutError, as a store that never answered
@@ -110,10 +114,11 @@ def s3_faults_install(storage: Any, plan: dict[str, Any], log_path: str | None) 
     status = plan.get("status")
     status_parts = {int(n) for n in plan.get("parts", [])}
     crash_after = plan.get("crash_after")
+    crash_mark = plan.get("crash_mark")
     outage_flag = plan.get("outage_while")
     outage_kind = str(plan.get("outage_kind", "503"))
     lock = threading.Lock()
-    counts = {"requests": 0, "confirmed": 0}
+    counts = {"requests": 0, "confirmed": 0, "quiet": 0}
     current = threading.local()
 
     def record(status_code: int | None) -> None:
@@ -125,10 +130,15 @@ def s3_faults_install(storage: Any, plan: dict[str, Any], log_path: str | None) 
     def before_send(request: Any, **kwargs: Any) -> AWSResponse | None:
         part = int(parse_qs(urlsplit(request.url).query)["partNumber"][0])
         with lock:
+            if counts["requests"] == 0:
+                # This work horse's first request (each horse starts from the parent's counts).
+                counts["quiet"] = bool(crash_mark and os.path.exists(crash_mark))
             counts["requests"] += 1
             number = counts["requests"]
         fault = None
-        if outage_flag and os.path.exists(outage_flag):
+        if counts["quiet"]:
+            pass
+        elif outage_flag and os.path.exists(outage_flag):
             fault = outage_kind
         elif status is not None and (not status_parts or part in status_parts):
             fault = str(status)
@@ -175,7 +185,9 @@ def s3_faults_install(storage: Any, plan: dict[str, Any], log_path: str | None) 
             with lock:
                 counts["confirmed"] += 1
                 confirmed = counts["confirmed"]
-            if crash_after is not None and confirmed >= int(crash_after):
+            if crash_after is not None and confirmed >= int(crash_after) and not counts["quiet"]:
+                if crash_mark:
+                    Path(crash_mark).touch()
                 os._exit(17)
 
     events = storage.client.meta.events

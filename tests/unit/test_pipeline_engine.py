@@ -163,7 +163,7 @@ def test_a_part_that_arrives_while_another_is_in_flight_is_sent_beside_it(tmp_pa
     assert store.overlapped, "part 2 waited for part 1's round to end"
 
 
-def test_a_round_whose_object_is_gone_starts_it_over_with_every_part_arrived(tmp_path: Path) -> None:
+def test_a_round_whose_object_is_gone_stops_and_the_transfer_after_receiving_starts_it_over(tmp_path: Path) -> None:
     data = os.urandom(4 * PART)
     staged = tmp_path / "staged"
     staged.write_bytes(data[: 2 * PART])
@@ -176,11 +176,15 @@ def test_a_round_whose_object_is_gone_starts_it_over_with_every_part_arrived(tmp
     (entry,) = [e for e in store.temporary_entries() if e.handle == gone]
     store.temporary_remove(name=entry.name)  # expired or aborted between two rounds
 
+    # The round meets the spent object and stops: no start over while RECEIVING, so the ledger
+    # (and the counters it stands for) keep what they had.
     staged.write_bytes(data[: 3 * PART])
     ledger.recorded.clear()
-    assert transfer_arrived_parts(spec=_spec(len(data), gone), arrived=lambda: 3, **common) == 3
-    assert ledger.handle not in (None, gone) and sorted(ledger.recorded) == [1, 2, 3], "every arrived part again"
+    assert transfer_arrived_parts(spec=_spec(len(data), gone), arrived=lambda: 3, **common) == 0
+    assert ledger.handle == gone and ledger.recorded == [] and sorted(ledger.receipts) == [1, 2]
 
+    # The transfer once every byte is in starts the object over and sends every part.
     staged.write_bytes(data)
-    transfer_upload(spec=_spec(len(data), ledger.handle), **common)
+    transfer_upload(spec=_spec(len(data), gone), **common)
+    assert ledger.handle not in (None, gone) and sorted(ledger.recorded) == [1, 2, 3, 4]
     assert store.object_path("piped.bin").read_bytes() == data

@@ -65,6 +65,12 @@ class Storage(Protocol):
     def list_parts(self, *, key: str, handle: str) -> list[PartReceipt]:
         """The parts the store holds for this open object, in part order (every page)."""
 
+    def listed_part_verified(self, *, handle: str, receipt: PartReceipt, data: bytes) -> PartReceipt | None:
+        """A part only the store lists (its answer was lost, or the run died before recording it),
+        checked against `data`, the staged bytes of that part: the receipt to record (with the
+        checksum this service computes for those bytes) if the store shows it holds exactly them,
+        else None, and the part is sent again (putting it again replaces it)."""
+
     def complete(self, *, key: str, handle: str, parts: list[PartReceipt], size: int) -> None:
         """Assemble `parts` into the object at `key`; it appears whole or not at all.
 
@@ -163,6 +169,9 @@ class DirectUploads(Protocol):
 
     def part_listed(self, *, key: str, handle: str, part_number: int) -> PartReceipt | None:
         """What the store lists for one part of an open object (one small ListParts page), or None."""
+
+    def direct_complete(self, *, key: str, handle: str, parts: list[PartReceipt], size: int) -> None:
+        """`complete` for the client's parts, whose bytes the server never saw (the caller checks the object)."""
 
 
 @dataclass(frozen=True)

@@ -167,6 +167,10 @@ class LocalStorage:
         receipts = [PartReceipt(**json.loads(p.read_text())) for p in parts_dir.glob("*.json")]
         return sorted(receipts, key=lambda r: r.part_number)
 
+    def listed_part_verified(self, *, handle: str, receipt: PartReceipt, data: bytes) -> PartReceipt | None:
+        """The receipt if the part's CRC-32 (its ETag here) is that of `data`, else None."""
+        return receipt if receipt.etag == f"{zlib.crc32(data):08x}" else None
+
     def complete(self, *, key: str, handle: str, parts: list[PartReceipt], size: int) -> None:
         self._check_handle(handle)
         data_path = self._data_path(handle)

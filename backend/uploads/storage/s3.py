@@ -10,11 +10,15 @@ what it got (moto) never make a COMPLETED object; that object is removed and the
 so the transfer starts the object over. Each part names its checksum algorithm, so a store that
 knows checksums answers the part with one (moto echoes it without verifying). A part whose answer
 carries none (a store that knows no checksums) is checked by its MD5 against its ETag right then,
-while its bytes are in memory, and only an object whose parts were all checked so is trusted when
-the store reports no checksum for it. With `verify_part_etags` (S3_VERIFY_PART_ETAG, off by
-default), or without a part checksum, every part carries its MD5 (Content-MD5) and is checked so,
-at about 1.5 CPU seconds per GiB (S3, MinIO, R2 and moto return MD5 ETags for parts not encrypted
-with KMS). NoSuchUpload is `spent` too: the multipart upload is gone.
+while its bytes are in memory, and only an object whose parts were all checked so (by this
+process: `put_part`, `listed_part_verified`) is trusted when its checksum cannot be checked (the
+store reports none, or a part has none). Otherwise it is refused: not spent if the store answers
+part checksums (a configuration the next object meets too: S3_VERIFY_PART_ETAG=true is the fix),
+spent if the parts were put by another process, whose checks this one does not know of.
+With `verify_part_etags` (S3_VERIFY_PART_ETAG, off by default), or without a part checksum,
+every part carries its MD5 (Content-MD5) and is checked so, at about 1.5 CPU seconds per GiB
+(S3, MinIO, R2 and moto return MD5 ETags for parts not encrypted with KMS). NoSuchUpload is
+`spent` too: the multipart upload is gone.
 
 Every store error becomes a StorageError: retryable for 5xx, throttling, connection errors and
 timeouts; not for refusals (403, a missing bucket, a bad request), whose message names the cause.
@@ -30,7 +34,7 @@ import logging
 import re
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any, Protocol
 
@@ -114,6 +118,15 @@ class S3API(S3Presigner, Protocol):
     def head_bucket(self, **kwargs: Any) -> dict[str, Any]: ...
 
 
+@dataclass(frozen=True)
+class _Problem:
+    """Why an assembled object is refused; `restartable`: a new object of the same parts may pass
+    (its bytes are shown not to be the parts sent, or were checked by another process only)."""
+
+    message: str
+    restartable: bool
+
+
 class _PartsStillListed(Exception):
     """An abort round ended with parts still listed (one in flight landed late): another round is due."""
 
@@ -164,6 +177,10 @@ class S3Storage:
         # The parts of each open object this process checked by their MD5 (`put_part`): the only
         # ones an object whose checksum the store does not report can be trusted with.
         self._md5_checked: dict[str, set[int]] = {}
+        # Whether the store's part answers carry a checksum, as the last part this process put
+        # found (None: none put yet). Telling "the store reports no object checksum" (a
+        # configuration problem) from "this process did not see the parts go up".
+        self._answers_checksums: bool | None = None
         self._lock = threading.Lock()
 
     # -- core ---------------------------------------------------------------------------------
@@ -202,6 +219,8 @@ class S3Storage:
                 retryable=True,
                 code="ChecksumMismatch",
             )
+        if checksum is not None:
+            self._answers_checksums = answered is not None
         if md5 is None and answered is None and self.etags_are_md5:
             # The store said nothing of the checksum: it may know none, and then nothing but the
             # ETag vouches for these bytes. Check it now, while they are in memory.
@@ -250,7 +269,23 @@ class S3Storage:
             marker = next_marker
         return sorted(receipts, key=lambda r: r.part_number)
 
-    def complete(self, *, key: str, handle: str, parts: list[PartReceipt], size: int) -> None:
+    def listed_part_verified(self, *, handle: str, receipt: PartReceipt, data: bytes) -> PartReceipt | None:
+        """`receipt` (a part only the store's listing knows of) with this part's checksum, if its
+        listed ETag is the MD5 of `data` (the staged bytes of that part) and its listed checksum, if
+        any, is theirs; else None (send the part again). With SSE-KMS no ETag is an MD5: None."""
+        if not self.etags_are_md5:
+            return None
+        if etag_md5(receipt.etag) != hashlib.md5(data, usedforsecurity=False).hexdigest():
+            return None
+        checksum = part_checksum(algorithm=self.checksum_algorithm, data=data)
+        ours = f"{self.checksum_algorithm}:{checksum[1]}" if checksum is not None else ""
+        if receipt.checksum and receipt.checksum != ours:
+            return None
+        with self._lock:
+            self._md5_checked.setdefault(handle, set()).add(receipt.part_number)
+        return replace(receipt, checksum=ours)
+
+    def complete(self, *, key: str, handle: str, parts: list[PartReceipt], size: int, unseen: bool = False) -> None:
         ordered = sorted(parts, key=lambda p: p.part_number)
         listing = [{"PartNumber": p.part_number, "ETag": p.etag, **receipt_checksum_param(p.checksum)} for p in ordered]
         try:
@@ -264,20 +299,33 @@ class S3Storage:
             # An earlier Complete may have succeeded with its answer lost: then the upload id is
             # gone and the object is there, made of exactly these parts. Otherwise NoSuchUpload
             # is spent: the upload was aborted or expired behind the service's back.
-            if exc.code != "NoSuchUpload" or not self._is_assembled(key=key, handle=handle, parts=ordered, size=size):
+            assembled = exc.code == "NoSuchUpload" and self._is_assembled(
+                key=key, handle=handle, parts=ordered, size=size, unseen=unseen
+            )
+            if not assembled:
                 raise
             self._forget(handle)
             return
         head = self._head(key=key)
-        problem = self._assembly_problem(head=head, handle=handle, parts=ordered, size=size)
+        problem = self._assembly_problem(head=head, handle=handle, parts=ordered, size=size, unseen=unseen)
         self._forget(handle)
         if problem:
-            # Nothing but the whole, right object may stay at the key. The multipart upload is
-            # completed, so spent: the transfer may start the object over.
+            # Nothing but the whole, right object may stay at the key. Only an object shown to hold
+            # other bytes is spent (the transfer may start it over: a part was corrupted on the
+            # way, and sending it again can help). An object that cannot be verified is refused for
+            # good: the store's configuration would make every new object fail the same way.
             self._call("DeleteObject", lambda: self.client.delete_object(Bucket=self.bucket, Key=key))
             raise S3StorageError(
-                f"CompleteMultipartUpload: {problem}; the object was removed", retryable=False, spent=True
+                f"CompleteMultipartUpload: {problem.message}; the object was removed",
+                retryable=False,
+                spent=problem.restartable,
             )
+
+    def direct_complete(self, *, key: str, handle: str, parts: list[PartReceipt], size: int) -> None:
+        """`complete` for a client's parts (DIRECT), whose bytes this server never saw: a part without
+        a checksum (the client sent none) is no reason to refuse the object, which the caller checks
+        by reading it back against the sha256 the client declared, if any (CONTRACT section 9)."""
+        self.complete(key=key, handle=handle, parts=parts, size=size, unseen=True)
 
     def abort(self, *, key: str, handle: str) -> None:
         """Abort, then list again until the store lists nothing: a part in flight may land late."""
@@ -461,56 +509,81 @@ class S3Storage:
         with self._lock:
             self._md5_checked.pop(handle, None)
 
-    def _assembly_problem(self, *, head: dict[str, Any], handle: str, parts: list[PartReceipt], size: int) -> str:
-        """Why the object HeadObject describes is not the one `parts` make, or "" if it is."""
+    def _assembly_problem(
+        self, *, head: dict[str, Any], handle: str, parts: list[PartReceipt], size: int, unseen: bool
+    ) -> _Problem | None:
+        """Why the object HeadObject describes is not (or cannot be shown to be) the one `parts` make."""
         if int(head.get("ContentLength", -1)) != size:
-            return f"the assembled object is {head.get('ContentLength')} bytes, expected {size}"
+            why = f"the assembled object is {head.get('ContentLength')} bytes, expected {size}"
+            return _Problem(why, restartable=True)
         if self.etags_are_md5 and all(_MD5_HEX.fullmatch(etag_md5(p.etag)) for p in parts):
             expected = multipart_etag(part_etags=[p.etag for p in parts])
             if etag_md5(str(head.get("ETag", ""))) != expected:
-                return f"the assembled object's ETag {head.get('ETag')} is not that of its parts ({expected})"
-        return self._checksum_problem(head=head, handle=handle, parts=parts)
+                return _Problem(
+                    f"the assembled object's ETag {head.get('ETag')} is not that of its parts ({expected})",
+                    restartable=True,
+                )
+        return self._checksum_problem(head=head, handle=handle, parts=parts, unseen=unseen)
 
-    def _checksum_problem(self, *, head: dict[str, Any], handle: str, parts: list[PartReceipt]) -> str:
-        """Why the checksum the store reports for the object is not the one the parts sent make, or "".
+    def _checksum_problem(
+        self, *, head: dict[str, Any], handle: str, parts: list[PartReceipt], unseen: bool
+    ) -> _Problem | None:
+        """Why the checksum the store reports for the object is not the one the parts sent make.
 
-        Only parts this service sent carry their checksum in the receipt (a part known from a
-        listing may not), and only then can the object be checked. For the parts not checked by
-        their MD5 this is the one check of the bytes a store that verifies no checksum kept: an
-        object whose checksum the store does not report is trusted only if every part was.
+        For the parts not checked by their MD5 this is the one check of the bytes a store that
+        verifies no checksum kept. So when it cannot be made (a part has no checksum, or the store
+        reports none for the object), the object is trusted only if every part's bytes were
+        checked against its ETag: each part carried its MD5 (`part_md5`), or this process checked
+        it (`put_part`, `listed_part_verified`). `unseen`: a client's parts (DIRECT), checked by
+        their caller instead.
         """
         expected = composite_checksum(part_checksums=[p.checksum for p in parts])
-        if expected is None:
-            return ""
         reported = head.get(f"Checksum{self.checksum_algorithm}")
         if head.get("ChecksumType") == "FULL_OBJECT":
-            return ""  # a checksum of the whole object's bytes, which this service never computed
-        if reported is None:
+            return None  # a checksum of the whole object's bytes, which this service never computed
+        if expected is None or reported is None:
             with self._lock:
                 checked = set(self._md5_checked.get(handle, ()))
-            if self.part_md5 or all(p.part_number in checked for p in parts):
-                return ""  # each part's bytes were checked against its ETag
-            return (
-                f"the store reports no {self.checksum_algorithm} checksum for the assembled object, so its bytes"
-                " cannot be verified: the parts not checked by their MD5 were answered with a checksum the store"
-                " does not report for the object; for such a store set S3_VERIFY_PART_ETAG=true"
+            if unseen or self.part_md5 or all(p.part_number in checked for p in parts):
+                return None  # each part's bytes were checked against its ETag
+            why = (
+                "some of its parts have no checksum to check it with"
+                if expected is None
+                else "the store reports none for the assembled object"
+            )
+            if self._answers_checksums:
+                # The store answers part checksums without reporting the object's: every new
+                # object would be refused the same way. A configuration problem, not spent.
+                return _Problem(
+                    f"the {self.checksum_algorithm} checksum of the object cannot be verified ({why}), and not"
+                    " every part was checked by its MD5; for a store that reports no object checksum set"
+                    " S3_VERIFY_PART_ETAG=true",
+                    restartable=False,
+                )
+            # The parts were put by another process (an earlier run, a pipelined round), whose MD5
+            # checks this one does not know of: a new object, each part checked as it goes up, passes.
+            return _Problem(
+                f"the {self.checksum_algorithm} checksum of the object cannot be verified ({why}), and its parts"
+                " were not checked by their MD5 in this process (an earlier run sent them)",
+                restartable=True,
             )
         # Stores write the part count after the digest ("-N") or not; the digest is what counts.
         if str(reported).partition("-")[0] != expected.partition("-")[0]:
-            return (
+            return _Problem(
                 f"the store's {self.checksum_algorithm} checksum of the assembled object, {reported}, is not"
-                f" that of the parts sent ({expected}): a part was corrupted on the way"
+                f" that of the parts sent ({expected}): a part was corrupted on the way",
+                restartable=True,
             )
-        return ""
+        return None
 
-    def _is_assembled(self, *, key: str, handle: str, parts: list[PartReceipt], size: int) -> bool:
+    def _is_assembled(self, *, key: str, handle: str, parts: list[PartReceipt], size: int, unseen: bool) -> bool:
         try:
             head = self._head(key=key)
         except S3StorageError as exc:
             if exc.code in ("404", "NoSuchKey", "NotFound"):
                 return False
             raise
-        return not self._assembly_problem(head=head, handle=handle, parts=parts, size=size)
+        return self._assembly_problem(head=head, handle=handle, parts=parts, size=size, unseen=unseen) is None
 
     def _with_retries(self, call: Callable[[], Any]) -> Any:
         """For the calls the transfer engine does not retry (abort, delete): a few tries, with backoff."""
