@@ -15,6 +15,7 @@ from django.db.models import Q
 
 from backend.uploads.errors import BadUserInput, NotFound
 from backend.uploads.models import ACTIVE_STATUSES, ConcatRole, FileUpload, UploadPart, UploadStatus
+from backend.uploads.sql import sql_in_placeholders
 from backend.uploads.storage import PartReceipt, get_capabilities
 
 MAX_PAGE = 100
@@ -57,7 +58,7 @@ def upload_is_claimed_by(*, upload_id: uuid.UUID, claim: uuid.UUID) -> bool:
     with connection.cursor() as cursor:
         cursor.execute(
             f"SELECT 1 FROM {FileUpload._meta.db_table} WHERE {pk.column} = %s AND {claim_field.column} = %s"
-            f" AND {status.column} IN ({', '.join(['%s'] * len(statuses))})",
+            f" AND {status.column} IN ({sql_in_placeholders(statuses)})",
             [pk.get_db_prep_value(upload_id, connection), claim_field.get_db_prep_value(claim, connection), *statuses],
         )
         return cursor.fetchone() is not None

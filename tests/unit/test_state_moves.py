@@ -151,7 +151,7 @@ def test_a_part_recorded_counts_once_and_reads_back_the_event_as_the_row_says(
     from backend.uploads.storage import PartReceipt
 
     if path == "orm":
-        monkeypatch.setattr(transitions, "_RETURNING_VENDORS", ())
+        monkeypatch.setattr(transitions, "sql_has_returning", lambda: False)
     row = _row(owner, UploadStatus.UPLOADING)
     first = PartReceipt(part_number=1, size=3, etag="a1", checksum="SHA256:x")
     recorded = transitions.upload_record_part(upload_id=row.id, claim=row.claim, receipt=first)
@@ -186,11 +186,57 @@ def test_starting_over_forgets_the_object_and_its_ledger_as_a_new_transfer(owner
     assert (after.parts_uploaded, after.bytes_uploaded, after.parts.count()) == (0, 0, 0)
     assert after.sequence == 6 + 2, "two moves: UPLOADING -> QUEUED -> UPLOADING"
 
+    # A pipelined round never starts over (its counters must not go back within RECEIVING): the
+    # transfer after RECEIVING does, as UPLOADING. Nothing of a RECEIVING upload is forgotten.
     piped = _row(owner, UploadStatus.RECEIVING)
     FileUpload.objects.filter(id=piped.id).update(storage_upload_id="spent", claim=row.claim)
-    upload_start_over(upload_id=piped.id, claim=row.claim, handle="spent")
+    upload_record_part(upload_id=piped.id, claim=row.claim, receipt=PartReceipt(part_number=1, size=3, etag="a"))
+    with pytest.raises(ClaimLost):
+        upload_start_over(upload_id=piped.id, claim=row.claim, handle="spent")
     after = FileUpload.objects.get(id=piped.id)
-    assert (after.status, after.storage_upload_id, after.sequence) == (UploadStatus.RECEIVING, None, 6)
+    assert (after.status, after.storage_upload_id, after.sequence) == (UploadStatus.RECEIVING, "spent", 6)
+    assert (after.parts_uploaded, after.bytes_uploaded, after.parts.count()) == (1, 3, 1)
+
+
+def test_the_part_write_takes_the_orm_path_on_a_sqlite_without_returning(
+    owner: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # UPDATE ... RETURNING needs SQLite 3.35; Django 5.2 runs on 3.31. Below 3.35 the ORM's path.
+    import sqlite3
+
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from backend.uploads import sql
+    from backend.uploads.services import upload_record_part
+    from backend.uploads.storage import PartReceipt
+
+    if connection.vendor != "sqlite":
+        pytest.skip("the SQLite gate")
+    row = _row(owner, UploadStatus.UPLOADING)
+    receipt = PartReceipt(part_number=1, size=3, etag="a")
+    monkeypatch.setattr(sqlite3, "sqlite_version_info", (3, 34, 1))
+    assert not sql.sql_has_returning()
+    with CaptureQueriesContext(connection) as queries:
+        recorded = upload_record_part(upload_id=row.id, claim=row.claim, receipt=receipt)
+    # (The ORM's own INSERT may say RETURNING: Django asks the library's version too.)
+    assert not [q for q in queries.captured_queries if "ON CONFLICT" in q["sql"]], queries.captured_queries
+    assert (recorded.parts_uploaded, recorded.bytes_uploaded) == (1, 3)
+    monkeypatch.setattr(sqlite3, "sqlite_version_info", (3, 35, 0))
+    assert sql.sql_has_returning()
+
+
+def test_the_sql_part_write_matches_no_claim_as_the_orm_does(owner: Any) -> None:
+    # `claim=None` names the unclaimed rows on both paths (IS NULL), never nothing (= NULL).
+    from backend.uploads.services import transitions
+    from backend.uploads.storage import PartReceipt
+
+    row = _row(owner, UploadStatus.UPLOADING)
+    FileUpload.objects.filter(id=row.id).update(claim=None)
+    receipt = PartReceipt(part_number=1, size=3, etag="a")
+    for record in (transitions._record_part_sql, transitions._record_part_orm):
+        recorded = record(upload_id=row.id, claim=None, receipt=receipt)
+        assert recorded.parts_uploaded == 1, record
 
 
 def test_the_stop_check_sees_the_claim_only_while_the_upload_is_active_under_it(owner: Any) -> None:
