@@ -16,10 +16,10 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from contextlib import contextmanager
 from contextvars import Context, ContextVar
-from typing import Any
+from typing import Any, TypeVar
 
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
@@ -36,6 +36,8 @@ from backend.uploads.progress_mailbox import ProgressMailbox
 from backend.uploads.progress_wire import GroupWire
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 MESSAGE_TYPE = "upload.progress"
 
@@ -281,11 +283,9 @@ class ProgressHub:
                 return
             try:
                 if self.channel is None:
-                    channel = await self.layer.new_channel()
-                    # The hub's tasks get an empty context: a copy of the subscriber's that started
-                    # them would keep its sink (and so its socket) for the hub's whole life.
+                    channel = await _detached(self.layer.new_channel())
                     self.channel, self.reader = channel, asyncio.create_task(self._read(channel), context=Context())
-                await self.layer.group_add(feed.group, self.channel)
+                await _detached(self.layer.group_add(feed.group, self.channel))
             except (RedisError, OSError) as exc:
                 logger.warning(
                     "progress group %s not joined (Redis unreachable: %s); re-reading the row", feed.group, exc
@@ -293,7 +293,7 @@ class ProgressHub:
                 if self.channel is not None:
                     # Locally in the group but never subscribed: take it out, or it would count as joined.
                     with contextlib.suppress(RedisError, OSError):
-                        await self.layer.group_discard(feed.group, self.channel)
+                        await _detached(self.layer.group_discard(feed.group, self.channel))
                 return
             feed.joined = True
 
@@ -312,7 +312,7 @@ class ProgressHub:
             if feed.joined and self.channel is not None:
                 feed.joined = False
                 try:
-                    await self.layer.group_discard(feed.group, self.channel)
+                    await _detached(self.layer.group_discard(feed.group, self.channel))
                 except Exception:
                     logger.debug("leaving progress group %s failed", feed.group, exc_info=True)
 
@@ -374,6 +374,18 @@ class ProgressHub:
                     mailbox.end()  # deleted: its streams end
                 return
             self.deliver(feed, snapshot)
+
+
+def _detached(call: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
+    """The hub's `call` to the layer, run on a task with an empty context, awaited in its place.
+
+    The hub's own tasks (its reader, its re-reads) start with an empty context, and so does every
+    call it makes to the layer from a subscriber's task: a layer may start a task there that
+    lives as long as the process (channels_redis's receiver, started by the first `new_channel`
+    or a `group_add` on a new shard), and a copy of the subscriber's context would keep its sink
+    (`progress_sink`), and so its socket, for that long.
+    """
+    return asyncio.create_task(call, context=Context())
 
 
 PROBE_GROUP = "upload.probe"

@@ -2,8 +2,9 @@
 
 A real uvicorn server (its default websockets-sansio protocol) serves the real application in the
 test's own event loop, to real websocket clients over TCP; the channel layer is Channels' in-memory
-one. The test hands events to the server's hub itself (`ProgressHub.deliver`, what its reader does
-with each event from the layer), so it decides exactly when each event goes out relative to what
+one (the deployment's channels_redis layer where its own tasks matter). The test hands events to
+the server's hub itself (`ProgressHub.deliver`, what its reader does with each event from the
+layer), so it decides exactly when each event goes out relative to what
 the clients do, and it waits on the server's real state (a subscription parked with its sink, an
 operation gone, a transport's buffer), never on time.
 """
@@ -21,13 +22,13 @@ import struct
 import uuid
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 import uvicorn
 import websockets
 from asgiref.sync import sync_to_async
+from django.conf import settings
 from django.db import connections
 from django.test import override_settings
 
@@ -44,10 +45,23 @@ FIRST = 5  # the row's sequence: its snapshot's
 
 
 @pytest.fixture
-def row(tmp_path: Path, make_user: Any) -> Iterator[tuple[FileUpload, str]]:
+def row(make_user: Any) -> Iterator[tuple[FileUpload, str]]:
+    with override_settings(CHANNEL_LAYERS=IN_MEMORY):
+        yield from _row(make_user)
+
+
+@pytest.fixture
+def row_on_redis(make_user: Any) -> Iterator[tuple[FileUpload, str]]:
+    """The row, with the channel layer the deployment configures (settings: channels_redis's
+    pub/sub layer on the tests' Redis), for what depends on the layer's own tasks."""
+    assert settings.CHANNEL_LAYERS["default"]["BACKEND"] == "channels_redis.pubsub.RedisPubSubChannelLayer"
+    yield from _row(make_user)
+
+
+def _row(make_user: Any) -> Iterator[tuple[FileUpload, str]]:
     from tests.conftest import _database_of_its_own
 
-    with _database_of_its_own(), override_settings(CHANNEL_LAYERS=IN_MEMORY):
+    with _database_of_its_own():
         user = make_user()
         upload_id = uuid.uuid4()
         upload = FileUpload.objects.create(
@@ -410,11 +424,12 @@ def test_a_socket_closing_mid_fan_out_is_let_go_quietly(row: Any) -> None:
     assert recorded.problems == []
 
 
-def test_no_task_of_the_process_keeps_a_finished_subscription_s_socket_alive(row: Any) -> None:
+def test_no_task_of_the_process_keeps_a_finished_subscription_s_socket_alive(row_on_redis: Any) -> None:
     """The first subscriber starts the hub's reader, its re-read and the subscription gauge's task,
-    which live on after it: they start with empty contexts, so none keeps that subscriber's sink
+    which live on after it, and its join makes the layer start its own (channels_redis's receiver,
+    on the deployment's layer): all start with empty contexts, so none keeps that subscriber's sink
     (and with it its consumer and socket) alive once the socket has closed."""
-    upload, token = row
+    upload, token = row_on_redis
 
     async def scenario() -> tuple[bool, bool]:
         hub = progress_hub()
