@@ -186,6 +186,9 @@ class UploadGraphQLWSConsumer(GraphQLWSConsumer):
         super().__init__(*args, **kwargs)
         self.message_queue = _Inbox()  # type: ignore[assignment]
         self.socket_closed = False
+        # The server has decided to close the socket (its close may still wait to be written):
+        # `send_now` writes nothing from then on.
+        self.closing = False
         self.direct_server: Any = None
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
@@ -227,6 +230,8 @@ class UploadGraphQLWSConsumer(GraphQLWSConsumer):
         A close on a closed socket has nothing left to do.
         """
         closing = message["type"] == "websocket.close"
+        if closing:
+            self.closing = True
         if self.socket_closed:
             if closing:
                 return
@@ -248,13 +253,14 @@ class UploadGraphQLWSConsumer(GraphQLWSConsumer):
         uvicorn's websockets-sansio `send` of a `websocket.send` is: wait until the transport is
         writable, refuse if the connection is gone or closing, then `conn.send_text` and one
         `transport.write`, without suspending. So when the transport is writable, holds less than
-        DIRECT_SEND_BUFFER_LIMIT unsent, and neither side has closed, the same two calls here send
+        DIRECT_SEND_BUFFER_LIMIT unsent, and neither side has closed (nor has this side decided to:
+        `closing`), the same two calls here send
         the same bytes in the same place of the stream (the loop runs one thing at a time, so no
         other message can be half-written). tests/unit/test_fanout.py fails by name if uvicorn's
         `send` changes.
         """
         server = self.direct_server
-        if server is None or self.socket_closed or server.close_sent or server.disconnected:
+        if server is None or self.closing or self.socket_closed or server.close_sent or server.disconnected:
             return False
         transport = server.transport
         if (
@@ -334,6 +340,10 @@ class UploadGraphQLWSConsumer(GraphQLWSConsumer):
         graphql-transport-ws already closes with 4403; strawberry's legacy graphql-ws handler sends
         `connection_error` and then closes with 1011 (internal error), which the contract replaces.
         """
+        # First: the close below may wait (uvicorn's send waits while the socket is paused), and
+        # nothing may be written past the decision meanwhile. strawberry's own closes (4400, 4408,
+        # 4409, 4429, ...) come here too (its channels adapter calls this `close`).
+        self.closing = True
         if getattr(self, "credential_refused", False):
             code, reason = 4403, "Forbidden"
         await super().close(code=code, reason=reason)
@@ -391,6 +401,9 @@ class CredentialWatch:
             for consumer in refused:
                 if consumer in self.sockets:
                     self.discard(consumer)
+                    # Decided now, though the close runs on its own task (a turn later, or later
+                    # still if the socket is paused): the hub writes nothing to it from here on.
+                    consumer.closing = True
                     closing = asyncio.create_task(_refuse_quietly(consumer))
                     self.closing.add(closing)
                     closing.add_done_callback(self.closing.discard)

@@ -32,9 +32,11 @@ from django.conf import settings
 from django.db import connections
 from django.test import override_settings
 
+from backend.tokens.services import token_revoke
 from backend.uploads.models import FileUpload, UploadStatus
 from backend.uploads.progress import ProgressHub, progress_hub
 from backend.uploads.progress_mailbox import MAILBOX_LIMIT
+from schema import consumers
 from schema.consumers import TransportWSHandler, UploadGraphQLWSConsumer, credential_watch
 from tests.support.client import PROGRESS_SUBSCRIPTION, Subscriber
 from tests.support.stalled import StalledSocket
@@ -287,6 +289,45 @@ def test_a_complete_from_the_client_stops_the_hub_writing_to_that_subscription(
     ]
     assert of_b == list(range(FIRST, FIRST + 12))
     assert received[-1] == {"id": "b", "type": "complete"}
+
+
+def test_nothing_is_written_once_the_server_has_decided_to_close_the_socket(
+    row: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The socket's token is revoked: the credential watch decides to close it with 4403 and starts
+    that close on a task of its own. The hub delivers an event before that task has run (the turn
+    between the two; longer while a paused socket's close waits to be writable): the event is not
+    written, the client gets its snapshot and the 4403 close, nothing in between."""
+    upload, token = row
+    refuse = consumers._refuse_quietly
+    sunk_in_window: list[int] = []
+
+    async def deliver_then_refuse(consumer: UploadGraphQLWSConsumer) -> None:
+        hub = progress_hub()
+        before = hub.sunk
+        hub.deliver(hub.feeds[str(upload.id)], event(upload, FIRST + 1))
+        sunk_in_window.append(hub.sunk - before)
+        await refuse(consumer)
+
+    monkeypatch.setattr(consumers, "_refuse_quietly", deliver_then_refuse)
+
+    async def scenario() -> tuple[list[dict], int | None]:
+        hub = progress_hub()
+        async with served() as ws_url, client(ws_url, token) as ws:
+            await subscribe(ws, upload, "1")
+            received = [json.loads(await ws.recv())]
+            await until(parked(hub, upload, 1))
+            await sync_to_async(token_revoke)(token=token)
+            with pytest.raises(websockets.ConnectionClosed) as closed:
+                while True:
+                    received.append(json.loads(await ws.recv()))
+            return received, closed.value.rcvd.code if closed.value.rcvd else None
+
+    with override_settings(WS_AUTH_RECHECK_SECONDS=0.05):
+        received, code = run(scenario())
+    assert code == 4403
+    assert sunk_in_window == [0], "the hub wrote to a socket the server had decided to close"
+    assert [m["payload"]["data"]["uploadProgress"]["sequence"] for m in received] == [FIRST]
 
 
 def _server_side(port: int) -> UploadGraphQLWSConsumer:
