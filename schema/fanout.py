@@ -174,13 +174,9 @@ class SubscriptionSink:
             return False
         shared: Any = event.renders.get(self.key)
         if shared is None:
-            try:
-                rendered = _SharedEvent(executor, event).execute_operation()
-            except Exception:
-                # Raised in the hub, it would stop the upload's other subscribers too: this one goes
-                # the usual way from now on, where the subscription's own task meets (and reports) it.
-                self.active = False
-                return False
+            # What raises here (or in the write) the hub catches: it lets this sink go, and the
+            # subscription's own task meets the event (and reports its error) the usual way.
+            rendered = _SharedEvent(executor, event).execute_operation()
             if not isinstance(rendered, ExecutionResult) or not isinstance(rendered.data, SharedData):
                 if inspect.iscoroutine(rendered):
                     rendered.close()  # never started: an execution that awaits something is not for here

@@ -331,11 +331,30 @@ class ProgressHub:
         sinkable = shared["status"] not in TERMINAL
         sunk = 0
         for mailbox, sink in feed.mailboxes.items():
-            if sink is not None and sinkable and mailbox.pass_by(shared, sink):
+            if sink is not None and sinkable and self._pass_by(feed, mailbox, sink, shared):
                 sunk += 1
             else:
                 mailbox.put(shared)
         self.sunk += sunk
+
+    @staticmethod
+    def _pass_by(
+        feed: _Feed, mailbox: ProgressMailbox[ProgressEvent], sink: ProgressSink, event: ProgressEvent
+    ) -> bool:
+        """`mailbox.pass_by(event, sink)`; a sink that raises (its write, its execution, whatever) is
+        let go, logged once: raised here, it would stop the hub's reader (or the upload's re-reads),
+        and with it every subscriber. Its subscriber gets this event and the next ones the usual way."""
+        try:
+            return mailbox.pass_by(event, sink)
+        except Exception as exc:
+            feed.mailboxes[mailbox] = None  # the same key: the dict being iterated keeps its size
+            logger.warning(
+                "progress sink of upload %s failed (%s: %s); its subscriber goes the usual way",
+                feed.upload_id,
+                type(exc).__name__,
+                exc,
+            )
+            return False
 
     async def _read(self, channel: str) -> None:
         while True:

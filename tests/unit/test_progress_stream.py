@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +22,15 @@ from django.db import connections
 from django.test import override_settings
 
 from backend.uploads.models import FileUpload, UploadStatus
-from backend.uploads.progress import MESSAGE_TYPE, progress_event, progress_group, progress_stream
+from backend.uploads.progress import (
+    MESSAGE_TYPE,
+    ProgressEvent,
+    progress_event,
+    progress_group,
+    progress_hub,
+    progress_sink,
+    progress_stream,
+)
 
 IN_MEMORY = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 
@@ -127,3 +136,53 @@ def test_the_stream_of_a_deleted_upload_ends(row: FileUpload) -> None:
 
     events = _run(scenario())
     assert [e["status"] for e in events] == ["QUEUED"]
+
+
+def test_a_sink_that_raises_is_let_go_and_its_events_go_the_usual_way(
+    row: FileUpload, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two subscribers, one with a sink that raises (whatever it is: the socket's write, the
+    execution): the hub logs it once, without a traceback, and hands that subscriber this event and
+    every later one through its mailbox; its reader reads on, the other subscriber misses nothing."""
+    called: list[int] = []
+
+    def broken(event: ProgressEvent) -> bool:
+        called.append(event["sequence"])
+        raise RuntimeError("the socket's write failed")
+
+    async def follow(sink: Any, seen: list[int]) -> None:
+        progress_sink.set(sink)  # in this task only, as the protocol layer sets it
+        async for event in progress_stream(upload_id=row.id, resync_seconds=30):
+            seen.append(event["sequence"])
+
+    async def parked(count: int) -> None:
+        """Both subscribers past `count` events, waiting in their mailboxes with nothing pending."""
+        while not (
+            (feed := progress_hub().feeds.get(str(row.id))) is not None
+            and len(feed.mailboxes) == 2
+            and all(len(s) == count for s in seen)
+            and all(m._waiter is not None and not len(m) for m in feed.mailboxes)
+        ):
+            await asyncio.sleep(0)  # sync-ok: one turn of the loop, then look at the state again
+
+    seen: list[list[int]] = [[], []]
+
+    async def scenario() -> bool:
+        following = [asyncio.create_task(follow(broken, seen[0])), asyncio.create_task(follow(None, seen[1]))]
+        await parked(1)
+        await _publish(row, status=UploadStatus.UPLOADING, sequence=6)
+        await parked(2)
+        await _publish(row, parts_uploaded=1, bytes_uploaded=1024, sequence=7)
+        await parked(3)
+        await _publish(row, status=UploadStatus.COMPLETED, parts_uploaded=3, bytes_uploaded=3 * 1024, sequence=8)
+        await asyncio.gather(*following)
+        reader = progress_hub().reader
+        return reader is not None and not reader.done()
+
+    with caplog.at_level(logging.WARNING, logger="backend.uploads.progress"):
+        reading_on = _run(scenario())
+    assert seen == [[5, 6, 7, 8], [5, 6, 7, 8]]
+    assert called == [6], "tried once, then let go"
+    assert reading_on, "the hub's reader still runs"
+    (record,) = [r for r in caplog.records if r.name == "backend.uploads.progress"]
+    assert str(row.id) in record.getMessage() and record.exc_info is None
