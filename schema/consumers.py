@@ -44,13 +44,6 @@ logger = logging.getLogger(__name__)
 # How long a client refused while Redis is away is asked to wait before it connects again.
 RETRY_AFTER_SECONDS = 2
 
-# Bytes a socket's transport may hold unsent and still be written to directly (`send_now`). More
-# means its client reads slower than it is sent to: its events then go through its mailbox (which
-# coalesces them, CONTRACT section 3) and uvicorn's send (which waits while the buffer is over its
-# high-water mark, 64 KiB). A client that keeps up leaves the transport's buffer empty: the kernel
-# takes every message at once.
-DIRECT_SEND_BUFFER_LIMIT = 16 * 1024
-
 
 class SocketClosed(Exception):
     """The server closed the socket under the application (its keepalive gave up on a client that
@@ -252,22 +245,20 @@ class UploadGraphQLWSConsumer(GraphQLWSConsumer):
 
         uvicorn's websockets-sansio `send` of a `websocket.send` is: wait until the transport is
         writable, refuse if the connection is gone or closing, then `conn.send_text` and one
-        `transport.write`, without suspending. So when the transport is writable, holds less than
-        DIRECT_SEND_BUFFER_LIMIT unsent, and neither side has closed (nor has this side decided to:
-        `closing`), the same two calls here send
-        the same bytes in the same place of the stream (the loop runs one thing at a time, so no
-        other message can be half-written). tests/unit/test_fanout.py fails by name if uvicorn's
-        `send` changes.
+        `transport.write`, without suspending. So when the transport is writable and neither side has
+        closed (nor has this side decided to: `closing`), the same two calls here send the same
+        bytes in the same place of the stream (the loop runs one thing at a time, so no other
+        message can be half-written). Writable is uvicorn's own bound: the transport holds under
+        its high-water mark (64 KiB) unsent. Past it a client reads slower than it is sent to; its
+        events then go through its mailbox (which coalesces them, CONTRACT section 3) and uvicorn's
+        send, which waits until the client drains: the same bound either way.
+        tests/unit/test_fanout.py fails by name if uvicorn's `send` changes.
         """
         server = self.direct_server
         if server is None or self.closing or self.socket_closed or server.close_sent or server.disconnected:
             return False
         transport = server.transport
-        if (
-            not server.writable.is_set()
-            or transport.is_closing()
-            or transport.get_write_buffer_size() > DIRECT_SEND_BUFFER_LIMIT
-        ):
+        if not server.writable.is_set() or transport.is_closing():
             return False
         try:
             server.conn.send_text(text.encode())
