@@ -51,16 +51,28 @@ class SocketClosed(Exception):
     operations on the socket end quietly instead of logging a traceback each."""
 
 
-class TransportWSHandler(BaseGraphQLTransportWSHandler[Any, Any]):
+class _SinksOfOperations:
+    """What both protocol handlers add for the sinks: each operation's sink, by operation id, and
+    its stop when the client ends the operation (`complete`, legacy `stop`) or the socket ends,
+    before strawberry's cleanup cancels the task, so no message of the operation goes out after it."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.sinks: dict[str, SubscriptionSink] = {}
+
+    async def cleanup_operation(self, operation_id: str) -> None:
+        sink = self.sinks.pop(operation_id, None)
+        if sink is not None:
+            sink.active = False
+        await super().cleanup_operation(operation_id)  # type: ignore[misc]
+
+
+class TransportWSHandler(_SinksOfOperations, BaseGraphQLTransportWSHandler[Any, Any]):
     """graphql-transport-ws, closing with 4400 on any malformed message.
 
     strawberry catches a missing key but not a message of the wrong shape (a JSON array, a payload
     that is a string): the TypeError would end the handler and leave the socket open and deaf.
     """
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.sinks: dict[str, SubscriptionSink] = {}  # by operation id
 
     async def handle_message(self, message: Any) -> None:
         try:
@@ -82,19 +94,9 @@ class TransportWSHandler(BaseGraphQLTransportWSHandler[Any, Any]):
         async with _with_sink(self, "graphql-transport-ws", operation.id):
             await super().run_operation(operation)
 
-    async def cleanup_operation(self, operation_id: str) -> None:
-        """A client's `complete` (or the socket's end): the sink stops before the task is cancelled, so
-        no `next` of the operation goes out after it."""
-        _sink_stop(self, operation_id)
-        await super().cleanup_operation(operation_id)
 
-
-class LegacyWSHandler(BaseGraphQLWSHandler[Any, Any]):
+class LegacyWSHandler(_SinksOfOperations, BaseGraphQLWSHandler[Any, Any]):
     """Legacy graphql-ws, which ignores what it cannot parse: a message of the wrong shape too."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.sinks: dict[str, SubscriptionSink] = {}  # by operation id
 
     async def handle_message(self, message: Any) -> None:
         with contextlib.suppress(TypeError, AttributeError, ValueError):
@@ -104,11 +106,6 @@ class LegacyWSHandler(BaseGraphQLWSHandler[Any, Any]):
         async with _with_sink(self, "graphql-ws", operation_id):
             with contextlib.suppress(SocketClosed):
                 await super().handle_async_results(operation_id, *args, **kwargs)
-
-    async def cleanup_operation(self, operation_id: str) -> None:
-        """A client's `stop` (or the socket's end): the sink stops first, as for graphql-transport-ws."""
-        _sink_stop(self, operation_id)
-        await super().cleanup_operation(operation_id)
 
 
 @contextlib.asynccontextmanager
@@ -136,12 +133,6 @@ async def _with_sink(
         sink.active = False
         if sinks.get(operation_id) is sink:
             del sinks[operation_id]
-
-
-def _sink_stop(handler: TransportWSHandler | LegacyWSHandler, operation_id: str) -> None:
-    sink = handler.sinks.pop(operation_id, None)
-    if sink is not None:
-        sink.active = False
 
 
 class _Inbox:

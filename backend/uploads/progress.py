@@ -451,7 +451,7 @@ async def progress_stream(*, upload_id: uuid.UUID, resync_seconds: float) -> Asy
         # the hub may write events to the socket itself while this stream waits with none pending.
         # A terminal event still comes this way, so the stream's end stays where it was.
         sink = progress_sink.get()
-        if sink is not None:
+        if sink is not None and status not in TERMINAL:
             hub.attach(feed, mailbox, sink)
         while status not in TERMINAL:
             event = await mailbox.get()
