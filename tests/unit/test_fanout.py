@@ -206,7 +206,8 @@ def test_graphql_transport_ws_next_reuses_the_serialized_payload() -> None:
     assert socket.sent == ['{"id":"sub-1","type":"next","payload":' + SHARED_PAYLOAD + "}"]
 
 
-def test_legacy_graphql_ws_data_reuses_the_serialized_payload() -> None:
+def _legacy_handler() -> tuple[LegacyWSHandler, Any]:
+    """A legacy graphql-ws handler on a recording socket."""
     websocket, socket, consumer = adapter()
     handler = LegacyWSHandler(
         view=consumer,
@@ -217,6 +218,11 @@ def test_legacy_graphql_ws_data_reuses_the_serialized_payload() -> None:
         keep_alive=False,
         keep_alive_interval=None,
     )
+    return handler, socket
+
+
+def test_legacy_graphql_ws_data_reuses_the_serialized_payload() -> None:
+    handler, socket = _legacy_handler()
     asyncio.run(handler.send_data_message(shared_result(), "sub-1"))
     assert socket.sent == ['{"type":"data","id":"sub-1","payload":' + SHARED_PAYLOAD + "}"]
 
@@ -297,16 +303,7 @@ def _transport_ws_next(op_id: str, result: ExecutionResult) -> str:
 
 
 def _legacy_data(op_id: str, result: ExecutionResult) -> str:
-    websocket, socket, consumer = adapter()
-    handler = LegacyWSHandler(
-        view=consumer,
-        websocket=websocket,
-        context=None,
-        root_value=None,
-        schema=service_schema,
-        keep_alive=False,
-        keep_alive_interval=None,
-    )
+    handler, socket = _legacy_handler()
     asyncio.run(handler.send_data_message(result, op_id))
     (text,) = socket.sent
     return text
