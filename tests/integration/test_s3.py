@@ -75,6 +75,14 @@ def _faulty_env(moto: Any, bucket: str, log: Path, faults: dict[str, Any], **ext
     return s3_env(moto, bucket, TEST_S3_FAULTS=json.dumps(faults), TEST_S3_LOG=str(log), **extra)
 
 
+def _parts_by_process(log: Path) -> dict[int, list[int]]:
+    """The part numbers each process sent, in the order it sent them."""
+    runs: dict[int, list[int]] = {}
+    for request in _requests(log):
+        runs.setdefault(request["pid"], []).append(request["part"])
+    return runs
+
+
 def _requests(log: Path) -> list[dict[str, Any]]:
     """The UploadPart requests the worker logged, in the order they ended."""
     return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
@@ -407,9 +415,7 @@ def test_crashed_transfer_resumes_from_what_the_store_lists(make_stack, api_user
 
     row = _wait_status(upload_id, UploadStatus.COMPLETED, UploadStatus.FAILED)
     assert row.status == UploadStatus.COMPLETED, row.error
-    runs: dict[int, list[int]] = {}
-    for request in _requests(log):
-        runs.setdefault(request["pid"], []).append(request["part"])
+    runs = _parts_by_process(log)
     assert list(runs.values()) == [[1, 2, 3], [4, 5]], f"the second run sent a part the store had: {runs}"
     assert (row.attempts, row.parts_uploaded, row.parts.count()) == (2, 5, 5)
     _assert_object_is(moto, bucket, upload_id, content)
@@ -455,9 +461,7 @@ def test_a_part_only_the_store_lists_is_recorded_with_its_checksum_so_the_object
 
     row = _wait_status(upload_id, UploadStatus.COMPLETED, UploadStatus.FAILED)
     assert row.status == UploadStatus.COMPLETED, row.error
-    runs: dict[int, list[int]] = {}
-    for request in _requests(log):
-        runs.setdefault(request["pid"], []).append(request["part"])
+    runs = _parts_by_process(log)
     assert list(runs.values()) == [[1, 2, 3], [4, 5, 1, 2, 3, 4, 5]], runs
     resumed = [(o["op"], o["status"]) for o in _operations(operations) if o["pid"] == list(runs)[1]]
     assert resumed == [
